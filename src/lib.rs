@@ -1,0 +1,23 @@
+//! StreamHouse Producer: a Kafka-class producer whose every part is swappable.
+//!
+//! This crate is the network-free core. The pieces here are the ones every transport and the
+//! agent share:
+//!
+//! # Layout
+//!
+//! - [`batch`]: the record batch wire format — encoder, zero-copy decoder, limits, CRC32C.
+//! - [`codec`]: the [`Codec`](codec::Codec) trait, codec ids and registry, and
+//!   [`NoCompression`](codec::NoCompression). LZ4 and zstd live in `streamhouse-codecs`.
+//! - [`partitioner`]: the [`Partitioner`](partitioner::Partitioner) trait with Kafka-compatible
+//!   [`Murmur2`](partitioner::Murmur2), [`Sticky`](partitioner::Sticky) and
+//!   [`RoundRobin`](partitioner::RoundRobin).
+//! - [`payload`]: seeded JSON-like sample events for benchmarks and tests.
+//!
+//! The protocol messages are in the `streamhouse-proto` crate, re-exported as [`proto`].
+
+pub mod batch;
+pub mod codec;
+pub mod partitioner;
+pub mod payload;
+
+pub use streamhouse_proto as proto;
