@@ -21,3 +21,8 @@ pub mod partitioner;
 pub mod payload;
 
 pub use streamhouse_proto as proto;
+
+/// Compiles the README's example as a doctest, so it cannot drift from the code.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -79,7 +79,11 @@ impl EventGenerator {
     pub fn write_event(&mut self, value_len: usize, key: &mut Vec<u8>, value: &mut Vec<u8>) {
         // Skewed user ids: a few users produce much of the traffic, as in real logs.
         let r = self.next_u64();
-        let user = if r % 4 == 0 { r % 50 } else { r % 20_000 };
+        let user = if r.is_multiple_of(4) {
+            r % 50
+        } else {
+            r % 20_000
+        };
         let _ = write!(key, "user-{user:05}");
 
         self.timestamp_ms += self.next_u64() % 20;
@@ -116,7 +120,7 @@ impl EventGenerator {
                 value.extend_from_slice(&word[..word.len().min(room)]);
             }
             value.extend_from_slice(CLOSE);
-        } else if value.len() + 1 <= target {
+        } else if value.len() < target {
             value.resize(target - 1, b' ');
             value.push(b'}');
         }
@@ -143,7 +147,9 @@ mod tests {
 
     #[test]
     fn same_seed_same_events() {
-        let a: Vec<_> = (0..5).map(|_| EventGenerator::new(3).next_event(200)).collect();
+        let a: Vec<_> = (0..5)
+            .map(|_| EventGenerator::new(3).next_event(200))
+            .collect();
         let mut g = EventGenerator::new(3);
         assert_eq!(g.next_event(200), a[0]);
         let mut other = EventGenerator::new(4);

@@ -40,12 +40,7 @@ impl Codec for Lz4 {
         }
     }
 
-    fn decompress(
-        &self,
-        block: &[u8],
-        out: &mut BytesMut,
-        limit: usize,
-    ) -> Result<(), CodecError> {
+    fn decompress(&self, block: &[u8], out: &mut BytesMut, limit: usize) -> Result<(), CodecError> {
         let Some((prefix, body)) = block.split_first_chunk::<4>() else {
             return Err(CodecError::corrupt(CodecId::LZ4, "missing length prefix"));
         };
@@ -112,7 +107,10 @@ mod tests {
         let block = compress(&data);
         let mut out = BytesMut::new();
         let err = Lz4.decompress(&block, &mut out, 99_999).unwrap_err();
-        assert!(matches!(err, CodecError::LimitExceeded { limit: 99_999, .. }));
+        assert!(matches!(
+            err,
+            CodecError::LimitExceeded { limit: 99_999, .. }
+        ));
         assert_eq!(out.capacity(), 0, "nothing allocated for a refused block");
 
         // A 10-byte block claiming 1 GiB: impossible for LZ4, refused before allocating.
@@ -130,7 +128,10 @@ mod tests {
         let mut out = BytesMut::new();
         for cut in 0..block.len() {
             out.clear();
-            assert!(Lz4.decompress(&block[..cut], &mut out, 1 << 20).is_err(), "cut {cut}");
+            assert!(
+                Lz4.decompress(&block[..cut], &mut out, 1 << 20).is_err(),
+                "cut {cut}"
+            );
             assert!(out.is_empty());
         }
         // A length prefix larger than the real content.

@@ -25,7 +25,11 @@ impl<T> Pool<T> {
         create: impl FnOnce() -> Result<T, E>,
         f: impl FnOnce(&mut T) -> R,
     ) -> Result<R, E> {
-        let pooled = self.free.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let pooled = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         let mut context = match pooled {
             Some(context) => context,
             None => create()?,

@@ -126,12 +126,7 @@ impl Codec for Zstd {
         }
     }
 
-    fn decompress(
-        &self,
-        block: &[u8],
-        out: &mut BytesMut,
-        limit: usize,
-    ) -> Result<(), CodecError> {
+    fn decompress(&self, block: &[u8], out: &mut BytesMut, limit: usize) -> Result<(), CodecError> {
         let size = match zstd_safe::get_frame_content_size(block) {
             Ok(Some(size)) => size,
             Ok(None) => return Zstd::decompress_unsized(block, out, limit),
@@ -202,7 +197,9 @@ mod tests {
         Zstd::default().compress(&data, &mut block).unwrap();
         assert!(block.len() < 200, "1 MiB of one byte is a tiny frame");
         let mut out = BytesMut::new();
-        let err = Zstd::default().decompress(&block, &mut out, (1 << 20) - 1).unwrap_err();
+        let err = Zstd::default()
+            .decompress(&block, &mut out, (1 << 20) - 1)
+            .unwrap_err();
         assert!(matches!(err, CodecError::LimitExceeded { .. }));
         assert_eq!(out.capacity(), 0);
     }
@@ -215,7 +212,10 @@ mod tests {
         }
         std::io::Write::write_all(&mut encoder, data).unwrap();
         let frame = encoder.finish().unwrap();
-        assert!(matches!(zstd_safe::get_frame_content_size(&frame), Ok(None)));
+        assert!(matches!(
+            zstd_safe::get_frame_content_size(&frame),
+            Ok(None)
+        ));
         frame
     }
 
@@ -225,11 +225,15 @@ mod tests {
         let frame = unsized_frame(&data, Some(17));
 
         let mut out = BytesMut::new();
-        Zstd::default().decompress(&frame, &mut out, data.len()).unwrap();
+        Zstd::default()
+            .decompress(&frame, &mut out, data.len())
+            .unwrap();
         assert_eq!(&out[..], &data[..]);
 
         out.clear();
-        let err = Zstd::default().decompress(&frame, &mut out, data.len() - 1).unwrap_err();
+        let err = Zstd::default()
+            .decompress(&frame, &mut out, data.len() - 1)
+            .unwrap_err();
         assert!(matches!(err, CodecError::LimitExceeded { .. }));
         assert!(out.is_empty());
     }
@@ -241,9 +245,15 @@ mod tests {
         let data = b"streamhouse ".repeat(10_000);
         let frame = unsized_frame(&data, None);
         let mut out = BytesMut::new();
-        assert!(Zstd::default().decompress(&frame, &mut out, data.len()).is_err());
+        assert!(
+            Zstd::default()
+                .decompress(&frame, &mut out, data.len())
+                .is_err()
+        );
         assert!(out.is_empty());
-        Zstd::default().decompress(&frame, &mut out, 4 << 20).unwrap();
+        Zstd::default()
+            .decompress(&frame, &mut out, 4 << 20)
+            .unwrap();
         assert_eq!(&out[..], &data[..]);
     }
 
@@ -255,9 +265,17 @@ mod tests {
         let mut out = BytesMut::new();
         for cut in 0..block.len() {
             out.clear();
-            assert!(Zstd::default().decompress(&block[..cut], &mut out, 1 << 20).is_err());
+            assert!(
+                Zstd::default()
+                    .decompress(&block[..cut], &mut out, 1 << 20)
+                    .is_err()
+            );
             assert!(out.is_empty());
         }
-        assert!(Zstd::default().decompress(b"GET / HTTP/1.1\r\n", &mut out, 1 << 20).is_err());
+        assert!(
+            Zstd::default()
+                .decompress(b"GET / HTTP/1.1\r\n", &mut out, 1 << 20)
+                .is_err()
+        );
     }
 }

@@ -25,6 +25,7 @@ mod error;
 mod header;
 mod reader;
 mod record;
+mod records;
 mod varint;
 
 pub use builder::BatchBuilder;
@@ -33,5 +34,6 @@ pub use header::{
     BatchHeader, HEADER_LEN, MAGIC_V1, NO_PRODUCER_ID, NO_TIMESTAMP, ProducerStamp, TimestampType,
     set_base_offset,
 };
-pub use reader::{Batch, DecodeLimits, Records};
+pub use reader::{Batch, DecodeLimits};
 pub use record::{Header, Record};
+pub use records::{HeadersView, RecordBlock, RecordView, RecordViews, Records};

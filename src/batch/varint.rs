@@ -104,11 +104,11 @@ fn get_uvarint(
 #[inline]
 pub(crate) fn get_varint(buf: &[u8], pos: &mut usize) -> Result<i32, VarintError> {
     // Fast path: the one-byte varints that dominate real records (lengths < 64, deltas).
-    if let Some(&byte) = buf.get(*pos) {
-        if byte & 0x80 == 0 {
-            *pos += 1;
-            return Ok(unzigzag32(u32::from(byte)));
-        }
+    if let Some(&byte) = buf.get(*pos)
+        && byte & 0x80 == 0
+    {
+        *pos += 1;
+        return Ok(unzigzag32(u32::from(byte)));
     }
     get_uvarint(buf, pos, 5, 32).map(|v| unzigzag32(v as u32))
 }
@@ -116,11 +116,11 @@ pub(crate) fn get_varint(buf: &[u8], pos: &mut usize) -> Result<i32, VarintError
 /// Reads a zigzag varlong at `*pos`, advancing `*pos` past it.
 #[inline]
 pub(crate) fn get_varlong(buf: &[u8], pos: &mut usize) -> Result<i64, VarintError> {
-    if let Some(&byte) = buf.get(*pos) {
-        if byte & 0x80 == 0 {
-            *pos += 1;
-            return Ok(unzigzag64(u64::from(byte)));
-        }
+    if let Some(&byte) = buf.get(*pos)
+        && byte & 0x80 == 0
+    {
+        *pos += 1;
+        return Ok(unzigzag64(u64::from(byte)));
     }
     get_uvarint(buf, pos, 10, 64).map(unzigzag64)
 }
@@ -172,12 +172,18 @@ mod tests {
             Err(VarintError::Overflow)
         );
         // Eleven bytes for a 64-bit varlong.
-        assert_eq!(get_varlong(&[0xff; 11], &mut pos), Err(VarintError::Overflow));
+        assert_eq!(
+            get_varlong(&[0xff; 11], &mut pos),
+            Err(VarintError::Overflow)
+        );
         // Ten bytes, the last carrying bits past 64.
         let mut ten = [0xffu8; 10];
         ten[9] = 0x02;
         assert_eq!(get_varlong(&ten, &mut pos), Err(VarintError::Overflow));
-        assert_eq!(get_varint(&[0x80, 0x80], &mut pos), Err(VarintError::Truncated));
+        assert_eq!(
+            get_varint(&[0x80, 0x80], &mut pos),
+            Err(VarintError::Truncated)
+        );
         assert_eq!(get_varint(&[], &mut pos), Err(VarintError::Truncated));
         assert_eq!(pos, 0, "a failed read does not advance");
     }

@@ -120,8 +120,7 @@ pub trait Codec: Send + Sync + 'static {
     fn compress(&self, records: &[u8], out: &mut BytesMut) -> Result<(), CodecError>;
 
     /// Appends the decompressed form of `block` to `out`, adding at most `limit` bytes.
-    fn decompress(&self, block: &[u8], out: &mut BytesMut, limit: usize)
-    -> Result<(), CodecError>;
+    fn decompress(&self, block: &[u8], out: &mut BytesMut, limit: usize) -> Result<(), CodecError>;
 }
 
 /// The identity codec: records travel as they are. Id 0.
@@ -140,12 +139,7 @@ impl Codec for NoCompression {
         Ok(())
     }
 
-    fn decompress(
-        &self,
-        block: &[u8],
-        out: &mut BytesMut,
-        limit: usize,
-    ) -> Result<(), CodecError> {
+    fn decompress(&self, block: &[u8], out: &mut BytesMut, limit: usize) -> Result<(), CodecError> {
         if block.len() > limit {
             return Err(CodecError::LimitExceeded {
                 codec: CodecId::NONE,
@@ -174,10 +168,14 @@ mod tests {
     #[test]
     fn no_compression_respects_the_limit() {
         let mut out = BytesMut::new();
-        let err = NoCompression.decompress(b"0123456789", &mut out, 9).unwrap_err();
+        let err = NoCompression
+            .decompress(b"0123456789", &mut out, 9)
+            .unwrap_err();
         assert!(matches!(err, CodecError::LimitExceeded { limit: 9, .. }));
         assert!(out.is_empty());
-        NoCompression.decompress(b"0123456789", &mut out, 10).unwrap();
+        NoCompression
+            .decompress(b"0123456789", &mut out, 10)
+            .unwrap();
         assert_eq!(&out[..], b"0123456789");
     }
 }

@@ -36,9 +36,11 @@ impl Partitioner for RoundRobin {
         if let Some(key) = key {
             return kafka_partition(key, partitions);
         }
-        let n = self
-            .counters
-            .with(topic, || AtomicU32::new(0), |c| c.fetch_add(1, Ordering::Relaxed));
+        let n = self.counters.with(
+            topic,
+            || AtomicU32::new(0),
+            |c| c.fetch_add(1, Ordering::Relaxed),
+        );
         n % partitions.get()
     }
 }

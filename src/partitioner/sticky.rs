@@ -93,8 +93,7 @@ impl Partitioner for Sticky {
                     }
                     // The partition count changed since the choice: choose again within it.
                     let next = pack(self.pick(n, None), n);
-                    match state.compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed)
-                    {
+                    match state.compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
                         Ok(_) => return unpack(next).0,
                         Err(now) => seen = now,
                     }

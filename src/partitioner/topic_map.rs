@@ -14,7 +14,12 @@ pub(super) struct TopicMap<V> {
 
 impl<V> TopicMap<V> {
     /// Runs `f` on the state of `topic`, creating it with `init` the first time.
-    pub(super) fn with<R>(&self, topic: &str, init: impl FnOnce() -> V, f: impl FnOnce(&V) -> R) -> R {
+    pub(super) fn with<R>(
+        &self,
+        topic: &str,
+        init: impl FnOnce() -> V,
+        f: impl FnOnce(&V) -> R,
+    ) -> R {
         // Poisoning cannot leave the map half-updated (inserts are single calls), so carry on.
         {
             let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
