@@ -33,6 +33,8 @@
 //! # Ok::<(), streamhouse::batch::BatchError>(())
 //! ```
 
+#[cfg(any(feature = "lz4", feature = "zstd"))]
+mod buf;
 #[cfg(feature = "lz4")]
 mod lz4;
 #[cfg(feature = "zstd")]

@@ -1,5 +1,6 @@
 //! LZ4 block compression with a 4-byte uncompressed-length prefix.
 
+use crate::buf::write_into;
 use bytes::BytesMut;
 use streamhouse::codec::{Codec, CodecError, CodecId};
 
@@ -26,18 +27,11 @@ impl Codec for Lz4 {
             source,
         };
         let bound = lz4::block::compress_bound(records.len()).map_err(error)?;
-        let start = out.len();
-        out.resize(start + 4 + bound, 0);
-        match lz4::block::compress_to_buffer(records, None, true, &mut out[start..]) {
-            Ok(written) => {
-                out.truncate(start + written);
-                Ok(())
-            }
-            Err(source) => {
-                out.truncate(start);
-                Err(error(source))
-            }
-        }
+        write_into(out, 4 + bound, |buf| {
+            lz4::block::compress_to_buffer(records, None, true, buf)
+        })
+        .map_err(error)?;
+        Ok(())
     }
 
     fn decompress(&self, block: &[u8], out: &mut BytesMut, limit: usize) -> Result<(), CodecError> {
@@ -57,26 +51,21 @@ impl Codec for Lz4 {
                 "length prefix exceeds what the block can hold",
             ));
         }
-        let start = out.len();
-        out.resize(start + size, 0);
-        match lz4::block::decompress_to_buffer(body, Some(size as i32), &mut out[start..]) {
-            Ok(n) if n == size => Ok(()),
-            Ok(_) => {
-                out.truncate(start);
-                Err(CodecError::corrupt(
+        write_into(out, size, |buf| {
+            match lz4::block::decompress_to_buffer(body, Some(size as i32), buf) {
+                Ok(n) if n == size => Ok(n),
+                Ok(_) => Err(CodecError::corrupt(
                     CodecId::LZ4,
                     "block shorter than its length prefix",
-                ))
-            }
-            Err(source) => {
-                out.truncate(start);
-                Err(CodecError::Corrupt {
+                )),
+                Err(source) => Err(CodecError::Corrupt {
                     codec: CodecId::LZ4,
                     reason: "invalid lz4 block",
                     source: Some(source),
-                })
+                }),
             }
-        }
+        })?;
+        Ok(())
     }
 }
 

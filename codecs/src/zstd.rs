@@ -1,5 +1,6 @@
 //! Zstandard compression with a configurable level.
 
+use crate::buf::write_into;
 use crate::pool::Pool;
 use bytes::BytesMut;
 use std::io::Read;
@@ -105,25 +106,16 @@ impl Codec for Zstd {
             codec: CodecId::ZSTD,
             source,
         };
-        let start = out.len();
-        out.resize(start + zstd_safe::compress_bound(records.len()), 0);
-        let written = self
-            .compressors
-            .with(
-                || Compressor::new(self.level),
-                |c| c.compress_to_buffer(records, &mut out[start..]),
-            )
-            .and_then(|r| r);
-        match written {
-            Ok(n) => {
-                out.truncate(start + n);
-                Ok(())
-            }
-            Err(source) => {
-                out.truncate(start);
-                Err(error(source))
-            }
-        }
+        write_into(out, zstd_safe::compress_bound(records.len()), |buf| {
+            self.compressors
+                .with(
+                    || Compressor::new(self.level),
+                    |c| c.compress_to_buffer(records, buf),
+                )
+                .and_then(|r| r)
+        })
+        .map_err(error)?;
+        Ok(())
     }
 
     fn decompress(&self, block: &[u8], out: &mut BytesMut, limit: usize) -> Result<(), CodecError> {
@@ -141,34 +133,27 @@ impl Codec for Zstd {
             });
         }
         let size = size as usize;
-        let start = out.len();
-        out.resize(start + size, 0);
         // The destination is exactly the declared size: a frame that produces more (a lying
         // header, or extra frames) fails inside zstd instead of growing the buffer.
-        let result = self
-            .decompressors
-            .with(Decompressor::new, |d| {
-                d.decompress_to_buffer(block, &mut out[start..])
-            })
-            .and_then(|r| r);
-        match result {
-            Ok(n) if n == size => Ok(()),
-            Ok(_) => {
-                out.truncate(start);
-                Err(CodecError::corrupt(
+        write_into(out, size, |buf| {
+            let result = self
+                .decompressors
+                .with(Decompressor::new, |d| d.decompress_to_buffer(block, buf))
+                .and_then(|r| r);
+            match result {
+                Ok(n) if n == size => Ok(n),
+                Ok(_) => Err(CodecError::corrupt(
                     CodecId::ZSTD,
                     "frame shorter than its declared content size",
-                ))
-            }
-            Err(source) => {
-                out.truncate(start);
-                Err(CodecError::Corrupt {
+                )),
+                Err(source) => Err(CodecError::Corrupt {
                     codec: CodecId::ZSTD,
                     reason: "invalid zstd frame",
                     source: Some(source),
-                })
+                }),
             }
-        }
+        })?;
+        Ok(())
     }
 }
 
