@@ -17,8 +17,16 @@
 
 pub mod batch;
 pub mod codec;
+pub mod discovery;
+pub mod layers;
+#[cfg(feature = "mock")]
+pub mod mock;
 pub mod partitioner;
 pub mod payload;
+pub mod producer;
+mod rng;
+pub mod serve;
+pub mod transport;
 
 pub use streamhouse_proto as proto;
 

@@ -83,6 +83,19 @@ impl ProducerStamp {
     };
 }
 
+/// The sequence number `count` records after `sequence`, wrapping from `i32::MAX` to 0 as
+/// Kafka's sequences do.
+///
+/// ```
+/// use streamhouse::batch::sequence_add;
+/// assert_eq!(sequence_add(10, 5), 15);
+/// assert_eq!(sequence_add(i32::MAX, 1), 0);
+/// ```
+pub fn sequence_add(sequence: i32, count: u32) -> i32 {
+    const MODULUS: i64 = i32::MAX as i64 + 1;
+    (i64::from(sequence) + i64::from(count)).rem_euclid(MODULUS) as i32
+}
+
 impl Default for ProducerStamp {
     fn default() -> ProducerStamp {
         ProducerStamp::NONE
@@ -221,6 +234,25 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) -> Result<(), BatchEr
         });
     }
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
+    Ok(())
+}
+
+/// Rewrites the producer fields of an encoded batch in place and recomputes its CRC.
+///
+/// The producer uses this when it must restart a partition's sequence (a new epoch) for
+/// batches that were already encoded.
+pub fn set_producer_stamp(batch: &mut [u8], stamp: ProducerStamp) -> Result<(), BatchError> {
+    if batch.len() < HEADER_LEN {
+        return Err(BatchError::Truncated {
+            needed: HEADER_LEN,
+            available: batch.len(),
+        });
+    }
+    batch[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&stamp.producer_id.to_be_bytes());
+    batch[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&stamp.producer_epoch.to_be_bytes());
+    batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&stamp.base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES..]);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(())
 }
 

@@ -32,7 +32,7 @@ pub use builder::BatchBuilder;
 pub use error::{BatchError, RecordFault};
 pub use header::{
     BatchHeader, HEADER_LEN, MAGIC_V1, NO_PRODUCER_ID, NO_TIMESTAMP, ProducerStamp, TimestampType,
-    set_base_offset,
+    sequence_add, set_base_offset, set_producer_stamp,
 };
 pub use reader::{Batch, DecodeLimits};
 pub use record::{Header, Record};

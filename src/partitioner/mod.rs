@@ -35,7 +35,6 @@
 //! ```
 
 mod murmur2;
-mod rng;
 mod round_robin;
 mod sticky;
 mod topic_map;

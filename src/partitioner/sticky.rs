@@ -1,8 +1,8 @@
 //! Keyless records stick to one partition until its batch seals (Kafka KIP-480).
 
-use super::rng::Rng;
 use super::topic_map::TopicMap;
 use super::{Partitioner, kafka_partition};
+use crate::rng::Rng;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,0 +1,444 @@
+//! [`MockAgent`]: the agent semantics over in-memory partition logs.
+
+use super::MockTransport;
+use crate::batch::{Batch, DecodeLimits, Record, set_base_offset};
+use crate::codec::Codecs;
+use crate::discovery::{PartitionLeader, StaticDiscovery, TopicMetadata};
+use crate::serve::{Admission, PartitionState, Rejection, validate_batch, validate_topic_name};
+use crate::transport::{Endpoint, Request, RequestMessage, Response, TransportError};
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+use streamhouse_proto::v1::{
+    Acks, AgentInfo, ErrorCode, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
+    PartitionMetadata, PartitionResult, ProduceRequest, ProduceResponse,
+};
+
+/// An in-process agent. Cheap to clone; clones share the logs.
+#[derive(Clone)]
+pub struct MockAgent {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    id: u32,
+    endpoint: Endpoint,
+    codecs: Codecs,
+    limits: DecodeLimits,
+    /// One lock over all logs: appends are short and a test agent needs no more.
+    topics: Mutex<HashMap<String, Vec<MockPartition>>>,
+    stalled: AtomicBool,
+    fail_next: Mutex<VecDeque<ErrorCode>>,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct MockPartition {
+    state: PartitionState,
+    /// Batches as received, with the base offset they were assigned (stamped on read).
+    batches: Vec<(i64, Bytes)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    produce_requests: AtomicU64,
+    batches_appended: AtomicU64,
+    records_appended: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// What a [`MockAgent`] has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MockStats {
+    /// Produce requests handled (stalled and failed ones included).
+    pub produce_requests: u64,
+    /// Batches appended to a log.
+    pub batches_appended: u64,
+    /// Records appended to a log.
+    pub records_appended: u64,
+    /// Batches answered as duplicates of one already appended (idempotence at work).
+    pub duplicates: u64,
+    /// Batches refused with an error code.
+    pub rejected: u64,
+}
+
+impl Default for MockAgent {
+    fn default() -> MockAgent {
+        MockAgent::new()
+    }
+}
+
+impl std::fmt::Debug for MockAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockAgent")
+            .field("id", &self.inner.id)
+            .field("endpoint", &self.inner.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockAgent {
+    /// Agent 0 at `mock://agent-0`, no topics, default limits, every shipped codec that the
+    /// core knows (uncompressed only; add codecs with [`MockAgent::with_codecs`]).
+    pub fn new() -> MockAgent {
+        MockAgent::with_id(0)
+    }
+
+    /// Agent `id` at `mock://agent-{id}`.
+    pub fn with_id(id: u32) -> MockAgent {
+        MockAgent {
+            inner: Arc::new(Shared {
+                id,
+                endpoint: Endpoint::mock(id),
+                codecs: Codecs::new(),
+                limits: DecodeLimits::default(),
+                topics: Mutex::new(HashMap::new()),
+                stalled: AtomicBool::new(false),
+                fail_next: Mutex::new(VecDeque::new()),
+                stats: Counters::default(),
+            }),
+        }
+    }
+
+    /// Uses `codecs` to validate compressed batches (e.g. `streamhouse_codecs::all()`).
+    /// Call before sharing the agent.
+    #[must_use]
+    pub fn with_codecs(self, codecs: Codecs) -> MockAgent {
+        self.rebuild(|shared| shared.codecs = codecs)
+    }
+
+    /// Enforces `limits` on every batch.
+    #[must_use]
+    pub fn with_limits(self, limits: DecodeLimits) -> MockAgent {
+        self.rebuild(|shared| shared.limits = limits)
+    }
+
+    fn rebuild(self, change: impl FnOnce(&mut Shared)) -> MockAgent {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut shared) => {
+                change(&mut shared);
+                MockAgent {
+                    inner: Arc::new(shared),
+                }
+            }
+            // Already shared: configuration is fixed.
+            Err(inner) => MockAgent { inner },
+        }
+    }
+
+    /// Creates a topic with `partitions` partitions (at least 1).
+    #[must_use]
+    pub fn with_topic(self, name: &str, partitions: u32) -> MockAgent {
+        self.create_topic(name, partitions);
+        self
+    }
+
+    /// Creates a topic with `partitions` partitions (at least 1); existing topics keep theirs.
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let mut topics = self.topics();
+        topics.entry(name.to_owned()).or_insert_with(|| {
+            (0..partitions.max(1))
+                .map(|_| MockPartition::default())
+                .collect()
+        });
+    }
+
+    /// This agent's id.
+    pub fn id(&self) -> u32 {
+        self.inner.id
+    }
+
+    /// This agent's endpoint (`mock://agent-{id}`).
+    pub fn endpoint(&self) -> Endpoint {
+        self.inner.endpoint.clone()
+    }
+
+    /// A transport reaching this agent alone.
+    pub fn transport(&self) -> MockTransport {
+        MockTransport::new().with_agent(self.clone())
+    }
+
+    /// A discovery naming this agent leader of every topic it has now.
+    pub fn discovery(&self) -> StaticDiscovery {
+        let discovery = StaticDiscovery::new();
+        for (name, partitions) in self.topics().iter() {
+            let leaders = vec![
+                PartitionLeader {
+                    agent_id: self.inner.id,
+                    endpoint: self.inner.endpoint.clone(),
+                };
+                partitions.len()
+            ];
+            if let Some(metadata) = TopicMetadata::new(name.as_str(), leaders) {
+                discovery.set_topic(metadata);
+            }
+        }
+        discovery
+    }
+
+    /// While `true`, requests are accepted and never answered.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.inner.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    /// Whether requests are being stalled.
+    pub fn is_stalled(&self) -> bool {
+        self.inner.stalled.load(Ordering::SeqCst)
+    }
+
+    /// Answers the next `count` produce requests with `code` for every batch, appending nothing.
+    pub fn fail_next(&self, count: usize, code: ErrorCode) {
+        let mut queue = self
+            .inner
+            .fail_next
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.extend(std::iter::repeat_n(code, count));
+    }
+
+    /// Counters of what the agent has seen.
+    pub fn stats(&self) -> MockStats {
+        let c = &self.inner.stats;
+        MockStats {
+            produce_requests: c.produce_requests.load(Ordering::Relaxed),
+            batches_appended: c.batches_appended.load(Ordering::Relaxed),
+            records_appended: c.records_appended.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The batches of a partition's log, with their base offsets stamped, in offset order.
+    pub fn batches(&self, topic: &str, partition: u32) -> Vec<Bytes> {
+        let topics = self.topics();
+        let Some(p) = topics.get(topic).and_then(|t| t.get(partition as usize)) else {
+            return Vec::new();
+        };
+        p.batches
+            .iter()
+            .map(|(offset, bytes)| stamped(bytes, *offset))
+            .collect()
+    }
+
+    /// Every record of a partition's log, decoded, in offset order.
+    pub fn records(&self, topic: &str, partition: u32) -> Vec<Record> {
+        let mut records = Vec::new();
+        for bytes in self.batches(topic, partition) {
+            // Every stored batch passed validation, so decoding succeeds.
+            let Ok(batch) = Batch::parse(bytes, &self.inner.limits) else {
+                continue;
+            };
+            if let Ok(block) = batch.records(&self.inner.codecs) {
+                records.extend(block.flatten());
+            }
+        }
+        records
+    }
+
+    /// The offset the next record of a partition will get.
+    pub fn next_offset(&self, topic: &str, partition: u32) -> Option<i64> {
+        let topics = self.topics();
+        topics
+            .get(topic)
+            .and_then(|t| t.get(partition as usize))
+            .map(|p| p.state.next_offset())
+    }
+
+    fn topics(&self) -> MutexGuard<'_, HashMap<String, Vec<MockPartition>>> {
+        self.inner
+            .topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Handles one request as the agent would. `None` means the agent does not answer
+    /// (stalled).
+    pub fn handle(&self, request: Request) -> Option<Result<Response, TransportError>> {
+        if let RequestMessage::Produce(_) = &request.message {
+            self.inner
+                .stats
+                .produce_requests
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if self.is_stalled() {
+            return None;
+        }
+        Some(Ok(match request.message {
+            RequestMessage::Produce(r) => Response::Produce(self.produce(r)),
+            RequestMessage::Metadata(r) => Response::Metadata(self.metadata(&r)),
+            RequestMessage::Fetch(r) => Response::Fetch(self.fetch(&r)),
+        }))
+    }
+
+    fn produce(&self, request: ProduceRequest) -> ProduceResponse {
+        let injected = self
+            .inner
+            .fail_next
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        let acks_none = request.acks == Acks::None as i32;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        // Validate (the CPU-heavy part) before taking the log lock.
+        let checked: Vec<_> = request
+            .batches
+            .into_iter()
+            .map(|b| {
+                let batch = match injected {
+                    Some(code) => Err(Rejection::new(code, "failure injected by the test")),
+                    None => validate_topic_name(&b.topic).and_then(|()| {
+                        validate_batch(b.batch, &self.inner.limits, &self.inner.codecs)
+                    }),
+                };
+                (b.topic, b.partition, batch)
+            })
+            .collect();
+        let mut topics = self.topics();
+        let results = checked
+            .into_iter()
+            .map(|(topic, partition, batch)| {
+                let outcome = batch.and_then(|batch| {
+                    let partitions = topics.get_mut(&topic).ok_or_else(|| {
+                        Rejection::new(ErrorCode::UnknownTopic, format!("no topic {topic:?}"))
+                    })?;
+                    let log = partitions.get_mut(partition as usize).ok_or_else(|| {
+                        Rejection::new(
+                            ErrorCode::UnknownPartition,
+                            format!("topic {topic:?} has no partition {partition}"),
+                        )
+                    })?;
+                    let header = *batch.header();
+                    match log.state.admit(&header)? {
+                        Admission::Duplicate { base_offset } => {
+                            self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                            Ok(base_offset)
+                        }
+                        Admission::Append => {
+                            let base_offset = log.state.append(&header);
+                            log.batches.push((base_offset, batch.into_bytes()));
+                            let stats = &self.inner.stats;
+                            stats.batches_appended.fetch_add(1, Ordering::Relaxed);
+                            stats
+                                .records_appended
+                                .fetch_add(header.record_count as u64, Ordering::Relaxed);
+                            Ok(base_offset)
+                        }
+                    }
+                });
+                let (error_code, error_message, base_offset) = match outcome {
+                    Ok(offset) => (ErrorCode::None, String::new(), offset),
+                    Err(r) => {
+                        self.inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        (r.code, r.message, -1)
+                    }
+                };
+                PartitionResult {
+                    topic,
+                    partition,
+                    error_code: error_code as i32,
+                    error_message,
+                    base_offset: if acks_none { -1 } else { base_offset },
+                    log_append_time_ms: now,
+                    log_start_offset: 0,
+                }
+            })
+            .collect();
+        ProduceResponse {
+            results,
+            throttle_ms: 0,
+        }
+    }
+
+    fn metadata(&self, request: &MetadataRequest) -> MetadataResponse {
+        let topics = self.topics();
+        let describe = |name: &str| match topics.get(name) {
+            Some(partitions) => streamhouse_proto::v1::TopicMetadata {
+                name: name.to_owned(),
+                error_code: ErrorCode::None as i32,
+                error_message: String::new(),
+                partition_count: partitions.len() as u32,
+                partitions: (0..partitions.len() as u32)
+                    .map(|partition| PartitionMetadata {
+                        partition,
+                        leader_id: self.inner.id,
+                        error_code: ErrorCode::None as i32,
+                    })
+                    .collect(),
+            },
+            None => streamhouse_proto::v1::TopicMetadata {
+                name: name.to_owned(),
+                error_code: ErrorCode::UnknownTopic as i32,
+                error_message: format!("no topic {name:?}"),
+                partition_count: 0,
+                partitions: Vec::new(),
+            },
+        };
+        let names: Vec<String> = if request.topics.is_empty() {
+            topics.keys().cloned().collect()
+        } else {
+            request.topics.clone()
+        };
+        MetadataResponse {
+            agents: vec![AgentInfo {
+                id: self.inner.id,
+                endpoints: vec![self.inner.endpoint.to_string()],
+            }],
+            topics: names.iter().map(|n| describe(n)).collect(),
+            responder_id: self.inner.id,
+        }
+    }
+
+    fn fetch(&self, request: &FetchRequest) -> FetchResponse {
+        let topics = self.topics();
+        let mut response = FetchResponse {
+            topic: request.topic.clone(),
+            partition: request.partition,
+            ..FetchResponse::default()
+        };
+        let Some(log) = topics
+            .get(&request.topic)
+            .and_then(|t| t.get(request.partition as usize))
+        else {
+            response.error_code = ErrorCode::UnknownTopic as i32;
+            response.error_message = format!("no {}/{}", request.topic, request.partition);
+            return response;
+        };
+        response.high_watermark = log.state.next_offset();
+        if request.offset < 0 || request.offset > response.high_watermark {
+            response.error_code = ErrorCode::OffsetOutOfRange as i32;
+            response.error_message = format!(
+                "offset {} outside 0..={}",
+                request.offset, response.high_watermark
+            );
+            return response;
+        }
+        // The first batch whose last offset reaches the requested one.
+        let start = log.batches.partition_point(|(base, bytes)| {
+            let count = Batch::parse(bytes.clone(), &self.inner.limits)
+                .map_or(0, |b| i64::from(b.header().record_count));
+            base + count <= request.offset
+        });
+        let mut size = 0usize;
+        for (base, bytes) in &log.batches[start..] {
+            if !response.batches.is_empty() && size + bytes.len() > request.max_bytes as usize {
+                break;
+            }
+            size += bytes.len();
+            response.batches.push(stamped(bytes, *base));
+        }
+        response
+    }
+}
+
+/// A copy of `batch` with its base offset written in.
+fn stamped(batch: &Bytes, base_offset: i64) -> Bytes {
+    let mut copy = batch.to_vec();
+    // Stored batches passed validation, so they hold a full header.
+    let _ = set_base_offset(&mut copy, base_offset);
+    Bytes::from(copy)
+}

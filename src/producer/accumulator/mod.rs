@@ -1,0 +1,507 @@
+//! The record accumulator, sans-IO: per-partition batches, linger, memory budget, sequences.
+//!
+//! It has no tokio inside and never reads a clock: every call takes `now`. The producer's
+//! `send` pushes records in; the sender task asks it which partitions are ready, drains their
+//! sealed batches into requests, and reports back (complete, requeue, reset). So batching,
+//! linger, memory and retry ordering are plain unit tests on a virtual clock.
+//!
+//! ```text
+//! push ─▶ open batch ──(batch_size | linger | flush)──▶ sealed queue ─▶ drain ─▶ in flight
+//!                                                           ▲                      │
+//!                                                           └──── requeue (retry) ◀┘
+//! ```
+//!
+//! Per partition, at most one request is in flight (the partition is *muted* meanwhile) and it
+//! carries at most [`DEDUP_WINDOW`] batches: the agent processes a request's batches in order
+//! and remembers the last five per producer, so a retry always finds its duplicates and a
+//! partition never reorders, whatever order the transport delivers concurrent requests in.
+
+mod batch;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use batch::{Payload, QueuedBatch};
+
+use super::delivery::Completion;
+use super::{Persistence, ProduceError};
+use crate::batch::{
+    BatchBuilder, HEADER_LEN, Header, ProducerStamp, sequence_add, set_producer_stamp,
+};
+use crate::partitioner::Partitioner;
+use crate::serve::DEDUP_WINDOW;
+use batch::OpenBatch;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The options the accumulator needs.
+#[derive(Debug, Clone)]
+pub(crate) struct AccumulatorConfig {
+    pub(crate) batch_size: usize,
+    pub(crate) linger: Duration,
+    pub(crate) buffer_memory: usize,
+    pub(crate) max_request_size: usize,
+    pub(crate) delivery_timeout: Duration,
+    /// The producer id when idempotence is on.
+    pub(crate) producer_id: Option<i64>,
+}
+
+/// A record to append.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Append<'a> {
+    pub(crate) timestamp: i64,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) headers: &'a [Header],
+}
+
+/// A record appended: its batch and position, and whether the sender should look again
+/// (a batch sealed or a new linger deadline began).
+#[derive(Debug)]
+pub(crate) struct Pushed {
+    pub(crate) completion: Arc<Completion>,
+    pub(crate) index: u32,
+    pub(crate) wake_sender: bool,
+}
+
+/// Why a record was not appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// Not enough buffer memory now; wait for batches to complete.
+    NoMemory,
+    /// The record can never fit a batch.
+    RecordTooLarge { size: usize, limit: usize },
+}
+
+/// A failed batch to report, outside any lock.
+pub(crate) type Failure = (Arc<Completion>, ProduceError);
+
+#[derive(Debug, Default)]
+struct PartitionQueue {
+    open: Option<OpenBatch>,
+    sealed: VecDeque<QueuedBatch>,
+    /// A request with this partition's batches is in flight.
+    muted: bool,
+    next_sequence: i32,
+    epoch: i16,
+}
+
+#[derive(Debug)]
+struct Incomplete {
+    reserved: usize,
+    completion: Arc<Completion>,
+}
+
+/// See the module documentation.
+pub(crate) struct Accumulator {
+    config: AccumulatorConfig,
+    partitioner: Arc<dyn Partitioner>,
+    topics: HashMap<Arc<str>, Vec<PartitionQueue>>,
+    /// Every batch not yet settled, for the memory budget and for `flush`.
+    incomplete: HashMap<u64, Incomplete>,
+    used: usize,
+    next_id: u64,
+}
+
+impl Accumulator {
+    pub(crate) fn new(config: AccumulatorConfig, partitioner: Arc<dyn Partitioner>) -> Accumulator {
+        Accumulator {
+            config,
+            partitioner,
+            topics: HashMap::new(),
+            incomplete: HashMap::new(),
+            used: 0,
+            next_id: 0,
+        }
+    }
+
+    /// Bytes reserved by unsettled batches.
+    #[cfg(test)]
+    pub(crate) fn used_memory(&self) -> usize {
+        self.used
+    }
+
+    /// Number of unsettled batches.
+    pub(crate) fn unsettled(&self) -> usize {
+        self.incomplete.len()
+    }
+
+    /// Whether any batch is unsettled.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.incomplete.is_empty()
+    }
+
+    fn queue(&mut self, topic: &str, partition: u32) -> &mut PartitionQueue {
+        if !self.topics.contains_key(topic) {
+            self.topics.insert(Arc::from(topic), Vec::new());
+        }
+        let queues = self.topics.get_mut(topic).expect("inserted above");
+        let index = partition as usize;
+        if queues.len() <= index {
+            queues.resize_with(index + 1, PartitionQueue::default);
+        }
+        &mut queues[index]
+    }
+
+    /// Appends a record to `partition`'s open batch, sealing and opening batches as needed.
+    pub(crate) fn push(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        record: Append<'_>,
+        now: Instant,
+    ) -> Result<Pushed, PushError> {
+        let batch_size = self.config.batch_size;
+        // Fast path, one map lookup: the record fits the open batch.
+        let queue = self.queue(topic, partition);
+        if let Some(open) = &mut queue.open {
+            let size =
+                open.builder
+                    .record_len(record.timestamp, record.key, record.value, record.headers);
+            if open.builder.encoded_len() + size <= batch_size {
+                let index = open.builder.record_count();
+                if open
+                    .builder
+                    .append(record.timestamp, record.key, record.value, record.headers)
+                    .is_ok()
+                {
+                    let completion = open.completion.clone();
+                    let full = open.builder.encoded_len() >= batch_size;
+                    if full {
+                        self.seal(topic, partition);
+                    }
+                    return Ok(Pushed {
+                        completion,
+                        index,
+                        wake_sender: full,
+                    });
+                }
+            }
+        }
+        self.push_new_batch(topic, partition, record, now)
+    }
+
+    /// The record does not fit the open batch (or there is none): seal it, open a new one
+    /// within the memory budget, append.
+    fn push_new_batch(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        record: Append<'_>,
+        now: Instant,
+    ) -> Result<Pushed, PushError> {
+        let (batch_size, buffer_memory) = (self.config.batch_size, self.config.buffer_memory);
+        let limit = self.config.max_request_size.min(buffer_memory);
+        let size = BatchBuilder::new().record_len(
+            record.timestamp,
+            record.key,
+            record.value,
+            record.headers,
+        );
+        if HEADER_LEN + size > limit {
+            return Err(PushError::RecordTooLarge {
+                size: HEADER_LEN + size,
+                limit,
+            });
+        }
+        self.seal(topic, partition);
+        let reserve = batch_size.max(HEADER_LEN + size);
+        if self.used + reserve > buffer_memory {
+            return Err(PushError::NoMemory);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let completion = Completion::new(self.topic_arc(topic), partition);
+        self.incomplete.insert(
+            id,
+            Incomplete {
+                reserved: reserve,
+                completion: completion.clone(),
+            },
+        );
+        self.used += reserve;
+        let mut builder = BatchBuilder::with_capacity(reserve);
+        if builder
+            .append(record.timestamp, record.key, record.value, record.headers)
+            .is_err()
+        {
+            // Unreachable in practice: the size check above refuses anything this large.
+            self.complete(id);
+            return Err(PushError::RecordTooLarge { size, limit });
+        }
+        let full = builder.encoded_len() >= batch_size;
+        self.queue(topic, partition).open = Some(OpenBatch {
+            id,
+            builder,
+            created: now,
+            completion: completion.clone(),
+        });
+        if full {
+            self.seal(topic, partition);
+        }
+        // A new open batch starts a linger deadline the sender must learn about.
+        Ok(Pushed {
+            completion,
+            index: 0,
+            wake_sender: true,
+        })
+    }
+
+    fn topic_arc(&self, topic: &str) -> Arc<str> {
+        self.topics
+            .get_key_value(topic)
+            .map_or_else(|| Arc::from(topic), |(k, _)| k.clone())
+    }
+
+    /// Moves the open batch of a partition to its sealed queue and tells the partitioner.
+    fn seal(&mut self, topic: &str, partition: u32) {
+        let topic_arc = self.topic_arc(topic);
+        let queue = self.queue(topic, partition);
+        if let Some(open) = queue.open.take() {
+            queue.sealed.push_back(QueuedBatch {
+                id: open.id,
+                topic: topic_arc,
+                partition,
+                created: open.created,
+                completion: open.completion,
+                record_count: open.builder.record_count(),
+                payload: Payload::Built(open.builder),
+                stamp: None,
+                attempts: 0,
+                maybe_applied: false,
+                retry_at: None,
+            });
+            self.partitioner.on_batch_sealed(topic, partition);
+        }
+    }
+
+    /// Seals every open batch (for `flush`); returns the completions of every unsettled batch.
+    pub(crate) fn seal_all(&mut self) -> Vec<Arc<Completion>> {
+        let open: Vec<(Arc<str>, u32)> = self
+            .topics
+            .iter()
+            .flat_map(|(topic, queues)| {
+                queues
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, q)| q.open.is_some())
+                    .map(|(p, _)| (topic.clone(), p as u32))
+            })
+            .collect();
+        for (topic, partition) in open {
+            self.seal(&topic, partition);
+        }
+        self.incomplete
+            .values()
+            .map(|i| i.completion.clone())
+            .collect()
+    }
+
+    /// Seals batches whose linger expired and fails queued batches whose delivery timeout
+    /// expired. Returns the failures to report.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<Failure> {
+        let (linger, timeout) = (self.config.linger, self.config.delivery_timeout);
+        let mut to_seal = Vec::new();
+        let mut failures = Vec::new();
+        for (topic, queues) in &mut self.topics {
+            for (p, queue) in queues.iter_mut().enumerate() {
+                if let Some(open) = &queue.open
+                    && open.created + linger <= now
+                {
+                    to_seal.push((topic.clone(), p as u32));
+                }
+                // A sequenced batch expiring leaves a gap the agent reports as out of order
+                // on the next send; the sender starts a new epoch then (not here: the expired
+                // batch may have been appended, and then there is no gap).
+                queue.sealed.retain(|b| {
+                    let expired = b.created + timeout <= now;
+                    if expired {
+                        let persistence = if b.maybe_applied {
+                            Persistence::PossiblyPersisted
+                        } else {
+                            Persistence::NotPersisted
+                        };
+                        failures.push((
+                            b.id,
+                            b.completion.clone(),
+                            ProduceError::DeliveryTimeout {
+                                timeout,
+                                persistence,
+                            },
+                        ));
+                    }
+                    !expired
+                });
+            }
+        }
+        for (topic, partition) in to_seal {
+            self.seal(&topic, partition);
+        }
+        failures
+            .into_iter()
+            .map(|(id, completion, error)| {
+                self.complete(id);
+                (completion, error)
+            })
+            .collect()
+    }
+
+    /// Partitions with a batch that may be sent now: sealed, not muted, not backing off.
+    pub(crate) fn ready(&self, now: Instant) -> Vec<(Arc<str>, u32)> {
+        let mut ready = Vec::new();
+        for (topic, queues) in &self.topics {
+            for (p, queue) in queues.iter().enumerate() {
+                if let Some(head) = queue.sealed.front()
+                    && !queue.muted
+                    && head.retry_at.is_none_or(|at| at <= now)
+                {
+                    ready.push((topic.clone(), p as u32));
+                }
+            }
+        }
+        ready
+    }
+
+    /// The earliest instant at which `expire` or `ready` would answer differently.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let (linger, timeout) = (self.config.linger, self.config.delivery_timeout);
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for queues in self.topics.values() {
+            for queue in queues {
+                if let Some(open) = &queue.open {
+                    consider(open.created + linger);
+                }
+                if let Some(head) = queue.sealed.front() {
+                    if let Some(at) = head.retry_at.filter(|_| !queue.muted) {
+                        consider(at);
+                    }
+                    // Retries are queued in front and are the oldest, so the head's creation
+                    // is the earliest delivery deadline of the queue.
+                    consider(head.created + timeout);
+                }
+            }
+        }
+        next
+    }
+
+    /// Takes up to [`DEDUP_WINDOW`] sendable batches of a partition, at most `max_bytes`
+    /// (at least one), assigns sequences to new ones, and mutes the partition.
+    pub(crate) fn drain(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        max_bytes: usize,
+        now: Instant,
+    ) -> Vec<QueuedBatch> {
+        let producer_id = self.config.producer_id;
+        let queue = self.queue(topic, partition);
+        let mut drained = Vec::new();
+        let mut bytes = 0;
+        if queue.muted {
+            return drained;
+        }
+        while drained.len() < DEDUP_WINDOW {
+            let Some(head) = queue.sealed.front() else {
+                break;
+            };
+            if head.retry_at.is_some_and(|at| at > now)
+                || (!drained.is_empty() && bytes + head.payload.len() > max_bytes)
+            {
+                break;
+            }
+            let mut batch = queue.sealed.pop_front().expect("front exists");
+            bytes += batch.payload.len();
+            if let (Some(producer_id), None) = (producer_id, batch.stamp) {
+                batch.stamp = Some(ProducerStamp {
+                    producer_id,
+                    producer_epoch: queue.epoch,
+                    base_sequence: queue.next_sequence,
+                });
+                queue.next_sequence = sequence_add(queue.next_sequence, batch.record_count);
+            }
+            batch.retry_at = None;
+            drained.push(batch);
+        }
+        queue.muted = !drained.is_empty();
+        drained
+    }
+
+    /// The partition's request finished (whatever the outcome): it may send again.
+    pub(crate) fn unmute(&mut self, topic: &str, partition: u32) {
+        self.queue(topic, partition).muted = false;
+    }
+
+    /// Puts batches of one partition back at the front of its queue, in the order given, to be
+    /// sent again no earlier than `retry_at`.
+    pub(crate) fn requeue(&mut self, batches: Vec<QueuedBatch>, retry_at: Option<Instant>) {
+        for mut batch in batches.into_iter().rev() {
+            batch.retry_at = retry_at;
+            let (topic, partition) = (batch.topic.clone(), batch.partition);
+            self.queue(&topic, partition).sealed.push_front(batch);
+        }
+    }
+
+    /// Starts a new epoch for a partition: its sequence restarts at 0, and queued batches that
+    /// already carry a sequence are restamped in order. Used when the agent reports a gap
+    /// before the partition's first unsettled batch (a batch before it failed for good, or the
+    /// agent lost its state), which it would otherwise refuse forever.
+    pub(crate) fn reset_sequence(&mut self, topic: &str, partition: u32) {
+        let Some(producer_id) = self.config.producer_id else {
+            return;
+        };
+        let queue = self.queue(topic, partition);
+        queue.epoch = queue.epoch.saturating_add(1);
+        queue.next_sequence = 0;
+        for batch in queue.sealed.iter_mut().filter(|b| b.stamp.is_some()) {
+            let stamp = ProducerStamp {
+                producer_id,
+                producer_epoch: queue.epoch,
+                base_sequence: queue.next_sequence,
+            };
+            queue.next_sequence = sequence_add(queue.next_sequence, batch.record_count);
+            batch.stamp = Some(stamp);
+            if let Payload::Encoded(bytes) = &batch.payload {
+                let mut copy = bytes.to_vec();
+                if set_producer_stamp(&mut copy, stamp).is_ok() {
+                    batch.payload = Payload::Encoded(Bytes::from(copy));
+                }
+            }
+        }
+    }
+
+    /// A batch is settled: its memory is free.
+    pub(crate) fn complete(&mut self, id: u64) {
+        if let Some(done) = self.incomplete.remove(&id) {
+            self.used -= done.reserved;
+        }
+    }
+
+    /// Fails every batch not in flight (for `close`). In-flight batches are the sender's.
+    pub(crate) fn abort(&mut self) -> Vec<Failure> {
+        let mut failed = Vec::new();
+        for queues in self.topics.values_mut() {
+            for queue in queues.iter_mut() {
+                if let Some(open) = queue.open.take() {
+                    failed.push((open.id, open.completion, Persistence::NotPersisted));
+                }
+                for b in queue.sealed.drain(..) {
+                    let persistence = if b.maybe_applied {
+                        Persistence::PossiblyPersisted
+                    } else {
+                        Persistence::NotPersisted
+                    };
+                    failed.push((b.id, b.completion, persistence));
+                }
+            }
+        }
+        failed
+            .into_iter()
+            .map(|(id, completion, persistence)| {
+                self.complete(id);
+                (completion, ProduceError::Closed { persistence })
+            })
+            .collect()
+    }
+}

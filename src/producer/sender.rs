@@ -1,0 +1,719 @@
+//! The sender task: drains sealed batches into produce requests and settles their outcomes.
+//!
+//! One task per producer, owning the connections. Each loop turn it seals expired batches,
+//! routes ready partitions to their leader agent, sends at most `max_in_flight` requests per
+//! agent (each request encodes its batches in its own task, so compression runs in parallel
+//! with the sender), then sleeps until a batch seals, a request finishes, or a deadline passes.
+//!
+//! Outcomes per batch:
+//! - success or `DuplicateSequence` → resolved with the base offset;
+//! - retriable code (not leader, unavailable, throttled, …) → requeued at the front of its
+//!   partition after a backoff (metadata refreshed first for stale-leader codes);
+//! - `OutOfOrderSequence` / `UnknownProducerId` for a partition's first unsettled batch in the
+//!   request → the partition starts a new epoch and its queued batches are restamped; behind an
+//!   earlier failure of the same partition it only means "requeue, in order";
+//! - any other code → failed with [`ProduceError::Rejected`];
+//! - transport failure → requeued (possibly applied) if retriable, failed otherwise;
+//! - past `delivery_timeout` → failed with [`ProduceError::DeliveryTimeout`].
+
+use super::accumulator::{Failure, Payload, QueuedBatch};
+use super::delivery::{Completion, Outcome};
+use super::{Inner, Persistence, Phase, ProduceError};
+use crate::batch::ProducerStamp;
+use crate::codec::Codec;
+use crate::discovery::{DiscoveryError, TopicMetadata};
+use crate::layers::{self, Backoff, BoxConnection, LayerFn, RetryPolicy};
+use crate::rng::Rng;
+use crate::transport::{
+    Connection, Endpoint, Request, RequestMessage, Response, Transport, TransportError,
+};
+use std::collections::{HashMap, HashSet};
+use std::error::Error as StdError;
+use std::sync::Arc;
+use streamhouse_proto::v1::{ErrorCode, PartitionBatch, ProduceRequest, ProduceResponse};
+use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+type TopicPartition = (Arc<str>, u32);
+
+pub(crate) struct Sender {
+    inner: Arc<Inner>,
+    transport: Arc<dyn Transport>,
+    codec: Arc<dyn Codec>,
+    layers: Vec<LayerFn>,
+    retry: RetryPolicy,
+    backoff: Backoff,
+    rng: Rng,
+    agents: HashMap<Endpoint, Agent>,
+    /// Topics whose metadata is being fetched (`None`) or may be fetched again after an instant.
+    refreshing: HashMap<Arc<str>, Option<Instant>>,
+    tasks: JoinSet<Event>,
+    /// What each running request task carries, to settle its batches if the task dies.
+    requests: HashMap<Id, InFlight>,
+}
+
+struct Agent {
+    conn: Conn,
+    in_flight: usize,
+    failures: u32,
+}
+
+enum Conn {
+    Idle,
+    Connecting,
+    Ready(BoxConnection),
+    Waiting(Instant),
+}
+
+struct InFlight {
+    endpoint: Endpoint,
+    batches: Vec<(u64, Arc<Completion>, TopicPartition)>,
+}
+
+enum Event {
+    Connected {
+        endpoint: Endpoint,
+        result: Result<Connection, TransportError>,
+    },
+    Produced {
+        endpoint: Endpoint,
+        sent: Vec<QueuedBatch>,
+        unencodable: Vec<(QueuedBatch, ProduceError)>,
+        outcome: RequestOutcome,
+    },
+    Metadata {
+        topic: Arc<str>,
+        result: Result<Arc<TopicMetadata>, DiscoveryError>,
+    },
+}
+
+enum RequestOutcome {
+    Answered(ProduceResponse),
+    Failed {
+        error: Arc<dyn StdError + Send + Sync>,
+        retriable: bool,
+    },
+    DeadlinePassed,
+}
+
+impl Sender {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        transport: Arc<dyn Transport>,
+        codec: Arc<dyn Codec>,
+        layers: Vec<LayerFn>,
+        rng: Rng,
+    ) -> Sender {
+        let backoff = Backoff::new(inner.config.retry_backoff, inner.config.retry_backoff_max);
+        let retry = RetryPolicy::new(backoff).with_seed(rng.next_u64());
+        Sender {
+            inner,
+            transport,
+            codec,
+            layers,
+            retry,
+            backoff,
+            rng,
+            agents: HashMap::new(),
+            refreshing: HashMap::new(),
+            tasks: JoinSet::new(),
+            requests: HashMap::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            let (failures, ready, phase, idle) = {
+                let mut state = self.inner.lock();
+                if state.phase != Phase::Open {
+                    // Closing: nothing waits for linger any more.
+                    state.acc.seal_all();
+                }
+                let failures = state.acc.expire(now.into_std());
+                let ready = state.acc.ready(now.into_std());
+                (failures, ready, state.phase, state.acc.is_idle())
+            };
+            self.settle(
+                failures
+                    .into_iter()
+                    .map(|(c, e)| (c, Outcome::Failed(e)))
+                    .collect(),
+            );
+            match phase {
+                Phase::Abort => return self.abort().await,
+                Phase::Closing if idle && self.tasks.is_empty() => return,
+                _ => {}
+            }
+            self.dispatch(ready, now);
+
+            let wake_at = self.next_wake();
+            tokio::select! {
+                biased;
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    match joined {
+                        Ok((id, event)) => {
+                            self.requests.remove(&id);
+                            self.on_event(event);
+                        }
+                        Err(error) => self.on_task_lost(error.id()),
+                    }
+                }
+                () = self.inner.wake_sender.notified() => {}
+                () = tokio::time::sleep_until(wake_at.unwrap_or_else(far_future)), if wake_at.is_some() => {}
+            }
+        }
+    }
+
+    /// The earliest instant something time-based must happen.
+    fn next_wake(&self) -> Option<Instant> {
+        let acc = self.inner.lock().acc.next_deadline().map(Instant::from_std);
+        let agents = self.agents.values().filter_map(|a| match a.conn {
+            Conn::Waiting(at) => Some(at),
+            _ => None,
+        });
+        let refreshes = self.refreshing.values().filter_map(|at| *at);
+        acc.into_iter().chain(agents).chain(refreshes).min()
+    }
+
+    /// Routes ready partitions to their leaders and sends what the in-flight limits allow.
+    fn dispatch(&mut self, ready: Vec<TopicPartition>, now: Instant) {
+        if ready.is_empty() {
+            return;
+        }
+        let mut routes: HashMap<Endpoint, Vec<TopicPartition>> = HashMap::new();
+        let mut missing = HashSet::new();
+        {
+            let state = self.inner.lock();
+            for (topic, partition) in ready {
+                match state.metadata.get(&topic).and_then(|m| m.leader(partition)) {
+                    Some(leader) => routes
+                        .entry(leader.endpoint.clone())
+                        .or_default()
+                        .push((topic, partition)),
+                    None => {
+                        missing.insert(topic);
+                    }
+                }
+            }
+        }
+        for topic in missing {
+            self.refresh(topic, now);
+        }
+        let max_in_flight = self.inner.config.max_in_flight;
+        for (endpoint, mut partitions) in routes {
+            let agent = self.agents.entry(endpoint.clone()).or_insert(Agent {
+                conn: Conn::Idle,
+                in_flight: 0,
+                failures: 0,
+            });
+            let service = match &agent.conn {
+                Conn::Ready(service) => service.clone(),
+                Conn::Connecting => continue,
+                Conn::Waiting(at) if *at > now => continue,
+                Conn::Idle | Conn::Waiting(_) => {
+                    agent.conn = Conn::Connecting;
+                    let connect = self.transport.connect(&endpoint);
+                    self.tasks.spawn(async move {
+                        Event::Connected {
+                            endpoint,
+                            result: connect.await,
+                        }
+                    });
+                    continue;
+                }
+            };
+            while agent.in_flight < max_in_flight && !partitions.is_empty() {
+                let batches = drain_request(&self.inner, &mut partitions, now);
+                if batches.is_empty() {
+                    break;
+                }
+                agent.in_flight += 1;
+                spawn_request(
+                    &mut self.tasks,
+                    &mut self.requests,
+                    &self.inner,
+                    &self.codec,
+                    endpoint.clone(),
+                    service.clone(),
+                    batches,
+                );
+            }
+        }
+    }
+
+    fn refresh(&mut self, topic: Arc<str>, now: Instant) {
+        match self.refreshing.get(&topic) {
+            Some(None) => return,
+            Some(Some(at)) if *at > now => return,
+            _ => {}
+        }
+        self.refreshing.insert(topic.clone(), None);
+        let discovery = self.inner.discovery.clone();
+        self.tasks.spawn(async move {
+            let result = discovery.topic(&topic).await;
+            Event::Metadata { topic, result }
+        });
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::Connected { endpoint, result } => {
+                let agent = self.agents.get_mut(&endpoint);
+                let Some(agent) = agent else { return };
+                match result {
+                    Ok(connection) => {
+                        agent.failures = 0;
+                        agent.conn = Conn::Ready(layers::stack(
+                            connection,
+                            &self.layers,
+                            self.inner.config.request_timeout,
+                            self.retry.clone(),
+                        ));
+                    }
+                    Err(_) => {
+                        let delay = self.backoff.jittered(agent.failures, self.rng.unit());
+                        agent.failures = agent.failures.saturating_add(1);
+                        agent.conn = Conn::Waiting(now + delay);
+                    }
+                }
+            }
+            Event::Metadata { topic, result } => match result {
+                Ok(metadata) => {
+                    self.refreshing.remove(&topic);
+                    self.inner.lock().metadata.insert(topic, metadata);
+                }
+                Err(_) => {
+                    let delay = self.backoff.jittered(0, self.rng.unit());
+                    self.refreshing.insert(topic, Some(now + delay));
+                }
+            },
+            Event::Produced {
+                endpoint,
+                sent,
+                unencodable,
+                outcome,
+            } => self.on_produced(endpoint, sent, unencodable, outcome, now),
+        }
+    }
+
+    fn on_produced(
+        &mut self,
+        endpoint: Endpoint,
+        sent: Vec<QueuedBatch>,
+        unencodable: Vec<(QueuedBatch, ProduceError)>,
+        outcome: RequestOutcome,
+        now: Instant,
+    ) {
+        let agent = self.agents.get_mut(&endpoint);
+        if let Some(agent) = agent {
+            agent.in_flight = agent.in_flight.saturating_sub(1);
+            if matches!(outcome, RequestOutcome::Failed { .. }) {
+                // Reconnect before the next request; in-flight clones finish on their own.
+                agent.conn = Conn::Idle;
+            }
+        }
+        let mut settle = Settlement::new(&self.inner, now);
+        for (batch, error) in unencodable {
+            settle.fail(batch, error);
+        }
+        match outcome {
+            RequestOutcome::Answered(response) if response.results.len() == sent.len() => {
+                for (batch, result) in sent.into_iter().zip(response.results) {
+                    settle.answer(
+                        batch,
+                        result.error_code,
+                        result.base_offset,
+                        result.error_message,
+                    );
+                }
+            }
+            RequestOutcome::Answered(response) => {
+                let error: Arc<dyn StdError + Send + Sync> =
+                    Arc::new(TransportError::Protocol(format!(
+                        "{} results for {} batches",
+                        response.results.len(),
+                        sent.len()
+                    )));
+                for batch in sent {
+                    settle.transport_failure(batch, &error, false);
+                }
+            }
+            RequestOutcome::Failed { error, retriable } => {
+                for batch in sent {
+                    settle.transport_failure(batch, &error, retriable);
+                }
+            }
+            RequestOutcome::DeadlinePassed => {
+                for mut batch in sent {
+                    batch.maybe_applied = true;
+                    settle.retry(batch, false);
+                }
+            }
+        }
+        let (outcomes, stale_topics) = settle.finish(&self.backoff, &self.rng);
+        for topic in stale_topics {
+            self.inner.discovery.invalidate(&topic);
+            self.inner.lock().metadata.remove(&topic);
+        }
+        self.settle(outcomes);
+    }
+
+    /// A request task ended without reporting (it panicked): its batches' fate is unknown.
+    fn on_task_lost(&mut self, id: Id) {
+        let Some(lost) = self.requests.remove(&id) else {
+            return;
+        };
+        if let Some(agent) = self.agents.get_mut(&lost.endpoint) {
+            agent.in_flight = agent.in_flight.saturating_sub(1);
+        }
+        let error: Arc<dyn StdError + Send + Sync> = Arc::new(TransportError::Protocol(
+            "request task ended abnormally".into(),
+        ));
+        let mut outcomes = Vec::new();
+        {
+            let mut state = self.inner.lock();
+            for (batch_id, completion, (topic, partition)) in lost.batches {
+                state.acc.complete(batch_id);
+                state.acc.unmute(&topic, partition);
+                outcomes.push((
+                    completion,
+                    Outcome::Failed(ProduceError::Transport {
+                        source: error.clone(),
+                        persistence: Persistence::PossiblyPersisted,
+                    }),
+                ));
+            }
+        }
+        self.settle(outcomes);
+    }
+
+    /// Close timed out: fail everything still pending and stop.
+    async fn abort(mut self) {
+        self.tasks.abort_all();
+        let mut outcomes: Vec<(Arc<Completion>, Outcome)> = Vec::new();
+        {
+            let mut state = self.inner.lock();
+            let queued: Vec<Failure> = state.acc.abort();
+            outcomes.extend(queued.into_iter().map(|(c, e)| (c, Outcome::Failed(e))));
+            for (_, in_flight) in self.requests.drain() {
+                for (batch_id, completion, _) in in_flight.batches {
+                    state.acc.complete(batch_id);
+                    outcomes.push((
+                        completion,
+                        Outcome::Failed(ProduceError::Closed {
+                            persistence: Persistence::PossiblyPersisted,
+                        }),
+                    ));
+                }
+            }
+        }
+        self.settle(outcomes);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Resolves completions (outside the lock) and tells blocked senders memory was freed.
+    fn settle(&self, outcomes: Vec<(Arc<Completion>, Outcome)>) {
+        if outcomes.is_empty() {
+            return;
+        }
+        for (completion, outcome) in outcomes {
+            completion.resolve(outcome);
+        }
+        self.inner.memory_freed.notify_waiters();
+    }
+}
+
+/// Takes batches from `partitions` for one request, up to `max_request_size`; partitions
+/// drained are removed from the list, those that did not fit stay for the next request.
+fn drain_request(
+    inner: &Inner,
+    partitions: &mut Vec<TopicPartition>,
+    now: Instant,
+) -> Vec<QueuedBatch> {
+    let max = inner.config.max_request_size;
+    let mut batches = Vec::new();
+    let mut bytes = 0;
+    let mut state = inner.lock();
+    partitions.retain(|(topic, partition)| {
+        if bytes >= max {
+            return true;
+        }
+        let drained = state
+            .acc
+            .drain(topic, *partition, max - bytes, now.into_std());
+        if drained.is_empty() {
+            return true;
+        }
+        bytes += drained.iter().map(|b| b.payload.len()).sum::<usize>();
+        batches.extend(drained);
+        false
+    });
+    batches
+}
+
+fn spawn_request(
+    tasks: &mut JoinSet<Event>,
+    requests: &mut HashMap<Id, InFlight>,
+    inner: &Inner,
+    codec: &Arc<dyn Codec>,
+    endpoint: Endpoint,
+    service: BoxConnection,
+    batches: Vec<QueuedBatch>,
+) {
+    let config = &inner.config;
+    let deadline = batches
+        .iter()
+        .map(|b| Instant::from_std(b.created + config.delivery_timeout))
+        .min()
+        .unwrap_or_else(|| Instant::now() + config.delivery_timeout);
+    let refs = batches
+        .iter()
+        .map(|b| (b.id, b.completion.clone(), (b.topic.clone(), b.partition)))
+        .collect();
+    let request = ProduceRequest {
+        acks: config.acks.to_wire() as i32,
+        timeout_ms: u32::try_from(config.request_timeout.as_millis()).unwrap_or(u32::MAX),
+        batches: Vec::new(),
+    };
+    let codec = codec.clone();
+    let task_endpoint = endpoint.clone();
+    let handle = tasks.spawn(async move {
+        produce(task_endpoint, service, request, batches, codec, deadline).await
+    });
+    requests.insert(
+        handle.id(),
+        InFlight {
+            endpoint,
+            batches: refs,
+        },
+    );
+}
+
+/// One request: encode the batches that are still builders, send, classify the outcome.
+async fn produce(
+    endpoint: Endpoint,
+    service: BoxConnection,
+    mut request: ProduceRequest,
+    batches: Vec<QueuedBatch>,
+    codec: Arc<dyn Codec>,
+    deadline: Instant,
+) -> Event {
+    let mut sent = Vec::with_capacity(batches.len());
+    let mut unencodable = Vec::new();
+    for mut batch in batches {
+        let encoded = match std::mem::replace(&mut batch.payload, Payload::Taken) {
+            Payload::Built(builder) => builder
+                .finish(batch.stamp.unwrap_or(ProducerStamp::NONE), codec.as_ref())
+                .map_err(|e| ProduceError::Encoding(Arc::new(e))),
+            Payload::Encoded(bytes) => Ok(bytes),
+            Payload::Taken => Err(ProduceError::Closed {
+                persistence: Persistence::NotPersisted,
+            }),
+        };
+        match encoded {
+            Ok(bytes) => {
+                request.batches.push(PartitionBatch {
+                    topic: batch.topic.to_string(),
+                    partition: batch.partition,
+                    batch: bytes.clone(),
+                });
+                batch.payload = Payload::Encoded(bytes);
+                batch.attempts += 1;
+                sent.push(batch);
+            }
+            Err(error) => unencodable.push((batch, error)),
+        }
+    }
+    let outcome = if sent.is_empty() {
+        RequestOutcome::Answered(ProduceResponse::default())
+    } else {
+        let request = Request {
+            message: RequestMessage::Produce(request),
+            deadline: Some(deadline),
+        };
+        match tokio::time::timeout_at(deadline, service.oneshot(request)).await {
+            Err(_) => RequestOutcome::DeadlinePassed,
+            Ok(Ok(Response::Produce(response))) => RequestOutcome::Answered(response),
+            Ok(Ok(_)) => RequestOutcome::Failed {
+                error: Arc::new(TransportError::Protocol(
+                    "answer to a produce request is not a produce response".into(),
+                )),
+                retriable: false,
+            },
+            Ok(Err(error)) => RequestOutcome::Failed {
+                retriable: layers::is_retriable(error.as_ref()),
+                error: Arc::from(error),
+            },
+        }
+    };
+    Event::Produced {
+        endpoint,
+        sent,
+        unencodable,
+        outcome,
+    }
+}
+
+/// Collects the consequences of one answered request, then applies them under one lock.
+struct Settlement<'a> {
+    inner: &'a Inner,
+    now: Instant,
+    outcomes: Vec<(Arc<Completion>, Outcome)>,
+    completed: Vec<u64>,
+    /// Batches to send again, per partition in order, and whether to back off first.
+    requeue: Vec<(TopicPartition, Vec<QueuedBatch>, bool)>,
+    /// Partitions with an unsettled batch earlier in this request.
+    behind_failure: HashSet<TopicPartition>,
+    reset: HashSet<TopicPartition>,
+    stale_topics: HashSet<Arc<str>>,
+    partitions: HashSet<TopicPartition>,
+}
+
+impl<'a> Settlement<'a> {
+    fn new(inner: &'a Inner, now: Instant) -> Settlement<'a> {
+        Settlement {
+            inner,
+            now,
+            outcomes: Vec::new(),
+            completed: Vec::new(),
+            requeue: Vec::new(),
+            behind_failure: HashSet::new(),
+            reset: HashSet::new(),
+            stale_topics: HashSet::new(),
+            partitions: HashSet::new(),
+        }
+    }
+
+    fn key(batch: &QueuedBatch) -> TopicPartition {
+        (batch.topic.clone(), batch.partition)
+    }
+
+    fn succeed(&mut self, batch: QueuedBatch, base_offset: i64) {
+        self.partitions.insert(Self::key(&batch));
+        self.completed.push(batch.id);
+        self.outcomes.push((
+            batch.completion,
+            Outcome::Acked {
+                base_offset,
+                log_append_time: None,
+            },
+        ));
+    }
+
+    fn fail(&mut self, batch: QueuedBatch, error: ProduceError) {
+        let key = Self::key(&batch);
+        self.partitions.insert(key.clone());
+        self.behind_failure.insert(key);
+        self.completed.push(batch.id);
+        self.outcomes
+            .push((batch.completion, Outcome::Failed(error)));
+    }
+
+    /// Sends the batch again later, unless its delivery timeout has passed.
+    fn retry(&mut self, batch: QueuedBatch, backoff: bool) {
+        let timeout = self.inner.config.delivery_timeout;
+        if Instant::from_std(batch.created + timeout) <= self.now {
+            let persistence = if batch.maybe_applied {
+                Persistence::PossiblyPersisted
+            } else {
+                Persistence::NotPersisted
+            };
+            return self.fail(
+                batch,
+                ProduceError::DeliveryTimeout {
+                    timeout,
+                    persistence,
+                },
+            );
+        }
+        let key = Self::key(&batch);
+        self.partitions.insert(key.clone());
+        self.behind_failure.insert(key.clone());
+        match self.requeue.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, batches, back_off)) => {
+                batches.push(batch);
+                *back_off |= backoff;
+            }
+            None => self.requeue.push((key, vec![batch], backoff)),
+        }
+    }
+
+    fn answer(&mut self, batch: QueuedBatch, code: i32, base_offset: i64, message: String) {
+        let key = Self::key(&batch);
+        match ErrorCode::from_wire(code) {
+            ErrorCode::None | ErrorCode::DuplicateSequence => self.succeed(batch, base_offset),
+            ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId => {
+                // First unsettled batch of its partition: the agent lost or never had the
+                // batches before it, so start a new epoch. Behind an earlier failure it only
+                // waits its turn.
+                if !self.behind_failure.contains(&key) {
+                    self.reset.insert(key);
+                }
+                self.retry(batch, false);
+            }
+            code if code.is_retriable() || code == ErrorCode::UnknownPartition => {
+                if code.is_stale_metadata() {
+                    self.stale_topics.insert(batch.topic.clone());
+                }
+                self.retry(batch, true);
+            }
+            code => self.fail(batch, ProduceError::Rejected { code, message }),
+        }
+    }
+
+    fn transport_failure(
+        &mut self,
+        mut batch: QueuedBatch,
+        error: &Arc<dyn StdError + Send + Sync>,
+        retriable: bool,
+    ) {
+        // Sent, no answer: whatever the error says about the last attempt, the batch may
+        // have been appended by this one or an earlier one.
+        batch.maybe_applied = true;
+        if retriable {
+            self.retry(batch, true);
+        } else {
+            self.fail(
+                batch,
+                ProduceError::Transport {
+                    source: error.clone(),
+                    persistence: Persistence::PossiblyPersisted,
+                },
+            );
+        }
+    }
+
+    /// Applies everything to the accumulator; returns the completions to resolve and the
+    /// topics whose metadata went stale.
+    fn finish(
+        self,
+        backoff: &Backoff,
+        rng: &Rng,
+    ) -> (Vec<(Arc<Completion>, Outcome)>, HashSet<Arc<str>>) {
+        let mut state = self.inner.lock();
+        for id in self.completed {
+            state.acc.complete(id);
+        }
+        for (_, batches, back_off) in self.requeue {
+            let attempts = batches.iter().map(|b| b.attempts).max().unwrap_or(1);
+            let retry_at = back_off.then(|| {
+                (self.now + backoff.jittered(attempts.saturating_sub(1), rng.unit())).into_std()
+            });
+            state.acc.requeue(batches, retry_at);
+        }
+        for (topic, partition) in &self.reset {
+            state.acc.reset_sequence(topic, *partition);
+        }
+        for (topic, partition) in &self.partitions {
+            state.acc.unmute(topic, *partition);
+        }
+        (self.outcomes, self.stale_topics)
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+}

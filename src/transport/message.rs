@@ -1,0 +1,76 @@
+//! [`Request`] and [`Response`]: the protocol messages a connection carries.
+
+use streamhouse_proto::v1::{
+    FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+};
+use tokio::time::Instant;
+
+/// The protocol message of a request.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RequestMessage {
+    /// Append batches.
+    Produce(ProduceRequest),
+    /// Describe topics.
+    Metadata(MetadataRequest),
+    /// Read batches back.
+    Fetch(FetchRequest),
+}
+
+/// A request to an agent: the message, and the instant after which nobody waits for the
+/// answer. Layers use the deadline (the retry policy stops retrying before it); transports may
+/// forward it (gRPC's `grpc-timeout`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// What is asked.
+    pub message: RequestMessage,
+    /// When the caller gives up, if ever.
+    pub deadline: Option<Instant>,
+}
+
+impl Request {
+    /// A request without a deadline.
+    pub fn new(message: RequestMessage) -> Request {
+        Request {
+            message,
+            deadline: None,
+        }
+    }
+
+    /// The same request with a deadline.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Request {
+        self.deadline = Some(deadline);
+        self
+    }
+}
+
+impl From<ProduceRequest> for Request {
+    fn from(r: ProduceRequest) -> Request {
+        Request::new(RequestMessage::Produce(r))
+    }
+}
+
+impl From<MetadataRequest> for Request {
+    fn from(r: MetadataRequest) -> Request {
+        Request::new(RequestMessage::Metadata(r))
+    }
+}
+
+impl From<FetchRequest> for Request {
+    fn from(r: FetchRequest) -> Request {
+        Request::new(RequestMessage::Fetch(r))
+    }
+}
+
+/// An agent's answer; the variant matches the request's.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Response {
+    /// Answer to [`RequestMessage::Produce`].
+    Produce(ProduceResponse),
+    /// Answer to [`RequestMessage::Metadata`].
+    Metadata(MetadataResponse),
+    /// Answer to [`RequestMessage::Fetch`].
+    Fetch(FetchResponse),
+}
