@@ -131,12 +131,39 @@ impl BatchBuilder {
         value: Option<&[u8]>,
         headers: &[Header],
     ) -> Result<(), BatchError> {
+        self.append_within(usize::MAX, timestamp, key, value, headers)
+            .map(|_| ())
+    }
+
+    /// Appends one record if the batch stays within `max_len` encoded bytes, sizing the record
+    /// once. Returns whether it was appended; errors as [`append`](Self::append).
+    ///
+    /// ```
+    /// # use streamhouse::batch::BatchBuilder;
+    /// let mut b = BatchBuilder::new();
+    /// assert!(b.append_within(100, 0, None, Some(&[0; 20]), &[])?);
+    /// assert!(!b.append_within(100, 0, None, Some(&[0; 20]), &[])?); // 57 + 2 × 27 > 100
+    /// assert_eq!(b.record_count(), 1);
+    /// # Ok::<(), streamhouse::batch::BatchError>(())
+    /// ```
+    pub fn append_within(
+        &mut self,
+        max_len: usize,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) -> Result<bool, BatchError> {
         let body = self.body_len(timestamp, key, value, headers);
         if body > i32::MAX as usize || self.buf.len() + body + 5 > i32::MAX as usize {
             return Err(BatchError::RecordTooLarge {
                 size: body,
                 limit: i32::MAX as usize,
             });
+        }
+        let total = varint_len(body as i32) + body;
+        if self.buf.len() + total > max_len {
+            return Ok(false);
         }
         if self.count >= i32::MAX as u32 {
             return Err(BatchError::TooManyRecords {
@@ -152,7 +179,7 @@ impl BatchBuilder {
         }
 
         let buf = &mut self.buf;
-        buf.reserve(varint_len(body as i32) + body);
+        buf.reserve(total);
         put_varint(buf, body as i32);
         buf.put_u8(0); // record attributes: unused
         put_varlong(buf, timestamp.wrapping_sub(self.first_timestamp));
@@ -165,7 +192,7 @@ impl BatchBuilder {
             put_bytes(buf, h.value.as_deref());
         }
         self.count += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// Seals the batch: stamps the producer fields, compresses the records block with `codec`

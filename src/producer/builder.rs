@@ -9,7 +9,7 @@ use crate::layers::{BoxConnection, LayerFn};
 use crate::partitioner::{Partitioner, Sticky};
 use crate::rng::Rng;
 use crate::transport::{Request, Response, Transport};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -210,7 +210,7 @@ impl ProducerBuilder {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 acc,
-                metadata: HashMap::new(),
+                metadata: FxHashMap::default(),
                 phase: Phase::Open,
             }),
             wake_sender: Notify::new(),

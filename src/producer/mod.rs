@@ -69,8 +69,8 @@ pub use record::{ProducerRecord, RecordMetadata};
 use crate::discovery::{Discovery, TopicMetadata};
 use crate::partitioner::Partitioner;
 use crate::transport::Transport;
-use accumulator::{Accumulator, Append, PushError};
-use std::collections::HashMap;
+use accumulator::{Accumulator, Append, PushError, TopicId};
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -110,8 +110,24 @@ pub(crate) enum Phase {
 /// bookkeeping would be.
 pub(crate) struct State {
     pub(crate) acc: Accumulator,
-    pub(crate) metadata: HashMap<Arc<str>, Arc<TopicMetadata>>,
+    /// Looked up once per record: a fast (Fx) hash of the topic name.
+    pub(crate) metadata: FxHashMap<Arc<str>, TopicEntry>,
     pub(crate) phase: Phase,
+}
+
+/// What `send` needs about a topic: its leaders and its queues in the accumulator.
+pub(crate) struct TopicEntry {
+    pub(crate) metadata: Arc<TopicMetadata>,
+    pub(crate) id: TopicId,
+}
+
+impl State {
+    /// Caches fresh metadata for a topic.
+    pub(crate) fn set_metadata(&mut self, metadata: Arc<TopicMetadata>) {
+        let id = self.acc.topic_id(metadata.topic());
+        self.metadata
+            .insert(metadata.topic().clone(), TopicEntry { metadata, id });
+    }
 }
 
 pub(crate) struct Inner {
@@ -188,10 +204,7 @@ impl Producer {
                 Attempt::Invalid(error) => return Err(error),
                 Attempt::NeedMetadata => {
                     let metadata = self.inner.discovery.topic(record.topic).await?;
-                    self.inner
-                        .lock()
-                        .metadata
-                        .insert(metadata.topic().clone(), metadata);
+                    self.inner.lock().set_metadata(metadata);
                     continue;
                 }
             };
@@ -253,7 +266,7 @@ impl Producer {
         let Some(topic) = metadata.get(record.topic) else {
             return Attempt::NeedMetadata;
         };
-        let partitions = topic.partition_count();
+        let partitions = topic.metadata.partition_count();
         let partition = match record.partition {
             Some(p) if p < partitions.get() => p,
             Some(p) => {
@@ -276,7 +289,7 @@ impl Producer {
                 p
             }
         };
-        Attempt::Pushed(acc.push(record.topic, partition, append, Instant::now().into_std()))
+        Attempt::Pushed(acc.push(topic.id, partition, append, || Instant::now().into_std()))
     }
 
     /// Sends a record and waits for its delivery.

@@ -37,6 +37,9 @@ use tower::ServiceExt;
 
 type TopicPartition = (Arc<str>, u32);
 
+/// A batch's completion and how it ended, to resolve outside the lock.
+type Resolution = (Arc<Completion>, Outcome);
+
 pub(crate) struct Sender {
     inner: Arc<Inner>,
     transport: Arc<dyn Transport>,
@@ -187,7 +190,11 @@ impl Sender {
         {
             let state = self.inner.lock();
             for (topic, partition) in ready {
-                match state.metadata.get(&topic).and_then(|m| m.leader(partition)) {
+                match state
+                    .metadata
+                    .get(&topic)
+                    .and_then(|t| t.metadata.leader(partition))
+                {
                     Some(leader) => routes
                         .entry(leader.endpoint.clone())
                         .or_default()
@@ -283,7 +290,7 @@ impl Sender {
             Event::Metadata { topic, result } => match result {
                 Ok(metadata) => {
                     self.refreshing.remove(&topic);
-                    self.inner.lock().metadata.insert(topic, metadata);
+                    self.inner.lock().set_metadata(metadata);
                 }
                 Err(_) => {
                     let delay = self.backoff.jittered(0, self.rng.unit());
@@ -393,7 +400,7 @@ impl Sender {
     /// Close timed out: fail everything still pending and stop.
     async fn abort(mut self) {
         self.tasks.abort_all();
-        let mut outcomes: Vec<(Arc<Completion>, Outcome)> = Vec::new();
+        let mut outcomes: Vec<Resolution> = Vec::new();
         {
             let mut state = self.inner.lock();
             let queued: Vec<Failure> = state.acc.abort();
@@ -415,7 +422,7 @@ impl Sender {
     }
 
     /// Resolves completions (outside the lock) and tells blocked senders memory was freed.
-    fn settle(&self, outcomes: Vec<(Arc<Completion>, Outcome)>) {
+    fn settle(&self, outcomes: Vec<Resolution>) {
         if outcomes.is_empty() {
             return;
         }
@@ -561,7 +568,7 @@ async fn produce(
 struct Settlement<'a> {
     inner: &'a Inner,
     now: Instant,
-    outcomes: Vec<(Arc<Completion>, Outcome)>,
+    outcomes: Vec<Resolution>,
     completed: Vec<u64>,
     /// Batches to send again, per partition in order, and whether to back off first.
     requeue: Vec<(TopicPartition, Vec<QueuedBatch>, bool)>,
@@ -688,11 +695,7 @@ impl<'a> Settlement<'a> {
 
     /// Applies everything to the accumulator; returns the completions to resolve and the
     /// topics whose metadata went stale.
-    fn finish(
-        self,
-        backoff: &Backoff,
-        rng: &Rng,
-    ) -> (Vec<(Arc<Completion>, Outcome)>, HashSet<Arc<str>>) {
+    fn finish(self, backoff: &Backoff, rng: &Rng) -> (Vec<Resolution>, HashSet<Arc<str>>) {
         let mut state = self.inner.lock();
         for id in self.completed {
             state.acc.complete(id);

@@ -31,6 +31,7 @@ use crate::partitioner::Partitioner;
 use crate::serve::DEDUP_WINDOW;
 use batch::OpenBatch;
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +88,16 @@ struct PartitionQueue {
     epoch: i16,
 }
 
+/// A topic's index in the accumulator: the per-record path finds its queues without hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TopicId(usize);
+
+#[derive(Debug)]
+struct TopicQueues {
+    name: Arc<str>,
+    partitions: Vec<PartitionQueue>,
+}
+
 #[derive(Debug)]
 struct Incomplete {
     reserved: usize,
@@ -97,7 +108,8 @@ struct Incomplete {
 pub(crate) struct Accumulator {
     config: AccumulatorConfig,
     partitioner: Arc<dyn Partitioner>,
-    topics: HashMap<Arc<str>, Vec<PartitionQueue>>,
+    topics: Vec<TopicQueues>,
+    ids: FxHashMap<Arc<str>, TopicId>,
     /// Every batch not yet settled, for the memory budget and for `flush`.
     incomplete: HashMap<u64, Incomplete>,
     used: usize,
@@ -109,7 +121,8 @@ impl Accumulator {
         Accumulator {
             config,
             partitioner,
-            topics: HashMap::new(),
+            topics: Vec::new(),
+            ids: FxHashMap::default(),
             incomplete: HashMap::new(),
             used: 0,
             next_id: 0,
@@ -132,11 +145,24 @@ impl Accumulator {
         self.incomplete.is_empty()
     }
 
-    fn queue(&mut self, topic: &str, partition: u32) -> &mut PartitionQueue {
-        if !self.topics.contains_key(topic) {
-            self.topics.insert(Arc::from(topic), Vec::new());
+    /// The id of `name`, registering the topic the first time.
+    pub(crate) fn topic_id(&mut self, name: &str) -> TopicId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
         }
-        let queues = self.topics.get_mut(topic).expect("inserted above");
+        let id = TopicId(self.topics.len());
+        let name: Arc<str> = Arc::from(name);
+        self.topics.push(TopicQueues {
+            name: name.clone(),
+            partitions: Vec::new(),
+        });
+        self.ids.insert(name, id);
+        id
+    }
+
+    fn queue(&mut self, topic: TopicId, partition: u32) -> &mut PartitionQueue {
+        // Ids come only from `topic_id` and topics are never removed: the index is valid.
+        let queues = &mut self.topics[topic.0].partitions;
         let index = partition as usize;
         if queues.len() <= index {
             queues.resize_with(index + 1, PartitionQueue::default);
@@ -145,48 +171,49 @@ impl Accumulator {
     }
 
     /// Appends a record to `partition`'s open batch, sealing and opening batches as needed.
+    ///
+    /// `now` is asked only when a new batch opens (its linger starts then), which keeps a clock
+    /// read off the per-record path.
     pub(crate) fn push(
         &mut self,
-        topic: &str,
+        topic: TopicId,
         partition: u32,
         record: Append<'_>,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Result<Pushed, PushError> {
         let batch_size = self.config.batch_size;
-        // Fast path, one map lookup: the record fits the open batch.
+        // Fast path: the record fits the open batch.
         let queue = self.queue(topic, partition);
         if let Some(open) = &mut queue.open {
-            let size =
-                open.builder
-                    .record_len(record.timestamp, record.key, record.value, record.headers);
-            if open.builder.encoded_len() + size <= batch_size {
-                let index = open.builder.record_count();
-                if open
-                    .builder
-                    .append(record.timestamp, record.key, record.value, record.headers)
-                    .is_ok()
-                {
-                    let completion = open.completion.clone();
-                    let full = open.builder.encoded_len() >= batch_size;
-                    if full {
-                        self.seal(topic, partition);
-                    }
-                    return Ok(Pushed {
-                        completion,
-                        index,
-                        wake_sender: full,
-                    });
+            let index = open.builder.record_count();
+            let appended = open.builder.append_within(
+                batch_size,
+                record.timestamp,
+                record.key,
+                record.value,
+                record.headers,
+            );
+            if let Ok(true) = appended {
+                let completion = open.completion.clone();
+                let full = open.builder.encoded_len() >= batch_size;
+                if full {
+                    self.seal(topic, partition);
                 }
+                return Ok(Pushed {
+                    completion,
+                    index,
+                    wake_sender: full,
+                });
             }
         }
-        self.push_new_batch(topic, partition, record, now)
+        self.push_new_batch(topic, partition, record, now())
     }
 
     /// The record does not fit the open batch (or there is none): seal it, open a new one
     /// within the memory budget, append.
     fn push_new_batch(
         &mut self,
-        topic: &str,
+        topic: TopicId,
         partition: u32,
         record: Append<'_>,
         now: Instant,
@@ -212,7 +239,7 @@ impl Accumulator {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let completion = Completion::new(self.topic_arc(topic), partition);
+        let completion = Completion::new(self.topics[topic.0].name.clone(), partition);
         self.incomplete.insert(
             id,
             Incomplete {
@@ -248,20 +275,14 @@ impl Accumulator {
         })
     }
 
-    fn topic_arc(&self, topic: &str) -> Arc<str> {
-        self.topics
-            .get_key_value(topic)
-            .map_or_else(|| Arc::from(topic), |(k, _)| k.clone())
-    }
-
     /// Moves the open batch of a partition to its sealed queue and tells the partitioner.
-    fn seal(&mut self, topic: &str, partition: u32) {
-        let topic_arc = self.topic_arc(topic);
+    fn seal(&mut self, topic: TopicId, partition: u32) {
+        let name = self.topics[topic.0].name.clone();
         let queue = self.queue(topic, partition);
         if let Some(open) = queue.open.take() {
             queue.sealed.push_back(QueuedBatch {
                 id: open.id,
-                topic: topic_arc,
+                topic: name.clone(),
                 partition,
                 created: open.created,
                 completion: open.completion,
@@ -272,25 +293,27 @@ impl Accumulator {
                 maybe_applied: false,
                 retry_at: None,
             });
-            self.partitioner.on_batch_sealed(topic, partition);
+            self.partitioner.on_batch_sealed(&name, partition);
         }
     }
 
     /// Seals every open batch (for `flush`); returns the completions of every unsettled batch.
     pub(crate) fn seal_all(&mut self) -> Vec<Arc<Completion>> {
-        let open: Vec<(Arc<str>, u32)> = self
+        let open: Vec<(TopicId, u32)> = self
             .topics
             .iter()
-            .flat_map(|(topic, queues)| {
-                queues
+            .enumerate()
+            .flat_map(|(id, topic)| {
+                topic
+                    .partitions
                     .iter()
                     .enumerate()
                     .filter(|(_, q)| q.open.is_some())
-                    .map(|(p, _)| (topic.clone(), p as u32))
+                    .map(move |(p, _)| (TopicId(id), p as u32))
             })
             .collect();
         for (topic, partition) in open {
-            self.seal(&topic, partition);
+            self.seal(topic, partition);
         }
         self.incomplete
             .values()
@@ -304,12 +327,12 @@ impl Accumulator {
         let (linger, timeout) = (self.config.linger, self.config.delivery_timeout);
         let mut to_seal = Vec::new();
         let mut failures = Vec::new();
-        for (topic, queues) in &mut self.topics {
-            for (p, queue) in queues.iter_mut().enumerate() {
+        for (id, topic) in self.topics.iter_mut().enumerate() {
+            for (p, queue) in topic.partitions.iter_mut().enumerate() {
                 if let Some(open) = &queue.open
                     && open.created + linger <= now
                 {
-                    to_seal.push((topic.clone(), p as u32));
+                    to_seal.push((TopicId(id), p as u32));
                 }
                 // A sequenced batch expiring leaves a gap the agent reports as out of order
                 // on the next send; the sender starts a new epoch then (not here: the expired
@@ -336,7 +359,7 @@ impl Accumulator {
             }
         }
         for (topic, partition) in to_seal {
-            self.seal(&topic, partition);
+            self.seal(topic, partition);
         }
         failures
             .into_iter()
@@ -350,13 +373,13 @@ impl Accumulator {
     /// Partitions with a batch that may be sent now: sealed, not muted, not backing off.
     pub(crate) fn ready(&self, now: Instant) -> Vec<(Arc<str>, u32)> {
         let mut ready = Vec::new();
-        for (topic, queues) in &self.topics {
-            for (p, queue) in queues.iter().enumerate() {
+        for topic in &self.topics {
+            for (p, queue) in topic.partitions.iter().enumerate() {
                 if let Some(head) = queue.sealed.front()
                     && !queue.muted
                     && head.retry_at.is_none_or(|at| at <= now)
                 {
-                    ready.push((topic.clone(), p as u32));
+                    ready.push((topic.name.clone(), p as u32));
                 }
             }
         }
@@ -368,8 +391,8 @@ impl Accumulator {
         let (linger, timeout) = (self.config.linger, self.config.delivery_timeout);
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        for queues in self.topics.values() {
-            for queue in queues {
+        for topic in &self.topics {
+            for queue in &topic.partitions {
                 if let Some(open) = &queue.open {
                     consider(open.created + linger);
                 }
@@ -396,6 +419,7 @@ impl Accumulator {
         now: Instant,
     ) -> Vec<QueuedBatch> {
         let producer_id = self.config.producer_id;
+        let topic = self.topic_id(topic);
         let queue = self.queue(topic, partition);
         let mut drained = Vec::new();
         let mut bytes = 0;
@@ -430,6 +454,7 @@ impl Accumulator {
 
     /// The partition's request finished (whatever the outcome): it may send again.
     pub(crate) fn unmute(&mut self, topic: &str, partition: u32) {
+        let topic = self.topic_id(topic);
         self.queue(topic, partition).muted = false;
     }
 
@@ -438,8 +463,8 @@ impl Accumulator {
     pub(crate) fn requeue(&mut self, batches: Vec<QueuedBatch>, retry_at: Option<Instant>) {
         for mut batch in batches.into_iter().rev() {
             batch.retry_at = retry_at;
-            let (topic, partition) = (batch.topic.clone(), batch.partition);
-            self.queue(&topic, partition).sealed.push_front(batch);
+            let topic = self.topic_id(&batch.topic);
+            self.queue(topic, batch.partition).sealed.push_front(batch);
         }
     }
 
@@ -451,6 +476,7 @@ impl Accumulator {
         let Some(producer_id) = self.config.producer_id else {
             return;
         };
+        let topic = self.topic_id(topic);
         let queue = self.queue(topic, partition);
         queue.epoch = queue.epoch.saturating_add(1);
         queue.next_sequence = 0;
@@ -481,8 +507,8 @@ impl Accumulator {
     /// Fails every batch not in flight (for `close`). In-flight batches are the sender's.
     pub(crate) fn abort(&mut self) -> Vec<Failure> {
         let mut failed = Vec::new();
-        for queues in self.topics.values_mut() {
-            for queue in queues.iter_mut() {
+        for topic in &mut self.topics {
+            for queue in &mut topic.partitions {
                 if let Some(open) = queue.open.take() {
                     failed.push((open.id, open.completion, Persistence::NotPersisted));
                 }

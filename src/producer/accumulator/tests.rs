@@ -49,8 +49,9 @@ fn push(
     now: Instant,
 ) -> Result<Pushed, PushError> {
     let v = value(len);
+    let topic = acc.topic_id("t");
     acc.push(
-        "t",
+        topic,
         partition,
         Append {
             timestamp: 1,
@@ -58,7 +59,7 @@ fn push(
             value: Some(&v),
             headers: &[],
         },
-        now,
+        || now,
     )
 }
 
