@@ -5,7 +5,7 @@ use crate::batch::{Batch, DecodeLimits, Record, set_base_offset};
 use crate::codec::Codecs;
 use crate::discovery::{PartitionLeader, StaticDiscovery, TopicMetadata};
 use crate::serve::{Admission, PartitionState, Rejection, validate_batch, validate_topic_name};
-use crate::transport::{Endpoint, Request, RequestMessage, Response, TransportError};
+use crate::transport::{AgentService, Endpoint, Request, RequestMessage, Response, TransportError};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use streamhouse_proto::v1::{
     Acks, AgentInfo, ErrorCode, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
     PartitionMetadata, PartitionResult, ProduceRequest, ProduceResponse,
 };
+use tower::BoxError;
 
 /// An in-process agent. Cheap to clone; clones share the logs.
 #[derive(Clone)]
@@ -154,6 +155,21 @@ impl MockAgent {
     /// This agent's endpoint (`mock://agent-{id}`).
     pub fn endpoint(&self) -> Endpoint {
         self.inner.endpoint.clone()
+    }
+
+    /// This agent as a service, for a transport's server adaptor (serving the mock over gRPC or
+    /// QUIC in tests). A stalled agent's requests never complete.
+    pub fn service(&self) -> AgentService {
+        let agent = self.clone();
+        AgentService::new(tower::service_fn(move |request: Request| {
+            let answer = agent.handle(request);
+            async move {
+                match answer {
+                    Some(result) => result.map_err(BoxError::from),
+                    None => std::future::pending().await,
+                }
+            }
+        }))
     }
 
     /// A transport reaching this agent alone.

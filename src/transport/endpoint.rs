@@ -64,6 +64,7 @@ impl Endpoint {
     }
 
     /// `mock://agent-{id}`, the endpoint of a mock agent.
+    #[cfg(feature = "mock")]
     pub(crate) fn mock(id: u32) -> Endpoint {
         Endpoint {
             url: format!("mock://agent-{id}").into(),

@@ -39,7 +39,8 @@ pub use message::{Request, RequestMessage, Response};
 
 use std::future::Future;
 use std::pin::Pin;
-use tower::util::BoxCloneService;
+use tower::BoxError;
+use tower::util::{BoxCloneService, BoxCloneSyncService};
 
 /// A boxed, sendable future (the shape trait objects return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,6 +48,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// One agent connection: the tower service every layer wraps. Cloning it is cheap and shares
 /// the underlying connection.
 pub type Connection = BoxCloneService<Request, Response, TransportError>;
+
+/// An agent as a transport's server adaptor drives it: a cloneable, shareable service from
+/// requests to responses. The reference agent and the mock agent both provide one; an error
+/// means the agent could not handle the request at all (shutting down) — refusals travel as
+/// error codes inside the response.
+pub type AgentService = BoxCloneSyncService<Request, Response, BoxError>;
 
 /// Opens connections to agents.
 ///

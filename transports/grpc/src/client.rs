@@ -1,0 +1,183 @@
+//! [`GrpcTransport`]: the client side, one HTTP/2 channel per agent endpoint.
+
+use crate::GrpcConfig;
+use crate::status::to_transport_error;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use streamhouse::transport::{
+    BoxFuture, Connection, Endpoint, Request, RequestMessage, Response, Transport, TransportError,
+};
+use streamhouse_proto::v1::agent_client::AgentClient;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tower::Service;
+use tower::util::BoxCloneService;
+
+/// Connects to agents over gRPC. Cheap to clone; connections to the same endpoint share one
+/// HTTP/2 channel (many requests multiplexed on one TCP connection).
+#[derive(Clone)]
+pub struct GrpcTransport {
+    config: Arc<GrpcConfig>,
+    channels: Arc<Mutex<HashMap<Endpoint, Channel>>>,
+}
+
+impl std::fmt::Debug for GrpcTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTransport")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for GrpcTransport {
+    fn default() -> GrpcTransport {
+        GrpcTransport::new(GrpcConfig::default())
+    }
+}
+
+impl GrpcTransport {
+    /// A transport with these settings.
+    pub fn new(config: GrpcConfig) -> GrpcTransport {
+        GrpcTransport {
+            config: Arc::new(config),
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn channel_endpoint(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<tonic::transport::Endpoint, TransportError> {
+        let scheme = match endpoint.scheme() {
+            "grpc" => "http",
+            #[cfg(feature = "tls")]
+            "grpcs" => "https",
+            _ => return Err(TransportError::UnsupportedEndpoint(endpoint.to_string())),
+        };
+        let config = &self.config;
+        let uri = format!("{scheme}://{}", endpoint.authority());
+        let channel = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| TransportError::Connect {
+                endpoint: endpoint.to_string(),
+                source: Some(Box::new(e)),
+            })?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(config.keep_alive_interval)
+            .keep_alive_timeout(config.keep_alive_timeout)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(config.stream_window)
+            .initial_connection_window_size(config.connection_window);
+        #[cfg(feature = "tls")]
+        let channel = if scheme == "https" {
+            let tls = config.client_tls.as_ref().ok_or_else(|| {
+                TransportError::Tls(Some(
+                    format!("{endpoint} needs TLS but GrpcConfig::client_tls is not set").into(),
+                ))
+            })?;
+            channel
+                .tls_config(tls.to_tonic(endpoint))
+                .map_err(|e| TransportError::Tls(Some(Box::new(e))))?
+        } else {
+            channel
+        };
+        Ok(channel)
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+    ) -> BoxFuture<'static, Result<Connection, TransportError>> {
+        let transport = self.clone();
+        let endpoint = endpoint.clone();
+        Box::pin(async move {
+            let cached = transport
+                .channels
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&endpoint)
+                .cloned();
+            let channel = match cached {
+                Some(channel) => channel,
+                None => {
+                    let channel = transport
+                        .channel_endpoint(&endpoint)?
+                        .connect()
+                        .await
+                        .map_err(|e| TransportError::Connect {
+                            endpoint: endpoint.to_string(),
+                            source: Some(Box::new(e)),
+                        })?;
+                    transport
+                        .channels
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(endpoint.clone(), channel.clone());
+                    channel
+                }
+            };
+            let size = transport.config.max_message_size;
+            let client = AgentClient::new(channel)
+                .max_decoding_message_size(size)
+                .max_encoding_message_size(size);
+            Ok(BoxCloneService::new(GrpcConnection {
+                client,
+                max_message_size: size,
+            }))
+        })
+    }
+}
+
+/// One agent connection: each request is a unary RPC on the shared channel.
+#[derive(Clone)]
+struct GrpcConnection {
+    client: AgentClient<Channel>,
+    max_message_size: usize,
+}
+
+impl Service<Request> for GrpcConnection {
+    type Response = Response;
+    type Error = TransportError;
+    type Future = BoxFuture<'static, Result<Response, TransportError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        // The channel queues calls itself; readiness is checked inside each call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let mut client = self.client.clone();
+        let max = self.max_message_size;
+        Box::pin(async move {
+            let deadline = request.deadline;
+            let result = match request.message {
+                RequestMessage::Produce(m) => client
+                    .produce(with_deadline(m, deadline))
+                    .await
+                    .map(|r| Response::Produce(r.into_inner())),
+                RequestMessage::Metadata(m) => client
+                    .metadata(with_deadline(m, deadline))
+                    .await
+                    .map(|r| Response::Metadata(r.into_inner())),
+                RequestMessage::Fetch(m) => client
+                    .fetch(with_deadline(m, deadline))
+                    .await
+                    .map(|r| Response::Fetch(r.into_inner())),
+                _ => return Err(TransportError::Protocol("unsupported request".into())),
+            };
+            result.map_err(|status| to_transport_error(status, max))
+        })
+    }
+}
+
+/// A tonic request carrying the remaining time as its `grpc-timeout`.
+fn with_deadline<T>(message: T, deadline: Option<Instant>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+    request
+}

@@ -1,0 +1,47 @@
+//! [`GrpcConfig`]: limits, timeouts and HTTP/2 tuning shared by client and server.
+
+use std::time::Duration;
+
+/// gRPC settings. The defaults suit batch traffic: messages up to 16 MiB (above the producer's
+/// 1 MiB `max_request_size`, and a bound on what one peer can make the other buffer), large
+/// HTTP/2 windows so a 1 MiB request is not throttled by flow control on a fast link, and
+/// keep-alive pings so a dead peer is noticed within seconds.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GrpcConfig {
+    /// Largest message either side accepts or sends. Default 16 MiB.
+    pub max_message_size: usize,
+    /// How long to wait for a TCP (and TLS) connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// HTTP/2 ping interval on idle and busy connections. Default 10 s.
+    pub keep_alive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped. Default 5 s.
+    pub keep_alive_timeout: Duration,
+    /// HTTP/2 initial stream window. Default 4 MiB.
+    pub stream_window: u32,
+    /// HTTP/2 initial connection window. Default 16 MiB.
+    pub connection_window: u32,
+    /// Client TLS settings; required for `grpcs://` endpoints.
+    #[cfg(feature = "tls")]
+    pub client_tls: Option<crate::ClientTls>,
+    /// Server TLS settings; when set, [`serve`](crate::serve) accepts only TLS.
+    #[cfg(feature = "tls")]
+    pub server_tls: Option<crate::ServerTls>,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> GrpcConfig {
+        GrpcConfig {
+            max_message_size: 16 << 20,
+            connect_timeout: Duration::from_secs(5),
+            keep_alive_interval: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            stream_window: 4 << 20,
+            connection_window: 16 << 20,
+            #[cfg(feature = "tls")]
+            client_tls: None,
+            #[cfg(feature = "tls")]
+            server_tls: None,
+        }
+    }
+}

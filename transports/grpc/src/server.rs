@@ -1,0 +1,120 @@
+//! [`serve`]: any agent service as the `streamhouse.v1.Agent` gRPC service.
+
+use crate::GrpcConfig;
+use crate::status::from_agent_error;
+use std::future::Future;
+use streamhouse::transport::{AgentService, Request, RequestMessage, Response};
+use streamhouse_proto::v1::agent_server::{Agent, AgentServer};
+use streamhouse_proto::v1::{
+    FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Status, async_trait};
+use tower::ServiceExt;
+
+/// The server could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The HTTP/2 server failed (listener error, TLS configuration).
+    #[error("grpc server failed")]
+    Server(#[from] tonic::transport::Error),
+}
+
+/// Serves `agent` on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
+/// requests finish, and returns.
+///
+/// Message size limits and HTTP/2 windows come from `config`; with the `tls` feature and
+/// `config.server_tls` set, only TLS connections are accepted.
+pub async fn serve(
+    agent: AgentService,
+    listener: TcpListener,
+    config: GrpcConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let service = AgentServer::new(Adaptor { agent })
+        .max_decoding_message_size(config.max_message_size)
+        .max_encoding_message_size(config.max_message_size);
+    let builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(config.stream_window)
+        .initial_connection_window_size(config.connection_window)
+        .http2_keepalive_interval(Some(config.keep_alive_interval))
+        .http2_keepalive_timeout(Some(config.keep_alive_timeout));
+    #[cfg(feature = "tls")]
+    let builder = match &config.server_tls {
+        Some(tls) => builder.tls_config(tls.to_tonic())?,
+        None => builder,
+    };
+    let mut builder = builder;
+    builder
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Implements the generated service trait by calling the agent service.
+struct Adaptor {
+    agent: AgentService,
+}
+
+impl Adaptor {
+    async fn call(&self, message: RequestMessage) -> Result<Response, Status> {
+        self.agent
+            .clone()
+            .oneshot(Request::new(message))
+            .await
+            .map_err(|e| from_agent_error(e.as_ref()))
+    }
+}
+
+fn mismatched() -> Status {
+    Status::internal("agent answered with the wrong response type")
+}
+
+#[async_trait]
+impl Agent for Adaptor {
+    async fn produce(
+        &self,
+        request: tonic::Request<ProduceRequest>,
+    ) -> Result<tonic::Response<ProduceResponse>, Status> {
+        match self
+            .call(RequestMessage::Produce(request.into_inner()))
+            .await?
+        {
+            Response::Produce(r) => Ok(tonic::Response::new(r)),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn metadata(
+        &self,
+        request: tonic::Request<MetadataRequest>,
+    ) -> Result<tonic::Response<MetadataResponse>, Status> {
+        match self
+            .call(RequestMessage::Metadata(request.into_inner()))
+            .await?
+        {
+            Response::Metadata(r) => Ok(tonic::Response::new(r)),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn fetch(
+        &self,
+        request: tonic::Request<FetchRequest>,
+    ) -> Result<tonic::Response<FetchResponse>, Status> {
+        match self
+            .call(RequestMessage::Fetch(request.into_inner()))
+            .await?
+        {
+            Response::Fetch(r) => Ok(tonic::Response::new(r)),
+            _ => Err(mismatched()),
+        }
+    }
+}

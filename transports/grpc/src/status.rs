@@ -1,0 +1,60 @@
+//! Mapping between tonic's `Status` and the typed transport errors.
+
+use streamhouse::transport::TransportError;
+use tonic::{Code, Status};
+
+/// Classifies a failed RPC so that the retry policy decides from the kind, not the text.
+///
+/// `Unavailable` after the call was issued means the connection broke or could not carry it:
+/// the agent may have applied it, so it maps to `ConnectionLost` (retriable, possibly applied).
+pub(crate) fn to_transport_error(status: Status, max_message_size: usize) -> TransportError {
+    match status.code() {
+        Code::Unavailable | Code::Cancelled | Code::Aborted => {
+            TransportError::connection_lost(status)
+        }
+        Code::DeadlineExceeded => TransportError::Timeout,
+        Code::ResourceExhausted => TransportError::FrameTooLarge {
+            size: 0,
+            limit: max_message_size,
+        },
+        Code::Unauthenticated => TransportError::Unauthenticated,
+        Code::PermissionDenied => TransportError::Unauthorized,
+        _ => TransportError::Protocol(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// The status a server returns when the agent service itself failed (not a refusal: those are
+/// error codes inside the response).
+pub(crate) fn from_agent_error(error: &(dyn std::error::Error + 'static)) -> Status {
+    match error.downcast_ref::<TransportError>() {
+        Some(TransportError::FrameTooLarge { .. }) => Status::resource_exhausted(error.to_string()),
+        Some(TransportError::Unauthenticated) => Status::unauthenticated(error.to_string()),
+        Some(TransportError::Unauthorized) => Status::permission_denied(error.to_string()),
+        _ => Status::unavailable(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_decide_retries() {
+        let lost = to_transport_error(Status::unavailable("connection reset"), 1);
+        assert!(lost.is_retriable() && lost.may_have_been_applied());
+        let timeout = to_transport_error(Status::deadline_exceeded("slow"), 1);
+        assert!(timeout.is_retriable() && timeout.may_have_been_applied());
+        let big = to_transport_error(Status::resource_exhausted("too large"), 16);
+        assert!(matches!(
+            big,
+            TransportError::FrameTooLarge { limit: 16, .. }
+        ));
+        assert!(!big.is_retriable());
+        let bug = to_transport_error(Status::invalid_argument("bad"), 1);
+        assert!(matches!(bug, TransportError::Protocol(_)) && !bug.is_retriable());
+        assert!(matches!(
+            to_transport_error(Status::unauthenticated(""), 1),
+            TransportError::Unauthenticated
+        ));
+    }
+}
