@@ -24,6 +24,7 @@ pub mod mock;
 pub mod partitioner;
 pub mod payload;
 pub mod producer;
+pub mod reader;
 mod rng;
 pub mod serve;
 pub mod transport;

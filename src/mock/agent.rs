@@ -332,7 +332,7 @@ impl MockAgent {
                     match log.state.admit(&header)? {
                         Admission::Duplicate { base_offset } => {
                             self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                            Ok(base_offset)
+                            Ok((ErrorCode::DuplicateSequence, base_offset))
                         }
                         Admission::Append => {
                             let base_offset = log.state.append(&header);
@@ -342,12 +342,13 @@ impl MockAgent {
                             stats
                                 .records_appended
                                 .fetch_add(header.record_count as u64, Ordering::Relaxed);
-                            Ok(base_offset)
+                            Ok((ErrorCode::None, base_offset))
                         }
                     }
                 });
                 let (error_code, error_message, base_offset) = match outcome {
-                    Ok(offset) => (ErrorCode::None, String::new(), offset),
+                    // A duplicate is success, at the offset the batch got the first time.
+                    Ok((code, offset)) => (code, String::new(), offset),
                     Err(r) => {
                         self.inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
                         (r.code, r.message, -1)

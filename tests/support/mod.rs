@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: record strategies and batch encoding shortcuts.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
+pub mod agent;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 use std::sync::Arc;

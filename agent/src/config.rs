@@ -1,0 +1,118 @@
+//! [`AgentConfig`] and [`TopicSpec`].
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use streamhouse::batch::DecodeLimits;
+use streamhouse::transport::Endpoint;
+
+/// How an agent runs. `data_dir` is the only field without a default.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AgentConfig {
+    /// This agent's id in metadata answers. Default 0.
+    pub id: u32,
+    /// Where partition logs live (`<data_dir>/<topic>-<partition>/`).
+    pub data_dir: PathBuf,
+    /// Topics to create at start if missing (existing ones keep their partitions, or grow).
+    pub topics: Vec<TopicSpec>,
+    /// Create unknown topics on first use with this many partitions. Default off.
+    pub auto_create_partitions: Option<u32>,
+    /// Largest batch accepted (encoded, header included). Default 4 MiB.
+    pub max_batch_bytes: usize,
+    /// Largest record accepted (encoded). Default 1 MiB.
+    pub max_record_bytes: usize,
+    /// Largest records block after decompression. Default 32 MiB.
+    pub max_uncompressed_bytes: usize,
+    /// Segment files roll at this size. Default 256 MiB.
+    pub segment_bytes: u64,
+    /// One sparse index entry per this many log bytes. Default 4 KiB.
+    pub index_interval: u64,
+    /// Threads appending to and fsyncing partition logs. Default: one per core.
+    pub io_threads: usize,
+    /// Endpoints this agent tells clients to use, one per transport (`grpc://…`, `quic://…`).
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl AgentConfig {
+    /// Defaults for an agent storing its logs in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> AgentConfig {
+        AgentConfig {
+            id: 0,
+            data_dir: data_dir.into(),
+            topics: Vec::new(),
+            auto_create_partitions: None,
+            max_batch_bytes: 4 << 20,
+            max_record_bytes: 1 << 20,
+            max_uncompressed_bytes: 32 << 20,
+            segment_bytes: 256 << 20,
+            index_interval: 4096,
+            io_threads: std::thread::available_parallelism().map_or(2, usize::from),
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// Adds a topic to create at start.
+    #[must_use]
+    pub fn topic(mut self, name: &str, partitions: u32) -> AgentConfig {
+        self.topics.push(TopicSpec {
+            name: name.to_owned(),
+            partitions,
+        });
+        self
+    }
+
+    /// Adds an advertised endpoint.
+    #[must_use]
+    pub fn endpoint(mut self, endpoint: Endpoint) -> AgentConfig {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    pub(crate) fn limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_batch_bytes: self.max_batch_bytes,
+            max_uncompressed_bytes: self.max_uncompressed_bytes,
+            max_records: DecodeLimits::default().max_records,
+            max_record_bytes: self.max_record_bytes,
+        }
+    }
+}
+
+/// A topic and its partition count, written `name:partitions` on the command line.
+///
+/// ```
+/// use streamhouse_agent::TopicSpec;
+/// let spec: TopicSpec = "orders:6".parse().unwrap();
+/// assert_eq!((spec.name.as_str(), spec.partitions), ("orders", 6));
+/// assert!("orders".parse::<TopicSpec>().is_err());
+/// assert!("orders:0".parse::<TopicSpec>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Partition count (at least 1).
+    pub partitions: u32,
+}
+
+impl FromStr for TopicSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TopicSpec, String> {
+        let (name, partitions) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: expected NAME:PARTITIONS, e.g. orders:6"))?;
+        let partitions: u32 = partitions
+            .parse()
+            .map_err(|_| format!("{s:?}: partition count {partitions:?} is not a number"))?;
+        if partitions == 0 {
+            return Err(format!("{s:?}: a topic needs at least one partition"));
+        }
+        streamhouse::serve::validate_topic_name(name)
+            .map_err(|e| format!("{s:?}: {}", e.message))?;
+        Ok(TopicSpec {
+            name: name.to_owned(),
+            partitions,
+        })
+    }
+}

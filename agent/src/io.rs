@@ -1,0 +1,178 @@
+//! The I/O threads: appends, write coalescing and group commit.
+//!
+//! Each partition belongs to one I/O thread (its shard), so appends to a partition are
+//! serialised without a lock held across requests. A thread takes every command waiting in its
+//! queue as one *round*: per partition it admits the batches in arrival order and writes them
+//! with one positional write; it answers `acks=leader` batches as soon as they are written, then
+//! fsyncs each partition that has `acks=durable` batches in the round — once, however many
+//! batches and requests are waiting — and answers those. Requests arriving during an fsync wait
+//! in the queue and share the next one: group commit without timers.
+
+use crate::log::{Appended, PartitionLog};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use streamhouse::batch::Batch;
+use streamhouse::serve::Rejection;
+use streamhouse_proto::v1::ErrorCode;
+use tokio::sync::{mpsc, oneshot};
+
+/// The answer to one append.
+pub(crate) type AppendReply = Result<Appended, Rejection>;
+
+/// One batch to append.
+pub(crate) struct AppendJob {
+    pub(crate) log: Arc<PartitionLog>,
+    pub(crate) topic: Arc<str>,
+    pub(crate) batch: Batch,
+    pub(crate) durable: bool,
+    pub(crate) reply: oneshot::Sender<AppendReply>,
+}
+
+pub(crate) struct Io {
+    shards: RwLock<Vec<mpsc::UnboundedSender<AppendJob>>>,
+    /// fsyncs done so far, for `Agent::fsyncs` (group commit shows as far fewer fsyncs than
+    /// durable batches).
+    fsyncs: Arc<AtomicU64>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Most jobs taken into one round, so a flood cannot delay the first answers forever.
+const MAX_ROUND: usize = 4096;
+
+impl Io {
+    pub(crate) fn start(threads: usize) -> std::io::Result<Io> {
+        let mut shards = Vec::new();
+        let mut handles = Vec::new();
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        for i in 0..threads.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            shards.push(tx);
+            let fsyncs = fsyncs.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("streamhouse-io-{i}"))
+                    .spawn(move || run(rx, &fsyncs))?,
+            );
+        }
+        Ok(Io {
+            fsyncs,
+            shards: RwLock::new(shards),
+            threads: std::sync::Mutex::new(handles),
+        })
+    }
+
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Queues a job on `shard`'s thread; refused once the agent is stopping.
+    pub(crate) fn submit(&self, shard: usize, job: AppendJob) -> Result<(), Rejection> {
+        let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
+        let stopping = || Rejection::new(ErrorCode::Unavailable, "agent is shutting down");
+        let sender = shards
+            .get(shard % shards.len().max(1))
+            .ok_or_else(stopping)?;
+        sender.send(job).map_err(|_| stopping())
+    }
+
+    /// Stops taking jobs, lets the threads finish every job already queued, and waits for them.
+    pub(crate) fn shutdown(&self) {
+        self.shards
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        let handles =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for handle in handles {
+            // A panicking I/O thread already failed its jobs (their senders dropped).
+            let _ = handle.join();
+        }
+    }
+}
+
+fn run(mut rx: mpsc::UnboundedReceiver<AppendJob>, fsyncs: &AtomicU64) {
+    let mut round = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        round.push(first);
+        while round.len() < MAX_ROUND {
+            match rx.try_recv() {
+                Ok(job) => round.push(job),
+                Err(_) => break,
+            }
+        }
+        process(std::mem::take(&mut round), fsyncs);
+    }
+}
+
+/// Answers held back until their partition is fsynced.
+type Waiting = Vec<(oneshot::Sender<AppendReply>, AppendReply)>;
+
+/// Jobs of one partition in one round, in arrival order.
+struct Group {
+    log: Arc<PartitionLog>,
+    topic: Arc<str>,
+    jobs: Vec<AppendJob>,
+}
+
+fn process(round: Vec<AppendJob>, fsyncs: &AtomicU64) {
+    let mut groups: Vec<Group> = Vec::new();
+    for job in round {
+        match groups.iter_mut().find(|g| Arc::ptr_eq(&g.log, &job.log)) {
+            Some(group) => group.jobs.push(job),
+            None => groups.push(Group {
+                log: job.log.clone(),
+                topic: job.topic.clone(),
+                jobs: vec![job],
+            }),
+        }
+    }
+    let mut durable: Vec<(Arc<PartitionLog>, Waiting)> = Vec::new();
+    for group in groups {
+        let batches: Vec<&Batch> = group.jobs.iter().map(|j| &j.batch).collect();
+        let results = group.log.append(&batches);
+        let mut waiting = Vec::new();
+        for (job, result) in group.jobs.into_iter().zip(results) {
+            record_metrics(&group.topic, &result);
+            if job.durable && result.is_ok() {
+                waiting.push((job.reply, result));
+            } else {
+                let _ = job.reply.send(result);
+            }
+        }
+        if !waiting.is_empty() {
+            durable.push((group.log, waiting));
+        }
+    }
+    for (log, waiting) in durable {
+        let start = Instant::now();
+        let synced = log.sync();
+        metrics::histogram!("streamhouse_fsync_seconds").record(start.elapsed().as_secs_f64());
+        metrics::counter!("streamhouse_fsyncs_total").increment(1);
+        fsyncs.fetch_add(1, Ordering::Relaxed);
+        for (reply, result) in waiting {
+            let answer = match &synced {
+                Ok(()) => result,
+                Err(rejection) => Err(rejection.clone()),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+fn record_metrics(topic: &Arc<str>, result: &AppendReply) {
+    match result {
+        Ok(Appended::New { records, bytes, .. }) => {
+            metrics::counter!("streamhouse_records_appended_total", "topic" => topic.clone())
+                .increment(u64::from(*records));
+            metrics::counter!("streamhouse_bytes_appended_total", "topic" => topic.clone())
+                .increment(*bytes as u64);
+        }
+        Ok(Appended::Duplicate { .. }) => {
+            metrics::counter!("streamhouse_dedup_hits_total", "topic" => topic.clone())
+                .increment(1);
+        }
+        Err(_) => {}
+    }
+}

@@ -1,0 +1,313 @@
+//! The partition log: segment files on local disk, appended by one writer, read by many.
+//!
+//! ```text
+//! <data>/<topic>-<partition>/00000000000000000000.log   batches, back to back
+//!                            00000000000000052311.log   (rolled at segment_bytes)
+//! ```
+//!
+//! A batch is stored exactly as received, its base offset stamped into the first 8 bytes (the
+//! CRC does not cover them, so it stays valid). Appends come from the partition's I/O thread
+//! (see `io`), which admits batches through the shared [`PartitionState`] rules, coalesces the
+//! bytes of a round into one positional write, and fsyncs for durable acks. Fetches read with
+//! positional reads, outside the lock, never past the end of the last whole batch.
+
+mod recovery;
+mod segment;
+
+pub use recovery::{PartitionRecovery, RecoveryReport};
+
+use bytes::Bytes;
+use segment::Segment;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use streamhouse::batch::{Batch, DecodeLimits};
+use streamhouse::serve::{Admission, PartitionState, Rejection};
+use streamhouse_proto::v1::ErrorCode;
+
+/// Settings of every partition log.
+#[derive(Debug, Clone)]
+pub(crate) struct LogConfig {
+    /// Roll to a new segment once the active one would pass this size.
+    pub(crate) segment_bytes: u64,
+    /// One sparse index entry per this many bytes.
+    pub(crate) index_interval: u64,
+    /// Limits a stored batch must meet (recovery checks them too).
+    pub(crate) limits: DecodeLimits,
+}
+
+/// Where an appended batch went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Appended {
+    /// Written at this base offset.
+    New {
+        base_offset: i64,
+        records: u32,
+        bytes: usize,
+    },
+    /// Already in the log (a retry): its original base offset.
+    Duplicate { base_offset: i64 },
+}
+
+/// Batches read back by a fetch.
+#[derive(Debug, Default)]
+pub(crate) struct ReadResult {
+    pub(crate) batches: Vec<Bytes>,
+    pub(crate) log_start_offset: i64,
+    pub(crate) high_watermark: i64,
+}
+
+pub(crate) struct PartitionLog {
+    config: LogConfig,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    segments: Vec<Segment>,
+    state: PartitionState,
+    /// Set after an I/O error: the log refuses everything until the agent restarts and
+    /// recovery repairs it.
+    offline: Option<String>,
+    /// Bytes written since the last fsync of the active segment.
+    unsynced: bool,
+}
+
+impl PartitionLog {
+    /// Opens (and recovers) the log in `dir`, creating it if needed.
+    pub(crate) fn open(
+        dir: &Path,
+        config: LogConfig,
+    ) -> io::Result<(PartitionLog, RecoveryReport)> {
+        std::fs::create_dir_all(dir)?;
+        let recovered = recovery::recover(dir, &config)?;
+        let log = PartitionLog {
+            config,
+            dir: dir.to_owned(),
+            inner: Mutex::new(Inner {
+                segments: recovered.segments,
+                state: recovered.state,
+                offline: None,
+                unsynced: false,
+            }),
+        };
+        Ok((log, recovered.report))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Appends and reads leave the state consistent at every step; a panic elsewhere
+        // cannot poison it half-way.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The offset the next appended record gets.
+    pub(crate) fn next_offset(&self) -> i64 {
+        self.lock().state.next_offset()
+    }
+
+    /// Admits and writes `batches` in order (one positional write per segment touched);
+    /// returns one result per batch. Data is in the page cache when this returns; call
+    /// [`sync`](Self::sync) for durability.
+    pub(crate) fn append(&self, batches: &[&Batch]) -> Vec<Result<Appended, Rejection>> {
+        let mut inner = self.lock();
+        if let Some(reason) = &inner.offline {
+            let rejection = offline(reason);
+            return batches.iter().map(|_| Err(rejection.clone())).collect();
+        }
+        let mut results = Vec::with_capacity(batches.len());
+        let mut pending = Pending::default();
+        for batch in batches {
+            let header = batch.header();
+            match inner.state.admit(header) {
+                Err(rejection) => results.push(Err(rejection)),
+                Ok(Admission::Duplicate { base_offset }) => {
+                    results.push(Ok(Appended::Duplicate { base_offset }));
+                }
+                Ok(Admission::Append) => {
+                    let bytes = batch.as_bytes();
+                    let active_size = inner.segments.last().map_or(0, |s| s.size);
+                    let used = active_size + pending.buf.len() as u64;
+                    let full = used > 0 && used + bytes.len() as u64 > self.config.segment_bytes;
+                    if full
+                        && let Err(e) = self
+                            .flush(&mut inner, &mut pending)
+                            .and_then(|()| self.roll(&mut inner))
+                    {
+                        return self.fail(inner, results, batches.len(), &e);
+                    }
+                    let base_offset = inner.state.append(header);
+                    pending.buf.extend_from_slice(&base_offset.to_be_bytes());
+                    pending.buf.extend_from_slice(&bytes[8..]);
+                    let next = base_offset + i64::from(header.record_count);
+                    pending.notes.push((base_offset, next, bytes.len() as u64));
+                    results.push(Ok(Appended::New {
+                        base_offset,
+                        records: header.record_count as u32,
+                        bytes: bytes.len(),
+                    }));
+                }
+            }
+        }
+        if let Err(e) = self.flush(&mut inner, &mut pending) {
+            return self.fail(inner, results, batches.len(), &e);
+        }
+        results
+    }
+
+    /// Writes the pending bytes at the end of the active segment.
+    fn flush(&self, inner: &mut Inner, pending: &mut Pending) -> io::Result<()> {
+        if pending.buf.is_empty() {
+            return Ok(());
+        }
+        let interval = self.config.index_interval;
+        let active = inner
+            .segments
+            .last_mut()
+            .ok_or_else(|| io::Error::other("partition has no segment"))?;
+        active.write_end(&pending.buf)?;
+        for (base, next, len) in pending.notes.drain(..) {
+            active.note_batch(base, next, len, interval);
+        }
+        pending.buf.clear();
+        inner.unsynced = true;
+        Ok(())
+    }
+
+    /// Closes the active segment (fsynced, so recovery can trust it) and starts a new one.
+    fn roll(&self, inner: &mut Inner) -> io::Result<()> {
+        if let Some(active) = inner.segments.last() {
+            active.sync()?;
+        }
+        inner.unsynced = false;
+        let segment = Segment::create(&self.dir, inner.state.next_offset())?;
+        inner.segments.push(segment);
+        Ok(())
+    }
+
+    /// An I/O error: the partition goes offline, and the batches of this call not yet known
+    /// to be on disk are refused.
+    fn fail(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        mut results: Vec<Result<Appended, Rejection>>,
+        total: usize,
+        error: &io::Error,
+    ) -> Vec<Result<Appended, Rejection>> {
+        let reason = format!("write to {} failed: {error}", self.dir.display());
+        tracing::error!(%reason, "partition log offline");
+        let rejection = offline(&reason);
+        inner.offline = Some(reason);
+        for result in &mut results {
+            if let Ok(Appended::New { .. }) = result {
+                *result = Err(rejection.clone());
+            }
+        }
+        results.resize(total, Err(rejection));
+        results
+    }
+
+    /// Forces everything appended so far to disk.
+    pub(crate) fn sync(&self) -> Result<(), Rejection> {
+        let file: Arc<File> = {
+            let mut inner = self.lock();
+            if let Some(reason) = &inner.offline {
+                return Err(offline(reason));
+            }
+            if !inner.unsynced {
+                return Ok(());
+            }
+            inner.unsynced = false;
+            match inner.segments.last() {
+                Some(active) => active.file.clone(),
+                None => return Ok(()),
+            }
+        };
+        // Outside the lock: appends of the next round and fetches go on meanwhile.
+        file.sync_data().map_err(|e| {
+            let reason = format!("fsync of {} failed: {e}", self.dir.display());
+            tracing::error!(%reason, "partition log offline");
+            self.lock().offline = Some(reason.clone());
+            offline(&reason)
+        })
+    }
+
+    /// Whole batches from the one holding `offset`, up to `max_bytes` (at least one batch).
+    pub(crate) fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, Rejection> {
+        let (files, log_start_offset, high_watermark) = {
+            let inner = self.lock();
+            let start = inner.segments.first().map_or(0, |s| s.base_offset);
+            let end = inner.state.next_offset();
+            if offset < start || offset > end {
+                return Err(Rejection::new(
+                    ErrorCode::OffsetOutOfRange,
+                    format!("offset {offset} outside {start}..={end}"),
+                ));
+            }
+            let first = inner
+                .segments
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1);
+            let files: Vec<(Arc<File>, u64, u64)> = inner.segments[first..]
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let from = if i == 0 { s.lookup(offset) } else { 0 };
+                    (s.file.clone(), from, s.size)
+                })
+                .collect();
+            (files, start, end)
+        };
+        let mut result = ReadResult {
+            batches: Vec::new(),
+            log_start_offset,
+            high_watermark,
+        };
+        let mut total = 0usize;
+        let io_error =
+            |e: io::Error| Rejection::new(ErrorCode::Internal, format!("read failed: {e}"));
+        'segments: for (file, mut pos, size) in files {
+            let mut head = [0u8; 23];
+            while pos + head.len() as u64 <= size {
+                file.read_exact_at(&mut head, pos).map_err(io_error)?;
+                let base = i64::from_be_bytes(head[0..8].try_into().unwrap_or_default());
+                let length = i32::from_be_bytes(head[8..12].try_into().unwrap_or_default());
+                let last_delta = i32::from_be_bytes(head[19..23].try_into().unwrap_or_default());
+                let len = 12 + u64::try_from(length).unwrap_or(0);
+                if base + i64::from(last_delta) < offset {
+                    pos += len;
+                    continue;
+                }
+                if !result.batches.is_empty() && total + len as usize > max_bytes {
+                    break 'segments;
+                }
+                let mut bytes = vec![0u8; len as usize];
+                file.read_exact_at(&mut bytes, pos).map_err(io_error)?;
+                total += bytes.len();
+                result.batches.push(Bytes::from(bytes));
+                pos += len;
+                if total >= max_bytes {
+                    break 'segments;
+                }
+            }
+        }
+        Ok(result)
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    notes: Vec<(i64, i64, u64)>,
+}
+
+fn offline(reason: &str) -> Rejection {
+    Rejection::new(
+        ErrorCode::Unavailable,
+        format!("partition offline: {reason}"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+//! The agent's request handling: produce, metadata, fetch.
+
+use crate::Shared;
+use crate::io::AppendJob;
+use crate::log::Appended;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use streamhouse::serve::{Rejection, validate_batch, validate_topic_name};
+use streamhouse_proto::v1::{
+    Acks, AgentInfo, ErrorCode, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
+    PartitionBatch, PartitionMetadata, PartitionResult, ProduceRequest, ProduceResponse,
+    TopicMetadata,
+};
+use tokio::sync::oneshot;
+
+/// Answer time when a request sets none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest fetch answer, whatever the request asks (below the transports' message limits).
+const MAX_FETCH_BYTES: usize = 8 << 20;
+
+enum Slot {
+    Done(ErrorCode, String, i64),
+    Waiting(oneshot::Receiver<crate::io::AppendReply>),
+}
+
+impl Shared {
+    pub(crate) async fn produce(self: Arc<Self>, request: ProduceRequest) -> ProduceResponse {
+        metrics::counter!("streamhouse_produce_requests_total").increment(1);
+        let acks = Acks::try_from(request.acks).unwrap_or(Acks::Unspecified);
+        let durable = !matches!(acks, Acks::Leader | Acks::None);
+        let timeout = match request.timeout_ms {
+            0 => DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let mut slots = Vec::with_capacity(request.batches.len());
+        let mut keys = Vec::with_capacity(request.batches.len());
+        for batch in request.batches {
+            keys.push((batch.topic.clone(), batch.partition));
+            slots.push(match self.submit(batch, durable) {
+                Ok(rx) => Slot::Waiting(rx),
+                Err(r) => Slot::Done(r.code, r.message, -1),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(-1, |d| d.as_millis() as i64);
+        let mut results = Vec::with_capacity(slots.len());
+        for ((topic, partition), slot) in keys.into_iter().zip(slots) {
+            let (code, message, base_offset) = match slot {
+                Slot::Done(code, message, offset) => (code, message, offset),
+                // Queued for the log; the answer does not wait for it (offsets unknown).
+                Slot::Waiting(_) if acks == Acks::None => (ErrorCode::None, String::new(), -1),
+                Slot::Waiting(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(Ok(Appended::New { base_offset, .. }))) => {
+                        (ErrorCode::None, String::new(), base_offset)
+                    }
+                    Ok(Ok(Ok(Appended::Duplicate { base_offset }))) => {
+                        (ErrorCode::DuplicateSequence, String::new(), base_offset)
+                    }
+                    Ok(Ok(Err(r))) => (r.code, r.message, -1),
+                    Ok(Err(_)) => (ErrorCode::Unavailable, "agent stopped".to_owned(), -1),
+                    Err(_) => (
+                        ErrorCode::RequestTimedOut,
+                        format!("not appended within {timeout:?}"),
+                        -1,
+                    ),
+                },
+            };
+            if code != ErrorCode::None && code != ErrorCode::DuplicateSequence {
+                metrics::counter!("streamhouse_errors_total", "code" => code.as_str_name())
+                    .increment(1);
+            }
+            results.push(PartitionResult {
+                topic,
+                partition,
+                error_code: code as i32,
+                error_message: message,
+                base_offset,
+                log_append_time_ms: now_ms,
+                log_start_offset: 0,
+            });
+        }
+        ProduceResponse {
+            results,
+            throttle_ms: 0,
+        }
+    }
+
+    /// Validates one batch and queues it on its partition's I/O thread.
+    fn submit(
+        &self,
+        batch: PartitionBatch,
+        durable: bool,
+    ) -> Result<oneshot::Receiver<crate::io::AppendReply>, Rejection> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(Rejection::new(
+                ErrorCode::Unavailable,
+                "agent is shutting down",
+            ));
+        }
+        let topic = self.topic(&batch.topic)?;
+        let (log, shard) = topic
+            .partitions
+            .get(batch.partition as usize)
+            .ok_or_else(|| {
+                Rejection::new(
+                    ErrorCode::UnknownPartition,
+                    format!(
+                        "topic {:?} has {} partitions, not {}",
+                        batch.topic,
+                        topic.partitions.len(),
+                        batch.partition
+                    ),
+                )
+            })?
+            .clone();
+        let batch = validate_batch(batch.batch, &self.limits, &self.codecs)?;
+        let (reply, rx) = oneshot::channel();
+        self.io.submit(
+            shard,
+            AppendJob {
+                log,
+                topic: topic.name.clone(),
+                batch,
+                durable,
+                reply,
+            },
+        )?;
+        Ok(rx)
+    }
+
+    /// The topic, created if auto-creation is on.
+    fn topic(&self, name: &str) -> Result<Arc<crate::topics::Topic>, Rejection> {
+        if let Some(topic) = self.topics.get(name) {
+            return Ok(topic);
+        }
+        validate_topic_name(name)?;
+        match self.config.auto_create_partitions {
+            Some(partitions) => Ok(self.topics.ensure(name, partitions)?.0),
+            None => Err(Rejection::new(
+                ErrorCode::UnknownTopic,
+                format!("no topic {name:?} (auto-creation is off)"),
+            )),
+        }
+    }
+
+    pub(crate) fn metadata(&self, request: &MetadataRequest) -> MetadataResponse {
+        let topics: Vec<TopicMetadata> = if request.topics.is_empty() {
+            self.topics
+                .all()
+                .iter()
+                .map(|t| self.describe(&t.name, Ok(t.clone())))
+                .collect()
+        } else {
+            request
+                .topics
+                .iter()
+                .map(|name| self.describe(name, self.topic(name)))
+                .collect()
+        };
+        MetadataResponse {
+            agents: vec![AgentInfo {
+                id: self.config.id,
+                endpoints: self
+                    .config
+                    .endpoints
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            }],
+            topics,
+            responder_id: self.config.id,
+        }
+    }
+
+    fn describe(
+        &self,
+        name: &str,
+        topic: Result<Arc<crate::topics::Topic>, Rejection>,
+    ) -> TopicMetadata {
+        match topic {
+            Ok(topic) => TopicMetadata {
+                name: name.to_owned(),
+                error_code: ErrorCode::None as i32,
+                error_message: String::new(),
+                partition_count: topic.partitions.len() as u32,
+                partitions: (0..topic.partitions.len() as u32)
+                    .map(|partition| PartitionMetadata {
+                        partition,
+                        leader_id: self.config.id,
+                        error_code: ErrorCode::None as i32,
+                    })
+                    .collect(),
+            },
+            Err(r) => TopicMetadata {
+                name: name.to_owned(),
+                error_code: r.code as i32,
+                error_message: r.message,
+                partition_count: 0,
+                partitions: Vec::new(),
+            },
+        }
+    }
+
+    pub(crate) async fn fetch(self: Arc<Self>, request: FetchRequest) -> FetchResponse {
+        let mut response = FetchResponse {
+            topic: request.topic.clone(),
+            partition: request.partition,
+            ..FetchResponse::default()
+        };
+        let log = self
+            .topics
+            .get(&request.topic)
+            .ok_or_else(|| {
+                Rejection::new(
+                    ErrorCode::UnknownTopic,
+                    format!("no topic {:?}", request.topic),
+                )
+            })
+            .and_then(|t| {
+                t.partitions
+                    .get(request.partition as usize)
+                    .map(|(log, _)| log.clone())
+                    .ok_or_else(|| Rejection::new(ErrorCode::UnknownPartition, "no such partition"))
+            });
+        let max_bytes = match request.max_bytes as usize {
+            0 => 1 << 20,
+            n => n.min(MAX_FETCH_BYTES),
+        };
+        let read = match log {
+            Ok(log) => tokio::task::spawn_blocking(move || log.read(request.offset, max_bytes))
+                .await
+                .unwrap_or_else(|_| Err(Rejection::new(ErrorCode::Internal, "read task failed"))),
+            Err(r) => Err(r),
+        };
+        match read {
+            Ok(read) => {
+                response.batches = read.batches;
+                response.high_watermark = read.high_watermark;
+                response.log_start_offset = read.log_start_offset;
+            }
+            Err(r) => {
+                response.error_code = r.code as i32;
+                response.error_message = r.message;
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,143 @@
+//! The topics an agent holds: names to partition logs, created on demand, found on disk.
+
+use crate::log::{LogConfig, PartitionLog, PartitionRecovery};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use streamhouse::serve::{Rejection, validate_topic_name};
+use streamhouse_proto::v1::ErrorCode;
+
+/// A topic: its partitions' logs, each with the I/O shard that appends to it.
+pub(crate) struct Topic {
+    pub(crate) name: Arc<str>,
+    pub(crate) partitions: Vec<(Arc<PartitionLog>, usize)>,
+}
+
+pub(crate) struct Topics {
+    dir: PathBuf,
+    config: LogConfig,
+    map: RwLock<HashMap<String, Arc<Topic>>>,
+    next_shard: AtomicUsize,
+}
+
+/// A partition directory name: `<topic>-<partition>`.
+fn dir_name(topic: &str, partition: u32) -> String {
+    format!("{topic}-{partition}")
+}
+
+impl Topics {
+    /// Opens every partition found under `dir` (recovering each log).
+    pub(crate) fn open(
+        dir: PathBuf,
+        config: LogConfig,
+    ) -> std::io::Result<(Topics, Vec<PartitionRecovery>)> {
+        std::fs::create_dir_all(&dir)?;
+        let mut found: HashMap<String, u32> = HashMap::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some((topic, partition)) = name.rsplit_once('-') else {
+                continue;
+            };
+            let (Ok(partition), Ok(())) = (partition.parse::<u32>(), validate_topic_name(topic))
+            else {
+                continue;
+            };
+            let count = found.entry(topic.to_owned()).or_insert(0);
+            *count = (*count).max(partition + 1);
+        }
+        let topics = Topics {
+            dir,
+            config,
+            map: RwLock::new(HashMap::new()),
+            next_shard: AtomicUsize::new(0),
+        };
+        let mut reports = Vec::new();
+        for (name, partitions) in found {
+            reports.extend(
+                topics
+                    .ensure(&name, partitions)
+                    .map_err(std::io::Error::other)?
+                    .1,
+            );
+        }
+        Ok((topics, reports))
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The topic with at least `partitions` partitions, creating it or adding partitions.
+    pub(crate) fn ensure(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<(Arc<Topic>, Vec<PartitionRecovery>), Rejection> {
+        validate_topic_name(name)?;
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let existing = map.get(name).map_or(0, |t| t.partitions.len() as u32);
+        if let Some(topic) = map.get(name)
+            && existing >= partitions
+        {
+            return Ok((topic.clone(), Vec::new()));
+        }
+        let mut logs = map
+            .get(name)
+            .map(|t| t.partitions.clone())
+            .unwrap_or_default();
+        let mut reports = Vec::new();
+        for partition in existing..partitions {
+            let dir = self.dir.join(dir_name(name, partition));
+            let (log, report) = PartitionLog::open(&dir, self.config.clone()).map_err(|e| {
+                Rejection::new(
+                    ErrorCode::Internal,
+                    format!("cannot open {}: {e}", dir.display()),
+                )
+            })?;
+            if report.truncated_bytes > 0 || report.segments_removed > 0 {
+                tracing::warn!(
+                    topic = name,
+                    partition,
+                    ?report,
+                    "recovered a damaged log tail"
+                );
+            }
+            reports.push(PartitionRecovery {
+                topic: name.to_owned(),
+                partition,
+                report,
+            });
+            let shard = self.next_shard.fetch_add(1, Ordering::Relaxed);
+            logs.push((Arc::new(log), shard));
+        }
+        let topic = Arc::new(Topic {
+            name: Arc::from(name),
+            partitions: logs,
+        });
+        map.insert(name.to_owned(), topic.clone());
+        Ok((topic, reports))
+    }
+}
