@@ -107,7 +107,7 @@ async fn records_land_at_their_offsets_and_survive_a_restart() {
             .agent
             .recovery()
             .iter()
-            .all(|(_, _, r)| r.truncated_bytes == 0)
+            .all(|r| r.report.truncated_bytes == 0)
     );
     check(&agent, "leader", &leader).await;
     check(&agent, "durable", &durable).await;
