@@ -4,8 +4,10 @@
 //! an agent answers "not leader" or "unknown topic" it calls [`Discovery::invalidate`] and asks
 //! again. Discovery is on the slow path only: never once per record.
 
+mod bootstrap;
 mod fixed;
 
+pub use bootstrap::Bootstrap;
 pub use fixed::StaticDiscovery;
 
 use crate::transport::Endpoint;

@@ -136,6 +136,12 @@ impl ProducerBuilder {
         self
     }
 
+    /// See [`ProducerConfig::metadata_max_age`].
+    pub fn metadata_max_age(mut self, max_age: Duration) -> ProducerBuilder {
+        self.config.metadata_max_age = max_age;
+        self
+    }
+
     /// Compresses batches with `codec` (default: none).
     pub fn codec(mut self, codec: impl Codec) -> ProducerBuilder {
         self.codec = Arc::new(codec);

@@ -57,6 +57,9 @@ pub struct ProducerConfig {
     /// Producer id, epoch and sequence numbers so that retries never duplicate or reorder.
     /// Default on.
     pub idempotence: bool,
+    /// Topic metadata is asked again this often even without a "not leader" answer (Kafka's
+    /// `metadata.max.age.ms`). Default 5 min.
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -74,6 +77,7 @@ impl Default for ProducerConfig {
             retry_backoff_max: Duration::from_secs(1),
             max_request_size: 1024 * 1024,
             idempotence: true,
+            metadata_max_age: Duration::from_secs(300),
         }
     }
 }

@@ -54,6 +54,8 @@ pub(crate) struct Sender {
     tasks: JoinSet<Event>,
     /// What each running request task carries, to settle its batches if the task dies.
     requests: HashMap<Id, InFlight>,
+    /// When cached metadata is next asked again (`metadata_max_age`).
+    metadata_refresh: Instant,
 }
 
 struct Agent {
@@ -111,7 +113,6 @@ impl Sender {
         let backoff = Backoff::new(inner.config.retry_backoff, inner.config.retry_backoff_max);
         let retry = RetryPolicy::new(backoff).with_seed(rng.next_u64());
         Sender {
-            inner,
             transport,
             codec,
             layers,
@@ -122,6 +123,8 @@ impl Sender {
             refreshing: HashMap::new(),
             tasks: JoinSet::new(),
             requests: HashMap::new(),
+            metadata_refresh: Instant::now() + inner.config.metadata_max_age,
+            inner,
         }
     }
 
@@ -150,6 +153,9 @@ impl Sender {
                 _ => {}
             }
             self.dispatch(ready, now);
+            if now >= self.metadata_refresh {
+                self.refresh_all(now);
+            }
 
             let wake_at = self.next_wake();
             tokio::select! {
@@ -177,7 +183,11 @@ impl Sender {
             _ => None,
         });
         let refreshes = self.refreshing.values().filter_map(|at| *at);
-        acc.into_iter().chain(agents).chain(refreshes).min()
+        acc.into_iter()
+            .chain(agents)
+            .chain(refreshes)
+            .chain([self.metadata_refresh])
+            .min()
     }
 
     /// Routes ready partitions to their leaders and sends what the in-flight limits allow.
@@ -247,6 +257,15 @@ impl Sender {
                     batches,
                 );
             }
+        }
+    }
+
+    /// Asks discovery again about every cached topic (`metadata_max_age` passed).
+    fn refresh_all(&mut self, now: Instant) {
+        self.metadata_refresh = now + self.inner.config.metadata_max_age;
+        let topics: Vec<Arc<str>> = self.inner.lock().metadata.keys().cloned().collect();
+        for topic in topics {
+            self.refresh(topic, now);
         }
     }
 
