@@ -7,7 +7,18 @@ use tonic::{Code, Status};
 ///
 /// `Unavailable` after the call was issued means the connection broke or could not carry it:
 /// the agent may have applied it, so it maps to `ConnectionLost` (retriable, possibly applied).
+/// So does a status that the client built itself from an I/O or HTTP/2 failure (it carries that
+/// failure as its source; tonic reports a reset connection as `Unknown: transport error`),
+/// whatever its code: statuses sent by a server carry no source.
 pub(crate) fn to_transport_error(status: Status, max_message_size: usize) -> TransportError {
+    if std::error::Error::source(&status).is_some()
+        && !matches!(
+            status.code(),
+            Code::DeadlineExceeded | Code::ResourceExhausted | Code::Unauthenticated
+        )
+    {
+        return TransportError::connection_lost(status);
+    }
     match status.code() {
         Code::Unavailable | Code::Cancelled | Code::Aborted => {
             TransportError::connection_lost(status)
@@ -52,6 +63,14 @@ mod tests {
         assert!(!big.is_retriable());
         let bug = to_transport_error(Status::invalid_argument("bad"), 1);
         assert!(matches!(bug, TransportError::Protocol(_)) && !bug.is_retriable());
+        // A status the client made from a broken connection is a lost connection.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let local = Status::from_error(Box::new(reset));
+        assert_eq!(local.code(), Code::Unknown);
+        let lost = to_transport_error(local, 1);
+        assert!(lost.is_retriable() && lost.may_have_been_applied());
+        // The same code sent by a server (no source) is not retried.
+        assert!(!to_transport_error(Status::unknown("server bug"), 1).is_retriable());
         assert!(matches!(
             to_transport_error(Status::unauthenticated(""), 1),
             TransportError::Unauthenticated
