@@ -17,6 +17,8 @@
 
 pub mod batch;
 pub mod codec;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod discovery;
 pub mod layers;
 #[cfg(feature = "mock")]

@@ -1,20 +1,43 @@
-//! [`MockTransport`]: connects to [`MockAgent`]s by endpoint, in process.
+//! [`MockTransport`]: connects to in-process agent services by endpoint.
 
 use super::MockAgent;
 use crate::transport::{
-    BoxFuture, Connection, Endpoint, Request, Response, Transport, TransportError,
+    AgentService, BoxFuture, Connection, Endpoint, Request, Response, Transport, TransportError,
+    frame,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
-use tower::service_fn;
+use tokio::sync::watch;
+use tower::ServiceExt;
 use tower::util::BoxCloneService;
 
-/// A transport whose connections call mock agents directly. Several agents can be registered
-/// (a test moving leadership between them); connecting to an endpoint with no agent fails with
-/// [`TransportError::Connect`], as an unreachable address would.
-#[derive(Clone, Default)]
+/// A transport whose connections call agent services directly, in process. Several agents can
+/// be registered (a test moving leadership between them); connecting to an endpoint with no
+/// agent fails with [`TransportError::Connect`], as an unreachable address would. Removing an
+/// agent cuts its open connections: requests in flight fail with
+/// [`TransportError::ConnectionLost`]. A request whose deadline passes fails with
+/// [`TransportError::Timeout`], and one larger than the message limit (16 MiB, as the network
+/// transports) with [`TransportError::FrameTooLarge`].
+#[derive(Clone)]
 pub struct MockTransport {
-    agents: Arc<RwLock<HashMap<Endpoint, MockAgent>>>,
+    agents: Arc<RwLock<HashMap<Endpoint, Registration>>>,
+    max_message_size: usize,
+}
+
+impl Default for MockTransport {
+    fn default() -> MockTransport {
+        MockTransport {
+            agents: Arc::default(),
+            max_message_size: frame::MAX_FRAME,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Registration {
+    service: AgentService,
+    /// Becomes `true` when the agent is removed.
+    closed: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for MockTransport {
@@ -30,6 +53,13 @@ impl MockTransport {
         MockTransport::default()
     }
 
+    /// Refuses requests larger than `bytes` (encoded), as a network transport would.
+    #[must_use]
+    pub fn with_max_message_size(mut self, bytes: usize) -> MockTransport {
+        self.max_message_size = bytes;
+        self
+    }
+
     /// Makes `agent` reachable at its endpoint.
     #[must_use]
     pub fn with_agent(self, agent: MockAgent) -> MockTransport {
@@ -39,14 +69,35 @@ impl MockTransport {
 
     /// Makes `agent` reachable at its endpoint.
     pub fn add_agent(&self, agent: MockAgent) {
-        let mut agents = self.agents.write().unwrap_or_else(PoisonError::into_inner);
-        agents.insert(agent.endpoint(), agent);
+        self.serve(agent.endpoint(), agent.service());
     }
 
-    /// Makes the agent at `endpoint` unreachable for new connections.
+    /// Makes any agent service reachable at `endpoint` (replacing, and cutting, what was there).
+    pub fn serve(&self, endpoint: Endpoint, service: AgentService) {
+        let registration = Registration {
+            service,
+            closed: watch::Sender::new(false),
+        };
+        let previous = self
+            .agents
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(endpoint, registration);
+        if let Some(previous) = previous {
+            previous.closed.send_replace(true);
+        }
+    }
+
+    /// Makes the agent at `endpoint` unreachable and cuts its open connections.
     pub fn remove_agent(&self, endpoint: &Endpoint) {
-        let mut agents = self.agents.write().unwrap_or_else(PoisonError::into_inner);
-        agents.remove(endpoint);
+        let removed = self
+            .agents
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(endpoint);
+        if let Some(removed) = removed {
+            removed.closed.send_replace(true);
+        }
     }
 }
 
@@ -55,29 +106,53 @@ impl Transport for MockTransport {
         &self,
         endpoint: &Endpoint,
     ) -> BoxFuture<'static, Result<Connection, TransportError>> {
-        let agent = self
+        let registration = self
             .agents
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(endpoint)
             .cloned();
         let endpoint = endpoint.to_string();
+        let limit = self.max_message_size;
         Box::pin(async move {
-            let agent = agent.ok_or(TransportError::Connect {
+            let Registration { service, closed } = registration.ok_or(TransportError::Connect {
                 endpoint,
                 source: None,
             })?;
-            let service = service_fn(move |request: Request| {
-                let answer = agent.handle(request);
+            let connection = tower::service_fn(move |request: Request| {
+                let service = service.clone();
+                let mut closed = closed.subscribe();
                 async move {
-                    match answer {
-                        Some(result) => result,
-                        // Stalled: accepted, never answered.
-                        None => std::future::pending::<Result<Response, TransportError>>().await,
+                    let size = frame::request_len(&request.message);
+                    if size > limit {
+                        return Err(TransportError::FrameTooLarge { size, limit });
+                    }
+                    if *closed.borrow_and_update() {
+                        return Err(TransportError::connection_lost("agent removed"));
+                    }
+                    let deadline = request.deadline;
+                    let call = async {
+                        service
+                            .oneshot(request)
+                            .await
+                            .map_err(|e| TransportError::Unavailable(Some(e)))
+                    };
+                    let timed = async {
+                        match deadline {
+                            Some(at) => tokio::time::timeout_at(at, call)
+                                .await
+                                .unwrap_or(Err(TransportError::Timeout)),
+                            None => call.await,
+                        }
+                    };
+                    tokio::select! {
+                        result = timed => result,
+                        _ = closed.changed() => Err(TransportError::connection_lost("agent removed")),
                     }
                 }
             });
-            Ok(BoxCloneService::new(service))
+            Ok(BoxCloneService::new(connection)
+                as BoxCloneService<Request, Response, TransportError>)
         })
     }
 }

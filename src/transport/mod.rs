@@ -31,6 +31,7 @@
 
 mod endpoint;
 mod error;
+pub mod frame;
 mod message;
 
 pub use endpoint::{Endpoint, EndpointError};

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use streamhouse::transport::{
     BoxFuture, Connection, Endpoint, Request, RequestMessage, Response, Transport, TransportError,
+    frame,
 };
 use streamhouse_proto::v1::agent_client::AgentClient;
 use tokio::time::Instant;
@@ -152,6 +153,11 @@ impl Service<Request> for GrpcConnection {
         let mut client = self.client.clone();
         let max = self.max_message_size;
         Box::pin(async move {
+            // Refused here, before encoding: tonic would reset the stream with an opaque error.
+            let size = frame::request_len(&request.message);
+            if size > max {
+                return Err(TransportError::FrameTooLarge { size, limit: max });
+            }
             let deadline = request.deadline;
             let result = match request.message {
                 RequestMessage::Produce(m) => client
