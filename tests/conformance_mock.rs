@@ -75,7 +75,7 @@ impl Transport for DropsEveryTenth {
                     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
                     async move {
                         let response = inner.oneshot(request).await;
-                        if n % 10 == 0 {
+                        if n.is_multiple_of(10) {
                             std::future::pending::<()>().await;
                         }
                         response
