@@ -105,10 +105,7 @@ async fn bad_input_gets_typed_errors_and_appends_nothing() {
     config.max_batch_bytes = 64 * 1024;
     config.max_record_bytes = 4 * 1024;
     let agent = RunningAgent::start(config).await;
-    let connection = GrpcTransport::default()
-        .connect(&agent.endpoint)
-        .await
-        .unwrap();
+    let connection = GrpcTransport::default().connect(&agent.grpc).await.unwrap();
 
     // One good idempotent batch first, so a later gap is a gap.
     assert_eq!(
@@ -218,7 +215,7 @@ async fn bad_input_gets_typed_errors_and_appends_nothing() {
 
     // Not protobuf at all, and protobuf with a truncated varint: the RPC fails, typed by gRPC.
     for body in [b"GET / HTTP/1.1\r\n\r\n".to_vec(), vec![0x1a, 0xff, 0xff]] {
-        let status = raw_produce(agent.endpoint.as_str(), body).await;
+        let status = raw_produce(agent.grpc.as_str(), body).await;
         assert!(
             matches!(
                 status.code(),

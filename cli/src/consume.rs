@@ -8,9 +8,8 @@ use streamhouse::reader::PartitionReader;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Agents to ask for metadata, comma-separated URLs (grpc://HOST:PORT).
-    #[arg(long, value_name = "URLS")]
-    bootstrap: String,
+    #[command(flatten)]
+    connection: endpoints::ClientArgs,
     /// Topic to read.
     #[arg(long)]
     topic: String,
@@ -32,7 +31,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let (transport, discovery, _) = endpoints::connect(&args.bootstrap)?;
+    let (transport, discovery) = args.connection.connect()?;
     let metadata = discovery
         .topic(&args.topic)
         .await

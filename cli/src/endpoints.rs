@@ -1,13 +1,88 @@
-//! Turning `--bootstrap` URLs into a transport and a discovery.
+//! Client connection options shared by `produce`, `consume` and `topics`: seed URLs, and the
+//! certificates for `quic://` and `grpcs://`.
 
 use anyhow::{Context, bail};
+use std::path::PathBuf;
 use std::sync::Arc;
 use streamhouse::discovery::Bootstrap;
-use streamhouse::transport::{Endpoint, Transport};
+use streamhouse::transport::{Endpoint, SchemeTransport, Transport};
 use streamhouse_grpc::{GrpcConfig, GrpcTransport};
+use streamhouse_quic::{ClientTls, QuicConfig, QuicTransport};
 
-/// Parses a comma-separated seed list; every URL must use the same scheme.
-pub(crate) fn seeds(list: &str) -> anyhow::Result<Vec<Endpoint>> {
+#[derive(clap::Args)]
+pub(crate) struct ClientArgs {
+    /// Agents to ask for metadata, comma-separated URLs: grpc://HOST:PORT, grpcs://HOST:PORT
+    /// or quic://HOST:PORT. The scheme picks the transport.
+    #[arg(long, value_name = "URLS")]
+    bootstrap: String,
+    /// PEM file of the CA, or the agent's self-signed certificate, to trust for quic:// and
+    /// grpcs:// (e.g. the cert.pem written by `streamhouse agent --dev-cert DIR`).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// PEM client certificate to present (mutual TLS); needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// Transport (by scheme) and discovery for the seeds.
+    pub(crate) fn connect(&self) -> anyhow::Result<(Arc<dyn Transport>, Bootstrap)> {
+        let seeds = seeds(&self.bootstrap)?;
+        let transport: Arc<dyn Transport> = Arc::new(self.transport(&seeds)?);
+        let discovery = Bootstrap::new(transport.clone(), seeds);
+        Ok((transport, discovery))
+    }
+
+    fn transport(&self, seeds: &[Endpoint]) -> anyhow::Result<SchemeTransport> {
+        let mut transport =
+            SchemeTransport::new().with("grpc", GrpcTransport::new(GrpcConfig::default()));
+        let scheme = seeds.first().map_or("grpc", Endpoint::scheme);
+        let Some(ca) = &self.ca else {
+            if matches!(scheme, "quic" | "grpcs") {
+                bail!(
+                    "{scheme}:// needs --ca FILE: the agent's certificate, or the CA that signed it"
+                );
+            }
+            return Ok(transport);
+        };
+        let ca_pem =
+            std::fs::read(ca).with_context(|| format!("cannot read --ca {}", ca.display()))?;
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((
+                std::fs::read(cert)
+                    .with_context(|| format!("cannot read --cert {}", cert.display()))?,
+                std::fs::read(key)
+                    .with_context(|| format!("cannot read --key {}", key.display()))?,
+            )),
+            _ => None,
+        };
+        let mut grpcs = GrpcConfig::default();
+        grpcs.client_tls = Some(streamhouse_grpc::ClientTls {
+            ca_pem: ca_pem.clone(),
+            domain: None,
+            identity: identity.clone(),
+        });
+        let quic = QuicTransport::new(
+            QuicConfig::default(),
+            &ClientTls {
+                ca_pem,
+                server_name: None,
+                identity,
+            },
+        )
+        .context("cannot set up QUIC with these certificates")?;
+        transport = transport
+            .with("grpcs", GrpcTransport::new(grpcs))
+            .with("quic", quic);
+        Ok(transport)
+    }
+}
+
+/// Parses a comma-separated seed list; every URL must use the same, supported scheme.
+fn seeds(list: &str) -> anyhow::Result<Vec<Endpoint>> {
     let seeds = list
         .split(',')
         .map(str::trim)
@@ -27,24 +102,11 @@ pub(crate) fn seeds(list: &str) -> anyhow::Result<Vec<Endpoint>> {
             other.scheme()
         );
     }
-    Ok(seeds)
-}
-
-/// The transport for the seeds' scheme.
-pub(crate) fn transport(seeds: &[Endpoint]) -> anyhow::Result<Arc<dyn Transport>> {
-    match seeds.first().map(Endpoint::scheme) {
-        Some("grpc") => Ok(Arc::new(GrpcTransport::new(GrpcConfig::default()))),
-        Some(other) => bail!("unsupported transport {other:?} (supported: grpc)"),
-        None => bail!("no bootstrap endpoint"),
+    if !matches!(first.scheme(), "grpc" | "grpcs" | "quic") {
+        bail!(
+            "unsupported transport {:?} (supported: grpc, grpcs, quic)",
+            first.scheme()
+        );
     }
-}
-
-/// Transport and discovery for a `--bootstrap` list.
-pub(crate) fn connect(
-    list: &str,
-) -> anyhow::Result<(Arc<dyn Transport>, Bootstrap, Vec<Endpoint>)> {
-    let seeds = seeds(list)?;
-    let transport = transport(&seeds)?;
-    let discovery = Bootstrap::new(transport.clone(), seeds.clone());
-    Ok((transport, discovery, seeds))
+    Ok(seeds)
 }

@@ -28,8 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run an agent: accept record batches over gRPC and append them to partition logs in a
-    /// data directory. Stops cleanly on Ctrl-C or SIGTERM (in-flight appends finish, logs are
+    /// Run an agent: accept record batches over gRPC and/or QUIC and append them to partition
+    /// logs in a data directory. Stops cleanly on Ctrl-C or SIGTERM (in-flight appends finish, logs are
     /// fsynced).
     Agent(agent::Args),
     /// Send every line of standard input as a record, then print what landed where.

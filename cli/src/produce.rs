@@ -25,9 +25,8 @@ pub(crate) enum AcksArg {
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Agents to ask for metadata, comma-separated URLs (grpc://HOST:PORT).
-    #[arg(long, value_name = "URLS")]
-    bootstrap: String,
+    #[command(flatten)]
+    connection: endpoints::ClientArgs,
     /// Topic to write to.
     #[arg(long)]
     topic: String,
@@ -49,7 +48,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let (transport, discovery, _) = endpoints::connect(&args.bootstrap)?;
+    let (transport, discovery) = args.connection.connect()?;
     let codec: Arc<dyn Codec> = match args.codec {
         CodecArg::None => Arc::new(NoCompression),
         CodecArg::Lz4 => Arc::new(streamhouse_codecs::Lz4),

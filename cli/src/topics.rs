@@ -5,13 +5,12 @@ use anyhow::Context;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Agents to ask for metadata, comma-separated URLs (grpc://HOST:PORT).
-    #[arg(long, value_name = "URLS")]
-    bootstrap: String,
+    #[command(flatten)]
+    connection: endpoints::ClientArgs,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let (_, discovery, _) = endpoints::connect(&args.bootstrap)?;
+    let (_, discovery) = args.connection.connect()?;
     let topics = discovery.all_topics().await.context("cannot list topics")?;
     if topics.is_empty() {
         println!("no topics");

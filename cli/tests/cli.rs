@@ -75,11 +75,21 @@ fn errors_are_one_line_and_exit_non_zero() {
             &[
                 "consume",
                 "--bootstrap",
-                "quic://127.0.0.1:1",
+                "http://127.0.0.1:1",
                 "--topic",
                 "t",
             ],
             "unsupported transport",
+        ),
+        (
+            &[
+                "consume",
+                "--bootstrap",
+                "quic://127.0.0.1:1",
+                "--topic",
+                "t",
+            ],
+            "needs --ca",
         ),
         (
             &["topics", "--bootstrap", "grpc://127.0.0.1:1"],
@@ -125,4 +135,76 @@ fn every_subcommand_explains_itself() {
             "{sub} has a description"
         );
     }
+}
+
+#[test]
+fn quic_and_grpc_serve_the_same_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    let agent = AgentProcess::start(
+        &dir.path().join("data"),
+        0,
+        &[
+            "--quic",
+            "127.0.0.1:0",
+            "--dev-cert",
+            certs_arg,
+            "--topic",
+            "lines:2",
+        ],
+    );
+    let ca = certs.join("cert.pem");
+    let ca = ca.to_str().unwrap();
+    let quic = agent.url_of("quic").to_owned();
+    let grpc = agent.url_of("grpc").to_owned();
+
+    let input: String = (1..=3_000).map(|i| format!("{i}\n")).collect();
+    let produced = run(
+        &[
+            "produce",
+            "--bootstrap",
+            &quic,
+            "--ca",
+            ca,
+            "--topic",
+            "lines",
+        ],
+        input.as_bytes(),
+    );
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+
+    // Read back over the other transport: one agent, one log.
+    let consumed = run(&["consume", "--bootstrap", &grpc, "--topic", "lines"], b"");
+    let mut lines: Vec<u32> = String::from_utf8(consumed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    lines.sort_unstable();
+    assert_eq!(lines, (1..=3_000).collect::<Vec<_>>());
+
+    // QUIC without a CA to trust is refused with a clear message.
+    let refused = run(&["topics", "--bootstrap", &quic], b"");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs --ca"));
+    // And with the wrong CA, the handshake fails.
+    let other = tempfile::tempdir().unwrap();
+    let wrong = streamhouse_quic::dev_certificate(other.path()).unwrap();
+    let refused = run(
+        &[
+            "topics",
+            "--bootstrap",
+            &quic,
+            "--ca",
+            wrong.cert.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!refused.status.success());
+    assert!(agent.terminate());
 }

@@ -33,10 +33,12 @@ mod endpoint;
 mod error;
 pub mod frame;
 mod message;
+mod schemes;
 
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::TransportError;
 pub use message::{Request, RequestMessage, Response};
+pub use schemes::SchemeTransport;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -10,7 +10,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_streamhouse");
 /// An agent child process; killed when dropped.
 pub struct AgentProcess {
     child: Child,
+    /// The gRPC port.
     pub port: u16,
+    /// `scheme://address` of every listener, as the agent printed them.
+    pub urls: Vec<String>,
 }
 
 impl AgentProcess {
@@ -28,18 +31,34 @@ impl AgentProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("agent starts");
-        let stdout = child.stdout.take().expect("piped");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("agent prints its address");
-        let port = line
-            .trim()
+        let listeners = 1 + usize::from(extra.contains(&"--quic"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut urls = Vec::new();
+        for _ in 0..listeners {
+            let mut line = String::new();
+            stdout
+                .read_line(&mut line)
+                .expect("agent prints its addresses");
+            let (scheme, addr) = line
+                .trim()
+                .split_once(" listening on ")
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+            urls.push(format!("{scheme}://{addr}"));
+        }
+        let port = urls[0]
             .rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        AgentProcess { child, port }
+            .expect("a port");
+        AgentProcess { child, port, urls }
+    }
+
+    /// The URL of the listener with `scheme`.
+    pub fn url_of(&self, scheme: &str) -> &str {
+        self.urls
+            .iter()
+            .find(|u| u.starts_with(&format!("{scheme}://")))
+            .unwrap_or_else(|| panic!("no {scheme} listener"))
     }
 
     pub fn url(&self) -> String {

@@ -1,15 +1,17 @@
-//! The producer over gRPC to the reference agent: 100,000 records over 6 partitions land at
-//! the offsets acknowledged, read back by Fetch, and read back again after a restart.
+//! The producer over gRPC and over QUIC to the reference agent, from the same test code:
+//! 100,000 records over 6 partitions land at the offsets acknowledged, read back by Fetch, and
+//! read back again after the agent restarts on the same directory.
 
 mod support;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use streamhouse::discovery::StaticDiscovery;
 use streamhouse::producer::{Acks, Producer, ProducerRecord};
+use streamhouse::transport::{Endpoint, Transport};
 use streamhouse_agent::AgentConfig;
-use streamhouse_grpc::GrpcTransport;
-use support::agent::RunningAgent;
+use support::agent::{Kind, RunningAgent};
 
 const RECORDS: u64 = 100_000;
 const PARTITIONS: u32 = 6;
@@ -22,12 +24,13 @@ fn value(i: u64) -> Vec<u8> {
 
 /// Sends `RECORDS` keyed records; returns (partition, offset) → send index, and records/s.
 async fn produce(
-    endpoint: &streamhouse::transport::Endpoint,
+    transport: Arc<dyn Transport>,
+    endpoint: &Endpoint,
     topic: &str,
     acks: Acks,
 ) -> (HashMap<(u32, i64), u64>, f64) {
     let producer = Producer::builder(
-        GrpcTransport::default(),
+        transport,
         StaticDiscovery::new().with_topic(topic, PARTITIONS, endpoint),
     )
     .acks(acks)
@@ -58,10 +61,10 @@ async fn produce(
     (acked, rate)
 }
 
-async fn check(agent: &RunningAgent, topic: &str, acked: &HashMap<(u32, i64), u64>) {
+async fn check(agent: &RunningAgent, kind: Kind, topic: &str, acked: &HashMap<(u32, i64), u64>) {
     let mut total = 0;
     for partition in 0..PARTITIONS {
-        let records = agent.read(topic, partition).await;
+        let records = agent.read(kind, topic, partition).await;
         let mut last = None;
         for (position, record) in records.iter().enumerate() {
             assert_eq!(record.offset, position as i64);
@@ -78,8 +81,9 @@ async fn check(agent: &RunningAgent, topic: &str, acked: &HashMap<(u32, i64), u6
     assert_eq!(total as u64, RECORDS);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_land_at_their_offsets_and_survive_a_restart() {
+/// The whole scenario over one transport: produce (acks leader and durable), read back,
+/// restart, read back.
+async fn scenario(kind: Kind) -> (f64, f64, u64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let config = || {
         AgentConfig::new(dir.path())
@@ -87,18 +91,17 @@ async fn records_land_at_their_offsets_and_survive_a_restart() {
             .topic("durable", PARTITIONS)
     };
     let agent = RunningAgent::start(config()).await;
-    let (leader, leader_rate) = produce(&agent.endpoint, "leader", Acks::Leader).await;
+    let endpoint = agent.endpoint(kind);
+    let (leader, leader_rate) =
+        produce(agent.transport(kind), &endpoint, "leader", Acks::Leader).await;
     let fsyncs_before = agent.agent.fsyncs();
     let start = Instant::now();
-    let (durable, durable_rate) = produce(&agent.endpoint, "durable", Acks::Durable).await;
+    let (durable, durable_rate) =
+        produce(agent.transport(kind), &endpoint, "durable", Acks::Durable).await;
     let fsyncs = agent.agent.fsyncs() - fsyncs_before;
-    println!(
-        "gRPC, 100-B values: acks=leader {leader_rate:.0} records/s; acks=durable \
-         {durable_rate:.0} records/s with {fsyncs} fsyncs ({:.0}/s)",
-        fsyncs as f64 / start.elapsed().as_secs_f64()
-    );
-    check(&agent, "leader", &leader).await;
-    check(&agent, "durable", &durable).await;
+    let fsync_rate = fsyncs as f64 / start.elapsed().as_secs_f64();
+    check(&agent, kind, "leader", &leader).await;
+    check(&agent, kind, "durable", &durable).await;
     agent.stop().await;
 
     let agent = RunningAgent::start(config()).await;
@@ -109,7 +112,19 @@ async fn records_land_at_their_offsets_and_survive_a_restart() {
             .iter()
             .all(|r| r.report.truncated_bytes == 0)
     );
-    check(&agent, "leader", &leader).await;
-    check(&agent, "durable", &durable).await;
+    check(&agent, kind, "leader", &leader).await;
+    check(&agent, kind, "durable", &durable).await;
     agent.stop().await;
+    (leader_rate, durable_rate, fsyncs, fsync_rate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_land_at_their_offsets_and_survive_a_restart() {
+    for kind in [Kind::Grpc, Kind::Quic] {
+        let (leader, durable, fsyncs, fsync_rate) = scenario(kind).await;
+        println!(
+            "{kind:?}, 100-B values: acks=leader {leader:.0} records/s; acks=durable \
+             {durable:.0} records/s with {fsyncs} fsyncs ({fsync_rate:.0}/s)"
+        );
+    }
 }

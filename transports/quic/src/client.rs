@@ -1,0 +1,195 @@
+//! [`QuicTransport`]: one QUIC connection per agent, one stream per request.
+
+use crate::error::{connection_error, read_error, write_error};
+use crate::{ClientTls, QuicConfig, QuicError, tls};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use streamhouse::transport::frame::{self, decode_response, read_frame};
+use streamhouse::transport::{
+    BoxFuture, Connection, Endpoint, Request, Response, Transport, TransportError,
+};
+use tower::Service;
+use tower::util::BoxCloneService;
+
+/// Connects to agents over QUIC. Cheap to clone; connections to an endpoint are reused while
+/// alive and re-established (on the next `connect`) once lost.
+#[derive(Clone)]
+pub struct QuicTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: QuicConfig,
+    client: quinn::ClientConfig,
+    server_name: Option<String>,
+    /// Client endpoints (UDP sockets), one per address family, bound on first use.
+    sockets: tokio::sync::Mutex<(Option<quinn::Endpoint>, Option<quinn::Endpoint>)>,
+    connections: Mutex<HashMap<Endpoint, quinn::Connection>>,
+}
+
+impl std::fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuicTransport {
+    /// A transport trusting the certificates of `tls`.
+    pub fn new(config: QuicConfig, tls: &ClientTls) -> Result<QuicTransport, QuicError> {
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config(tls)?)
+            .map_err(|e| QuicError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(config.transport());
+        Ok(QuicTransport {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                server_name: tls.server_name.clone(),
+                sockets: tokio::sync::Mutex::new((None, None)),
+                connections: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    async fn socket(&self, remote: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+        let mut sockets = self.inner.sockets.lock().await;
+        let (slot, bind) = if remote.is_ipv6() {
+            (&mut sockets.1, "[::]:0")
+        } else {
+            (&mut sockets.0, "0.0.0.0:0")
+        };
+        if let Some(endpoint) = slot {
+            return Ok(endpoint.clone());
+        }
+        let bind = bind
+            .parse()
+            .map_err(|_| TransportError::Protocol("bind address".into()))?;
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| TransportError::Connect {
+            endpoint: remote.to_string(),
+            source: Some(Box::new(e)),
+        })?;
+        *slot = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    async fn dial(&self, endpoint: &Endpoint) -> Result<quinn::Connection, TransportError> {
+        let connect_error =
+            |source: Box<dyn std::error::Error + Send + Sync>| TransportError::Connect {
+                endpoint: endpoint.to_string(),
+                source: Some(source),
+            };
+        let remote = tokio::net::lookup_host(endpoint.authority())
+            .await
+            .map_err(|e| connect_error(Box::new(e)))?
+            .next()
+            .ok_or_else(|| connect_error("the host name resolves to no address".into()))?;
+        let host = endpoint
+            .authority()
+            .rsplit_once(':')
+            .map_or(endpoint.authority(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = self.inner.server_name.as_deref().unwrap_or(host);
+        let socket = self.socket(remote).await?;
+        let connecting = socket
+            .connect_with(self.inner.client.clone(), remote, name)
+            .map_err(|e| connect_error(Box::new(e)))?;
+        match tokio::time::timeout(self.inner.config.connect_timeout, connecting).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(e)) => Err(match connection_error(e) {
+                tls @ TransportError::Tls(_) => tls,
+                other => connect_error(Box::new(other)),
+            }),
+            Err(_) => Err(connect_error("handshake timed out".into())),
+        }
+    }
+}
+
+impl Transport for QuicTransport {
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+    ) -> BoxFuture<'static, Result<Connection, TransportError>> {
+        let transport = self.clone();
+        let endpoint = endpoint.clone();
+        Box::pin(async move {
+            if endpoint.scheme() != "quic" {
+                return Err(TransportError::UnsupportedEndpoint(endpoint.to_string()));
+            }
+            let alive = transport
+                .inner
+                .connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&endpoint)
+                .filter(|c| c.close_reason().is_none())
+                .cloned();
+            let connection = match alive {
+                Some(connection) => connection,
+                None => {
+                    let connection = transport.dial(&endpoint).await?;
+                    transport
+                        .inner
+                        .connections
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(endpoint.clone(), connection.clone());
+                    connection
+                }
+            };
+            Ok(BoxCloneService::new(QuicConnection {
+                connection,
+                max_frame: transport.inner.config.max_frame_size,
+            }))
+        })
+    }
+}
+
+#[derive(Clone)]
+struct QuicConnection {
+    connection: quinn::Connection,
+    max_frame: usize,
+}
+
+impl Service<Request> for QuicConnection {
+    type Response = Response;
+    type Error = TransportError;
+    type Future = BoxFuture<'static, Result<Response, TransportError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let connection = self.connection.clone();
+        let limit = self.max_frame;
+        Box::pin(async move {
+            let frame = frame::encode_request(&request.message, limit)?;
+            let exchange = async {
+                let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
+                send.write_all(&frame)
+                    .await
+                    .map_err(|e| write_error(e, limit))?;
+                // The request is complete; the agent answers on the other half.
+                let _ = send.finish();
+                let (kind, body) = read_frame(&mut recv, limit)
+                    .await
+                    .map_err(|e| read_error(e, limit))?
+                    .ok_or_else(|| {
+                        TransportError::connection_lost("stream ended without an answer")
+                    })?;
+                decode_response(kind, &body).map_err(TransportError::from)
+            };
+            match request.deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, exchange)
+                    .await
+                    .unwrap_or(Err(TransportError::Timeout)),
+                None => exchange.await,
+            }
+        })
+    }
+}

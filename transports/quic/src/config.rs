@@ -1,0 +1,58 @@
+//! [`QuicConfig`]: frame limit, timeouts and flow-control windows.
+
+use std::sync::Arc;
+use std::time::Duration;
+use streamhouse::transport::frame::MAX_FRAME;
+
+/// QUIC settings shared by client and server. Windows are sized for batch traffic: a stream
+/// can take a whole maximal frame without waiting for flow-control credit, while the
+/// connection window bounds what one peer can make the other buffer across streams.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct QuicConfig {
+    /// Largest frame (kind + message) either side accepts. Default 16 MiB.
+    pub max_frame_size: usize,
+    /// A connection with no traffic (keep-alives included) for this long is closed. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval. Default 10 s.
+    pub keep_alive: Duration,
+    /// How long the client waits for the handshake. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Per-stream receive window. Default 16 MiB (one maximal frame).
+    pub stream_window: u32,
+    /// Per-connection receive window. Default 32 MiB.
+    pub connection_window: u32,
+    /// Per-connection send window. Default 32 MiB.
+    pub send_window: u64,
+    /// Concurrent requests (streams) a peer may open on one connection. Default 256.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for QuicConfig {
+    fn default() -> QuicConfig {
+        QuicConfig {
+            max_frame_size: MAX_FRAME,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            stream_window: 16 << 20,
+            connection_window: 32 << 20,
+            send_window: 32 << 20,
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+impl QuicConfig {
+    pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
+        t.keep_alive_interval(Some(self.keep_alive));
+        t.stream_receive_window(quinn::VarInt::from_u32(self.stream_window));
+        t.receive_window(quinn::VarInt::from_u32(self.connection_window));
+        t.send_window(self.send_window);
+        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(self.max_concurrent_streams));
+        t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        Arc::new(t)
+    }
+}

@@ -1,0 +1,177 @@
+//! Garbage at the QUIC server: random bytes, a 2 GiB length prefix, a truncated frame, an HTTP
+//! request on a stream and as a raw datagram, a wrong ALPN. Each ends only its own stream (or
+//! handshake); the connection and the agent keep serving; nothing allocates near the claimed
+//! sizes (this binary's allocator is capped).
+
+use cap::Cap;
+use std::alloc::System;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use streamhouse::mock::MockAgent;
+use streamhouse::proto::v1::MetadataRequest;
+use streamhouse::transport::frame::{self, MAX_FRAME, decode_response, read_frame};
+use streamhouse::transport::{RequestMessage, Response, Transport};
+use streamhouse_quic::{
+    ALPN, ClientTls, QuicConfig, QuicServer, QuicTransport, ServerTls, dev_certificate,
+};
+use tower::ServiceExt;
+
+#[global_allocator]
+static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
+
+fn raw_client(ca_pem: &[u8], alpn: &[u8]) -> quinn::Endpoint {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+/// Sends `bytes` on a new stream and returns the reset code the server answered with, or
+/// `None` if it answered with a frame.
+async fn send_raw(connection: &quinn::Connection, bytes: &[u8]) -> Option<u64> {
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let _ = send.write_all(bytes).await;
+    let _ = send.finish();
+    match read_frame(&mut recv, MAX_FRAME).await {
+        Ok(Some(_)) | Ok(None) => None,
+        Err(frame::FrameError::Io(io)) => match io
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<quinn::ReadError>())
+        {
+            Some(quinn::ReadError::Reset(code)) => Some(u64::from(*code)),
+            other => panic!("unexpected read error {other:?}"),
+        },
+        Err(e) => panic!("unexpected frame error {e}"),
+    }
+}
+
+/// A valid metadata request on a new stream of `connection` is answered.
+async fn still_answers(connection: &quinn::Connection) {
+    let request = RequestMessage::Metadata(MetadataRequest::default());
+    let (mut send, mut recv) = connection.open_bi().await.expect("connection still open");
+    send.write_all(&frame::encode_request(&request, MAX_FRAME).unwrap())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let (kind, body) = read_frame(&mut recv, MAX_FRAME).await.unwrap().unwrap();
+    assert!(matches!(
+        decode_response(kind, &body).unwrap(),
+        Response::Metadata(_)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_ends_only_its_own_stream() {
+    let certs = tempfile::tempdir().unwrap();
+    let dev = dev_certificate(certs.path()).unwrap();
+    let agent = MockAgent::new().with_topic("t", 1);
+    let server = QuicServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        QuicConfig::default(),
+        &ServerTls::from_files(&dev.cert, &dev.key).unwrap(),
+    )
+    .unwrap();
+    let addr: SocketAddr = server.local_addr().unwrap();
+    tokio::spawn(server.serve(agent.service(), std::future::pending()));
+    let ca = std::fs::read(&dev.cert).unwrap();
+
+    // From here on, nothing may allocate more than 256 MiB beyond what is in use.
+    ALLOCATOR
+        .set_limit(ALLOCATOR.allocated() + (256 << 20))
+        .unwrap();
+
+    let client = raw_client(&ca, ALPN);
+    let connection = client.connect(addr, "localhost").unwrap().await.unwrap();
+    let cases: Vec<(&str, Vec<u8>, u64)> = vec![
+        ("2 GiB length prefix", vec![0x80, 0, 0, 0, 0x01, 1, 2, 3], 1),
+        (
+            "HTTP request on a stream",
+            b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n".to_vec(),
+            1,
+        ),
+        (
+            "truncated frame",
+            [&1000u32.to_be_bytes()[..], &[0x01; 10]].concat(),
+            2,
+        ),
+        (
+            "unknown kind",
+            [&3u32.to_be_bytes()[..], &[0x42, 0, 0]].concat(),
+            2,
+        ),
+        (
+            "truncated protobuf varint",
+            [&3u32.to_be_bytes()[..], &[0x01, 0x1a, 0xff]].concat(),
+            2,
+        ),
+        ("zero-length frame", 0u32.to_be_bytes().to_vec(), 2),
+    ];
+    for (name, bytes, code) in cases {
+        assert_eq!(send_raw(&connection, &bytes).await, Some(code), "{name}");
+        still_answers(&connection).await;
+    }
+
+    // Random bytes, many times: always a reset, never an answer, never a dead connection.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..200 {
+        let len = (next() % 2048) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        assert!(send_raw(&connection, &bytes).await.is_some() || bytes.is_empty());
+    }
+    still_answers(&connection).await;
+
+    // Not QUIC at all: an HTTP request and random datagrams at the UDP port are ignored.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.send_to(b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n", addr)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        let datagram: Vec<u8> = (0..(next() % 1400) as usize)
+            .map(|_| next() as u8)
+            .collect();
+        udp.send_to(&datagram, addr).await.unwrap();
+    }
+
+    // A client speaking another protocol is refused at the handshake.
+    let wrong = raw_client(&ca, b"h3");
+    assert!(wrong.connect(addr, "localhost").unwrap().await.is_err());
+
+    // The agent serves everyone else as before.
+    still_answers(&connection).await;
+    let transport = QuicTransport::new(
+        QuicConfig::default(),
+        &ClientTls::from_ca_file(&dev.cert).unwrap(),
+    )
+    .unwrap();
+    let fresh = transport
+        .connect(&format!("quic://localhost:{}", addr.port()).parse().unwrap())
+        .await
+        .unwrap();
+    let answer = fresh
+        .oneshot(streamhouse::transport::Request::new(
+            RequestMessage::Metadata(MetadataRequest::default()),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(answer, Response::Metadata(_)));
+    ALLOCATOR.set_limit(usize::MAX).unwrap();
+}
