@@ -1,6 +1,6 @@
 //! The toy transport of `examples/custom_transport.rs` passes the conformance suite.
 
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)]
 #[path = "../examples/custom_transport.rs"]
 mod example;
 
