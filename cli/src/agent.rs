@@ -86,10 +86,9 @@ fn certificate(args: &Args) -> anyhow::Result<Option<ServerTls>> {
     let mut tls =
         ServerTls::from_files(&files.0, &files.1).context("cannot load the certificate")?;
     if let Some(ca) = &args.client_ca {
-        tls.client_ca_pem = Some(
-            std::fs::read(ca)
-                .with_context(|| format!("cannot read --client-ca {}", ca.display()))?,
-        );
+        tls = tls
+            .with_client_ca_file(ca)
+            .context("cannot load --client-ca")?;
     }
     Ok(Some(tls))
 }
@@ -178,11 +177,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let grpc_task = grpc.map(|listener| {
         let mut config = GrpcConfig::default();
         if args.grpc_tls {
-            config.server_tls = tls.as_ref().map(|t| streamhouse_grpc::ServerTls {
-                cert_pem: t.cert_pem.clone(),
-                key_pem: t.key_pem.clone(),
-                client_ca_pem: t.client_ca_pem.clone(),
-            });
+            config.server_tls = tls.clone();
         }
         tokio::spawn(streamhouse_grpc::serve(
             agent.service(),

@@ -5,9 +5,10 @@ use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::sync::Arc;
 use streamhouse::discovery::Bootstrap;
+use streamhouse::transport::tls::ClientTls;
 use streamhouse::transport::{Endpoint, SchemeTransport, Transport};
 use streamhouse_grpc::{GrpcConfig, GrpcTransport};
-use streamhouse_quic::{ClientTls, QuicConfig, QuicTransport};
+use streamhouse_quic::{QuicConfig, QuicTransport};
 
 #[derive(clap::Args)]
 pub(crate) struct ClientArgs {
@@ -48,32 +49,16 @@ impl ClientArgs {
             }
             return Ok(transport);
         };
-        let ca_pem =
-            std::fs::read(ca).with_context(|| format!("cannot read --ca {}", ca.display()))?;
-        let identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => Some((
-                std::fs::read(cert)
-                    .with_context(|| format!("cannot read --cert {}", cert.display()))?,
-                std::fs::read(key)
-                    .with_context(|| format!("cannot read --key {}", key.display()))?,
-            )),
-            _ => None,
-        };
+        let mut tls = ClientTls::from_ca_file(ca).context("cannot load --ca")?;
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            tls = tls
+                .with_identity_files(cert, key)
+                .context("cannot load --cert/--key")?;
+        }
         let mut grpcs = GrpcConfig::default();
-        grpcs.client_tls = Some(streamhouse_grpc::ClientTls {
-            ca_pem: ca_pem.clone(),
-            domain: None,
-            identity: identity.clone(),
-        });
-        let quic = QuicTransport::new(
-            QuicConfig::default(),
-            &ClientTls {
-                ca_pem,
-                server_name: None,
-                identity,
-            },
-        )
-        .context("cannot set up QUIC with these certificates")?;
+        grpcs.client_tls = Some(tls.clone());
+        let quic = QuicTransport::new(QuicConfig::default(), &tls)
+            .context("cannot set up QUIC with these certificates")?;
         transport = transport
             .with("grpcs", GrpcTransport::new(grpcs))
             .with("quic", quic);

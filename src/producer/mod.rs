@@ -209,16 +209,7 @@ impl Producer {
                 }
             };
             match pushed {
-                Ok(pushed) => {
-                    if pushed.wake_sender {
-                        self.inner.wake_sender.notify_one();
-                    }
-                    return Ok(DeliveryFuture::new(
-                        pushed.completion,
-                        pushed.index,
-                        timestamp,
-                    ));
-                }
+                Ok(pushed) => return Ok(self.delivery(pushed, timestamp)),
                 Err(PushError::RecordTooLarge { size, limit }) => {
                     return Err(ProduceError::RecordTooLarge { size, limit });
                 }
@@ -231,14 +222,7 @@ impl Producer {
                     tokio::pin!(freed);
                     freed.as_mut().enable();
                     if let Attempt::Pushed(Ok(pushed)) = self.try_push(&record, append) {
-                        if pushed.wake_sender {
-                            self.inner.wake_sender.notify_one();
-                        }
-                        return Ok(DeliveryFuture::new(
-                            pushed.completion,
-                            pushed.index,
-                            timestamp,
-                        ));
+                        return Ok(self.delivery(pushed, timestamp));
                     }
                     // Let the sender drain: sealed batches are what frees memory.
                     self.inner.wake_sender.notify_one();
@@ -248,6 +232,15 @@ impl Producer {
                 }
             }
         }
+    }
+
+    /// The future of an appended record; wakes the sender if the append sealed or opened a
+    /// batch.
+    fn delivery(&self, pushed: accumulator::Pushed, timestamp: i64) -> DeliveryFuture {
+        if pushed.wake_sender {
+            self.inner.wake_sender.notify_one();
+        }
+        DeliveryFuture::new(pushed.completion, pushed.index, timestamp)
     }
 
     /// One attempt at appending under the lock: metadata, partition, push.

@@ -82,6 +82,25 @@ impl Endpoint {
         &self.url[self.scheme_len + 3..]
     }
 
+    /// The host part of the authority, without the port or IPv6 brackets: the name a TLS
+    /// certificate is checked against.
+    ///
+    /// ```
+    /// use streamhouse::transport::Endpoint;
+    /// let e: Endpoint = "quic://[::1]:9093".parse().unwrap();
+    /// assert_eq!(e.host(), "::1");
+    /// let e: Endpoint = "grpcs://agent.example:443".parse().unwrap();
+    /// assert_eq!(e.host(), "agent.example");
+    /// ```
+    pub fn host(&self) -> &str {
+        let authority = self.authority();
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => authority,
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
     /// The whole URL.
     pub fn as_str(&self) -> &str {
         &self.url

@@ -34,6 +34,7 @@ mod error;
 pub mod frame;
 mod message;
 mod schemes;
+pub mod tls;
 
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::TransportError;

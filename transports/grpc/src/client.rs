@@ -78,7 +78,7 @@ impl GrpcTransport {
                 ))
             })?;
             channel
-                .tls_config(tls.to_tonic(endpoint))
+                .tls_config(crate::tls::client(tls, endpoint))
                 .map_err(|e| TransportError::Tls(Some(Box::new(e))))?
         } else {
             channel

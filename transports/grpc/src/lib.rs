@@ -59,4 +59,4 @@ pub use client::GrpcTransport;
 pub use config::GrpcConfig;
 pub use server::{ServeError, serve};
 #[cfg(feature = "tls")]
-pub use tls::{ClientTls, ServerTls};
+pub use streamhouse::transport::tls::{ClientTls, ServerTls};

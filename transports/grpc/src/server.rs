@@ -44,7 +44,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(config.keep_alive_timeout));
     #[cfg(feature = "tls")]
     let builder = match &config.server_tls {
-        Some(tls) => builder.tls_config(tls.to_tonic())?,
+        Some(tls) => builder.tls_config(crate::tls::server(tls))?,
         None => builder,
     };
     let mut builder = builder;

@@ -96,7 +96,7 @@ impl GrpcHarness {
             let mut config = GrpcConfig::default();
             config.client_tls = Some(ClientTls {
                 ca_pem: ca.pem().into_bytes(),
-                domain: Some("localhost".into()),
+                server_name: Some("localhost".into()),
                 identity: None,
             });
             config

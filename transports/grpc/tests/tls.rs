@@ -86,7 +86,7 @@ fn client(
 ) -> ClientTls {
     ClientTls {
         ca_pem: ca.pem().into_bytes(),
-        domain: None,
+        server_name: None,
         identity,
     }
 }

@@ -87,13 +87,7 @@ impl QuicTransport {
             .map_err(|e| connect_error(Box::new(e)))?
             .next()
             .ok_or_else(|| connect_error("the host name resolves to no address".into()))?;
-        let host = endpoint
-            .authority()
-            .rsplit_once(':')
-            .map_or(endpoint.authority(), |(host, _)| host)
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let name = self.inner.server_name.as_deref().unwrap_or(host);
+        let name = self.inner.server_name.as_deref().unwrap_or(endpoint.host());
         let socket = self.socket(remote).await?;
         let connecting = socket
             .connect_with(self.inner.client.clone(), remote, name)

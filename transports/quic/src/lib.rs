@@ -56,4 +56,5 @@ pub use client::QuicTransport;
 pub use config::QuicConfig;
 pub use error::QuicError;
 pub use server::{Closer, QuicServer};
-pub use tls::{ALPN, ClientTls, DevCertificate, ServerTls, dev_certificate};
+pub use streamhouse::transport::tls::{ClientTls, ServerTls};
+pub use tls::{ALPN, DevCertificate, dev_certificate};

@@ -7,57 +7,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use streamhouse::transport::tls::{ClientTls, ServerTls};
 
 /// The ALPN protocol both sides must agree on.
 pub const ALPN: &[u8] = b"streamhouse/1";
-
-/// What a client trusts and, for mTLS, presents.
-#[derive(Debug, Clone)]
-pub struct ClientTls {
-    /// PEM of the CA(s) (or the self-signed certificate) the agent's certificate chains to.
-    pub ca_pem: Vec<u8>,
-    /// Name to verify in the agent's certificate; default: the endpoint's host.
-    pub server_name: Option<String>,
-    /// PEM certificate and key presented to the agent (mTLS).
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl ClientTls {
-    /// Trusts the CA(s) in a PEM file.
-    pub fn from_ca_file(path: &Path) -> Result<ClientTls, QuicError> {
-        Ok(ClientTls {
-            ca_pem: read(path)?,
-            server_name: None,
-            identity: None,
-        })
-    }
-}
-
-/// The agent's certificate and key and, for mTLS, the CA its clients' certificates chain to.
-#[derive(Debug, Clone)]
-pub struct ServerTls {
-    /// PEM certificate chain.
-    pub cert_pem: Vec<u8>,
-    /// PEM private key.
-    pub key_pem: Vec<u8>,
-    /// When set, clients must present a certificate from this CA.
-    pub client_ca_pem: Option<Vec<u8>>,
-}
-
-impl ServerTls {
-    /// Certificate and key from PEM files.
-    pub fn from_files(cert: &Path, key: &Path) -> Result<ServerTls, QuicError> {
-        Ok(ServerTls {
-            cert_pem: read(cert)?,
-            key_pem: read(key)?,
-            client_ca_pem: None,
-        })
-    }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, QuicError> {
-    std::fs::read(path).map_err(|e| QuicError::Tls(format!("cannot read {}: {e}", path.display())))
-}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
