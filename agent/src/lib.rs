@@ -49,11 +49,13 @@
 
 mod config;
 mod io;
+mod listen;
 mod log;
 mod service;
 mod topics;
 
 pub use config::{AgentConfig, TopicSpec};
+pub use listen::{ListenError, ListenOptions, Listeners, Serving};
 pub use log::{PartitionRecovery, RecoveryReport};
 
 use io::Io;

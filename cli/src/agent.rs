@@ -4,9 +4,9 @@ use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use streamhouse::transport::Endpoint;
-use streamhouse_agent::{Agent, AgentConfig, TopicSpec};
-use streamhouse_grpc::GrpcConfig;
-use streamhouse_quic::{QuicConfig, QuicServer, ServerTls, dev_certificate};
+use streamhouse::transport::tls::ServerTls;
+use streamhouse_agent::{Agent, AgentConfig, ListenOptions, Listeners, TopicSpec};
+use streamhouse_quic::dev_certificate;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -51,7 +51,7 @@ pub(crate) struct Args {
     /// Serve Prometheus metrics on this address (`/metrics`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// URL clients should use to reach this agent (default: grpc://<bound address>).
+    /// URL clients should use to reach this agent (default: the bound addresses).
     #[arg(long, value_name = "URL")]
     advertise: Vec<Endpoint>,
     /// This agent's id in metadata.
@@ -70,7 +70,7 @@ pub(crate) struct Args {
 
 /// The agent's certificate, from files or the development directory.
 fn certificate(args: &Args) -> anyhow::Result<Option<ServerTls>> {
-    let files = match (&args.tls_cert, &args.tls_key, &args.dev_cert) {
+    let (cert, key) = match (&args.tls_cert, &args.tls_key, &args.dev_cert) {
         (Some(cert), Some(key), _) => (cert.clone(), key.clone()),
         (_, _, Some(dir)) => {
             let dev = dev_certificate(dir).with_context(|| {
@@ -83,8 +83,7 @@ fn certificate(args: &Args) -> anyhow::Result<Option<ServerTls>> {
         }
         _ => return Ok(None),
     };
-    let mut tls =
-        ServerTls::from_files(&files.0, &files.1).context("cannot load the certificate")?;
+    let mut tls = ServerTls::from_files(&cert, &key).context("cannot load the certificate")?;
     if let Some(ca) = &args.client_ca {
         tls = tls
             .with_client_ca_file(ca)
@@ -100,36 +99,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "QUIC and --grpc-tls need a certificate: --tls-cert FILE --tls-key FILE, or --dev-cert DIR"
         );
     }
-    let grpc = match args.grpc {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            Some(listener)
-        }
-        None => None,
-    };
-    let quic = match (args.quic, &tls) {
-        (Some(addr), Some(tls)) => Some(
-            QuicServer::bind(addr, QuicConfig::default(), tls)
-                .with_context(|| format!("cannot serve QUIC on {addr}"))?,
-        ),
-        _ => None,
-    };
-    let mut endpoints = Vec::new();
-    if let Some(listener) = &grpc {
-        let scheme = if args.grpc_tls { "grpcs" } else { "grpc" };
-        endpoints.push(format!("{scheme}://{}", listener.local_addr()?).parse()?);
-    }
-    if let Some(server) = &quic {
-        endpoints.push(format!("quic://{}", server.local_addr()?).parse()?);
-    }
+    let listeners = Listeners::bind(ListenOptions {
+        grpc: args.grpc,
+        quic: args.quic,
+        tls,
+        grpc_tls: args.grpc_tls,
+        ..ListenOptions::default()
+    })
+    .await?;
     let mut config = AgentConfig::new(&args.data);
     config.id = args.id;
     config.topics = args.topics;
     config.auto_create_partitions = args.auto_create;
     config.endpoints = if args.advertise.is_empty() {
-        endpoints.clone()
+        listeners.endpoints().to_vec()
     } else {
         args.advertise
     };
@@ -160,44 +143,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     // The first lines of standard output say where to connect (useful with port 0).
-    for endpoint in &endpoints {
+    for endpoint in listeners.endpoints() {
         println!(
             "{} listening on {}",
             endpoint.scheme(),
             endpoint.authority()
         );
     }
-    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-    let stopped = |stop: &tokio::sync::broadcast::Sender<()>| {
-        let mut rx = stop.subscribe();
-        async move {
-            let _ = rx.recv().await;
-        }
-    };
-    let grpc_task = grpc.map(|listener| {
-        let mut config = GrpcConfig::default();
-        if args.grpc_tls {
-            config.server_tls = tls.clone();
-        }
-        tokio::spawn(streamhouse_grpc::serve(
-            agent.service(),
-            listener,
-            config,
-            stopped(&stop),
-        ))
-    });
-    let quic_task = quic.map(|server| tokio::spawn(server.serve(agent.service(), stopped(&stop))));
+    let serving = listeners.serve(&agent);
     shutdown_signal().await;
-    let _ = stop.send(());
-    if let Some(task) = quic_task {
-        task.await.context("QUIC server task failed")?;
-    }
-    if let Some(task) = grpc_task {
-        task.await
-            .context("gRPC server task failed")?
-            .context("gRPC server failed")?;
-    }
+    let stopped = serving.stop().await;
     agent.shutdown().await;
+    stopped.context("gRPC server failed")?;
     eprintln!("agent stopped cleanly");
     Ok(())
 }

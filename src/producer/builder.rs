@@ -224,6 +224,7 @@ impl ProducerBuilder {
             config,
             partitioner: self.partitioner,
             discovery: self.discovery,
+            counters: Default::default(),
             sender: Mutex::new(None),
         });
         let sender = Sender::new(inner.clone(), self.transport, self.codec, self.layers, rng);

@@ -59,12 +59,14 @@ mod delivery;
 mod error;
 mod record;
 mod sender;
+mod stats;
 
 pub use builder::ProducerBuilder;
 pub use config::{Acks, ProducerConfig};
 pub use delivery::DeliveryFuture;
 pub use error::{ConfigError, Persistence, ProduceError};
 pub use record::{ProducerRecord, RecordMetadata};
+pub use stats::ProducerStats;
 
 use crate::discovery::{Discovery, TopicMetadata};
 use crate::partitioner::Partitioner;
@@ -139,6 +141,7 @@ pub(crate) struct Inner {
     pub(crate) config: ProducerConfig,
     pub(crate) partitioner: Arc<dyn Partitioner>,
     pub(crate) discovery: Arc<dyn Discovery>,
+    pub(crate) counters: stats::Counters,
     sender: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -176,6 +179,11 @@ impl Producer {
     /// Starts building a producer over `transport`, finding leaders with `discovery`.
     pub fn builder(transport: impl Transport, discovery: impl Discovery) -> ProducerBuilder {
         ProducerBuilder::new(Arc::new(transport), Arc::new(discovery))
+    }
+
+    /// Counters of what this producer (and its clones) sent and how it went.
+    pub fn stats(&self) -> ProducerStats {
+        self.inner.counters.snapshot()
     }
 
     /// The configuration in force.

@@ -18,6 +18,7 @@
 
 use super::accumulator::{Failure, Payload, QueuedBatch};
 use super::delivery::{Completion, Outcome};
+use super::stats::Counters;
 use super::{Inner, Persistence, Phase, ProduceError};
 use crate::batch::ProducerStamp;
 use crate::codec::Codec;
@@ -141,12 +142,7 @@ impl Sender {
                 let ready = state.acc.ready(now.into_std());
                 (failures, ready, state.phase, state.acc.is_idle())
             };
-            self.settle(
-                failures
-                    .into_iter()
-                    .map(|(c, e)| (c, Outcome::Failed(e)))
-                    .collect(),
-            );
+            self.settle_failures(failures);
             match phase {
                 Phase::Abort => return self.abort().await,
                 Phase::Closing if idle && self.tasks.is_empty() => return,
@@ -423,7 +419,13 @@ impl Sender {
         {
             let mut state = self.inner.lock();
             let queued: Vec<Failure> = state.acc.abort();
-            outcomes.extend(queued.into_iter().map(|(c, e)| (c, Outcome::Failed(e))));
+            for failure in queued {
+                Counters::add(
+                    &self.inner.counters.records_failed,
+                    u64::from(failure.records),
+                );
+                outcomes.push((failure.completion, Outcome::Failed(failure.error)));
+            }
             for (_, in_flight) in self.requests.drain() {
                 for (batch_id, completion, _) in in_flight.batches {
                     state.acc.complete(batch_id);
@@ -438,6 +440,21 @@ impl Sender {
         }
         self.settle(outcomes);
         while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Reports batches the accumulator failed (delivery timeout, close).
+    fn settle_failures(&self, failures: Vec<Failure>) {
+        let outcomes = failures
+            .into_iter()
+            .map(|failure| {
+                Counters::add(
+                    &self.inner.counters.records_failed,
+                    u64::from(failure.records),
+                );
+                (failure.completion, Outcome::Failed(failure.error))
+            })
+            .collect();
+        self.settle(outcomes);
     }
 
     /// Resolves completions (outside the lock) and tells blocked senders memory was freed.
@@ -483,7 +500,7 @@ fn drain_request(
 fn spawn_request(
     tasks: &mut JoinSet<Event>,
     requests: &mut HashMap<Id, InFlight>,
-    inner: &Inner,
+    inner: &Arc<Inner>,
     codec: &Arc<dyn Codec>,
     endpoint: Endpoint,
     service: BoxConnection,
@@ -506,8 +523,18 @@ fn spawn_request(
     };
     let codec = codec.clone();
     let task_endpoint = endpoint.clone();
+    let inner = inner.clone();
     let handle = tasks.spawn(async move {
-        produce(task_endpoint, service, request, batches, codec, deadline).await
+        produce(
+            &inner,
+            task_endpoint,
+            service,
+            request,
+            batches,
+            codec,
+            deadline,
+        )
+        .await
     });
     requests.insert(
         handle.id(),
@@ -520,6 +547,7 @@ fn spawn_request(
 
 /// One request: encode the batches that are still builders, send, classify the outcome.
 async fn produce(
+    inner: &Inner,
     endpoint: Endpoint,
     service: BoxConnection,
     mut request: ProduceRequest,
@@ -529,11 +557,21 @@ async fn produce(
 ) -> Event {
     let mut sent = Vec::with_capacity(batches.len());
     let mut unencodable = Vec::new();
+    let counters = &inner.counters;
     for mut batch in batches {
         let encoded = match std::mem::replace(&mut batch.payload, Payload::Taken) {
-            Payload::Built(builder) => builder
-                .finish(batch.stamp.unwrap_or(ProducerStamp::NONE), codec.as_ref())
-                .map_err(|e| ProduceError::Encoding(Arc::new(e))),
+            Payload::Built(builder) => {
+                let uncompressed = builder.encoded_len() as u64;
+                let encoded = builder
+                    .finish(batch.stamp.unwrap_or(ProducerStamp::NONE), codec.as_ref())
+                    .map_err(|e| ProduceError::Encoding(Arc::new(e)));
+                if let Ok(bytes) = &encoded {
+                    Counters::add(&counters.batches, 1);
+                    Counters::add(&counters.uncompressed_bytes, uncompressed);
+                    Counters::add(&counters.wire_bytes, bytes.len() as u64);
+                }
+                encoded
+            }
             Payload::Encoded(bytes) => Ok(bytes),
             Payload::Taken => Err(ProduceError::Closed {
                 persistence: Persistence::NotPersisted,
@@ -556,6 +594,7 @@ async fn produce(
     let outcome = if sent.is_empty() {
         RequestOutcome::Answered(ProduceResponse::default())
     } else {
+        Counters::add(&counters.requests, 1);
         let request = Request {
             message: RequestMessage::Produce(request),
             deadline: Some(deadline),
@@ -618,6 +657,10 @@ impl<'a> Settlement<'a> {
     }
 
     fn succeed(&mut self, batch: QueuedBatch, base_offset: i64) {
+        Counters::add(
+            &self.inner.counters.records_acked,
+            u64::from(batch.record_count),
+        );
         self.partitions.insert(Self::key(&batch));
         self.completed.push(batch.id);
         self.outcomes.push((
@@ -630,6 +673,10 @@ impl<'a> Settlement<'a> {
     }
 
     fn fail(&mut self, batch: QueuedBatch, error: ProduceError) {
+        Counters::add(
+            &self.inner.counters.records_failed,
+            u64::from(batch.record_count),
+        );
         let key = Self::key(&batch);
         self.partitions.insert(key.clone());
         self.behind_failure.insert(key);
@@ -655,6 +702,7 @@ impl<'a> Settlement<'a> {
                 },
             );
         }
+        Counters::add(&self.inner.counters.retries, 1);
         let key = Self::key(&batch);
         self.partitions.insert(key.clone());
         self.behind_failure.insert(key.clone());

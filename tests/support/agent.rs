@@ -5,14 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use streamhouse::batch::Record;
 use streamhouse::reader::PartitionReader;
+use streamhouse::transport::tls::{ClientTls, ServerTls};
 use streamhouse::transport::{Endpoint, Transport};
-use streamhouse_agent::{Agent, AgentConfig};
-use streamhouse_grpc::{GrpcConfig, GrpcTransport, ServeError};
-use streamhouse_quic::{
-    ClientTls, QuicConfig, QuicServer, QuicTransport, ServerTls, dev_certificate,
-};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use streamhouse_agent::{Agent, AgentConfig, ListenOptions, Listeners, Serving};
+use streamhouse_grpc::GrpcTransport;
+use streamhouse_quic::{QuicConfig, QuicTransport, dev_certificate};
 
 /// Which transport a test talks over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,9 +23,7 @@ pub struct RunningAgent {
     pub grpc: Endpoint,
     pub quic: Endpoint,
     certs: tempfile::TempDir,
-    stop: Vec<oneshot::Sender<()>>,
-    grpc_server: Option<JoinHandle<Result<(), ServeError>>>,
-    quic_server: Option<JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl RunningAgent {
@@ -36,42 +31,23 @@ impl RunningAgent {
     pub async fn start(mut config: AgentConfig) -> RunningAgent {
         let certs = tempfile::tempdir().unwrap();
         let dev = dev_certificate(certs.path()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc: Endpoint = format!("grpc://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let quic_server = QuicServer::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            QuicConfig::default(),
-            &ServerTls::from_files(&dev.cert, &dev.key).unwrap(),
-        )
+        let listeners = Listeners::bind(ListenOptions {
+            grpc: Some("127.0.0.1:0".parse().unwrap()),
+            quic: Some("127.0.0.1:0".parse().unwrap()),
+            tls: Some(ServerTls::from_files(&dev.cert, &dev.key).unwrap()),
+            ..ListenOptions::default()
+        })
+        .await
         .unwrap();
-        let quic: Endpoint = format!("quic://{}", quic_server.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        config.endpoints = vec![grpc.clone(), quic.clone()];
+        config.endpoints = listeners.endpoints().to_vec();
         let agent = Agent::open(config).await.expect("agent opens");
-        let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-        let (stop_quic, quic_stopped) = oneshot::channel::<()>();
-        let grpc_task = tokio::spawn(streamhouse_grpc::serve(
-            agent.service(),
-            listener,
-            GrpcConfig::default(),
-            async {
-                let _ = grpc_stopped.await;
-            },
-        ));
-        let quic_task = tokio::spawn(quic_server.serve(agent.service(), async {
-            let _ = quic_stopped.await;
-        }));
+        let serving = listeners.serve(&agent);
         RunningAgent {
+            grpc: serving.endpoint("grpc").unwrap().clone(),
+            quic: serving.endpoint("quic").unwrap().clone(),
             agent,
-            grpc,
-            quic,
             certs,
-            stop: vec![stop_grpc, stop_quic],
-            grpc_server: Some(grpc_task),
-            quic_server: Some(quic_task),
+            serving,
         }
     }
 
@@ -95,23 +71,11 @@ impl RunningAgent {
     }
 
     /// Stops serving, then shuts the agent down (queued appends finish, logs fsynced).
-    pub async fn stop(mut self) {
-        for stop in self.stop.drain(..) {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.grpc_server.take() {
-            tokio::time::timeout(Duration::from_secs(10), server)
-                .await
-                .expect("grpc server stops")
-                .unwrap()
-                .unwrap();
-        }
-        if let Some(server) = self.quic_server.take() {
-            tokio::time::timeout(Duration::from_secs(15), server)
-                .await
-                .expect("quic server stops")
-                .unwrap();
-        }
+    pub async fn stop(self) {
+        tokio::time::timeout(Duration::from_secs(20), self.serving.stop())
+            .await
+            .expect("servers stop")
+            .unwrap();
         self.agent.shutdown().await;
     }
 

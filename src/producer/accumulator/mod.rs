@@ -76,7 +76,12 @@ pub(crate) enum PushError {
 }
 
 /// A failed batch to report, outside any lock.
-pub(crate) type Failure = (Arc<Completion>, ProduceError);
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) completion: Arc<Completion>,
+    pub(crate) error: ProduceError,
+    pub(crate) records: u32,
+}
 
 #[derive(Debug, Default)]
 struct PartitionQueue {
@@ -347,10 +352,13 @@ impl Accumulator {
                         };
                         failures.push((
                             b.id,
-                            b.completion.clone(),
-                            ProduceError::DeliveryTimeout {
-                                timeout,
-                                persistence,
+                            Failure {
+                                completion: b.completion.clone(),
+                                error: ProduceError::DeliveryTimeout {
+                                    timeout,
+                                    persistence,
+                                },
+                                records: b.record_count,
                             },
                         ));
                     }
@@ -363,9 +371,9 @@ impl Accumulator {
         }
         failures
             .into_iter()
-            .map(|(id, completion, error)| {
+            .map(|(id, failure)| {
                 self.complete(id);
-                (completion, error)
+                failure
             })
             .collect()
     }
@@ -510,7 +518,8 @@ impl Accumulator {
         for topic in &mut self.topics {
             for queue in &mut topic.partitions {
                 if let Some(open) = queue.open.take() {
-                    failed.push((open.id, open.completion, Persistence::NotPersisted));
+                    let records = open.builder.record_count();
+                    failed.push((open.id, open.completion, Persistence::NotPersisted, records));
                 }
                 for b in queue.sealed.drain(..) {
                     let persistence = if b.maybe_applied {
@@ -518,15 +527,19 @@ impl Accumulator {
                     } else {
                         Persistence::NotPersisted
                     };
-                    failed.push((b.id, b.completion, persistence));
+                    failed.push((b.id, b.completion, persistence, b.record_count));
                 }
             }
         }
         failed
             .into_iter()
-            .map(|(id, completion, persistence)| {
+            .map(|(id, completion, persistence, records)| {
                 self.complete(id);
-                (completion, ProduceError::Closed { persistence })
+                Failure {
+                    completion,
+                    error: ProduceError::Closed { persistence },
+                    records,
+                }
             })
             .collect()
     }

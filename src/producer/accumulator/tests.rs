@@ -280,13 +280,16 @@ fn delivery_timeout_fails_queued_batches_with_their_persistence() {
 
     let mut failed = acc.expire(t0 + 100 * MS);
     assert_eq!(failed.len(), 2);
-    failed.sort_by_key(|(c, _)| c.partition_for_test());
-    let persistence: Vec<_> = failed.iter().map(|(_, e)| e.persistence()).collect();
+    failed.sort_by_key(|f| f.completion.partition_for_test());
+    let persistence: Vec<_> = failed.iter().map(|f| f.error.persistence()).collect();
     assert_eq!(
         persistence,
         [Persistence::NotPersisted, Persistence::PossiblyPersisted]
     );
-    assert!(matches!(failed[0].1, ProduceError::DeliveryTimeout { .. }));
+    assert!(matches!(
+        failed[0].error,
+        ProduceError::DeliveryTimeout { .. }
+    ));
     assert_eq!(acc.used_memory(), 0);
     assert!(acc.is_idle());
 }
@@ -320,7 +323,7 @@ fn abort_fails_everything_not_in_flight() {
     assert!(
         failed
             .iter()
-            .all(|(_, e)| matches!(e, ProduceError::Closed { .. }))
+            .all(|f| matches!(f.error, ProduceError::Closed { .. }))
     );
     assert_eq!(
         acc.unsettled(),

@@ -1,0 +1,67 @@
+//! [`ProducerStats`]: counters of what the producer sent and how it went.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters updated per batch by the sender (never per record).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) records_acked: AtomicU64,
+    pub(crate) records_failed: AtomicU64,
+    pub(crate) uncompressed_bytes: AtomicU64,
+    pub(crate) wire_bytes: AtomicU64,
+    pub(crate) retries: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> ProducerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ProducerStats {
+            requests: get(&self.requests),
+            batches: get(&self.batches),
+            records_acked: get(&self.records_acked),
+            records_failed: get(&self.records_failed),
+            uncompressed_bytes: get(&self.uncompressed_bytes),
+            wire_bytes: get(&self.wire_bytes),
+            retries: get(&self.retries),
+        }
+    }
+}
+
+/// What a producer has done so far. Batches and bytes count each batch once, at its first
+/// send; retries are counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ProducerStats {
+    /// Produce requests sent (each attempt of the transport's retry layer is one request to
+    /// the transport, counted once here).
+    pub requests: u64,
+    /// Batches sent.
+    pub batches: u64,
+    /// Records acknowledged by the agent.
+    pub records_acked: u64,
+    /// Records that failed.
+    pub records_failed: u64,
+    /// Encoded size of the batches before compression.
+    pub uncompressed_bytes: u64,
+    /// Size of the batches as sent (after compression).
+    pub wire_bytes: u64,
+    /// Batches queued again after a retriable failure.
+    pub retries: u64,
+}
+
+impl ProducerStats {
+    /// Uncompressed over compressed batch bytes (1.0 without compression).
+    pub fn compression_ratio(&self) -> f64 {
+        if self.wire_bytes == 0 {
+            1.0
+        } else {
+            self.uncompressed_bytes as f64 / self.wire_bytes as f64
+        }
+    }
+}
