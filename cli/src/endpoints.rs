@@ -29,6 +29,16 @@ pub(crate) struct ClientArgs {
 }
 
 impl ClientArgs {
+    /// Options for a seed list and an optional CA (the bench's external agent).
+    pub(crate) fn new(bootstrap: String, ca: Option<PathBuf>) -> ClientArgs {
+        ClientArgs {
+            bootstrap,
+            ca,
+            cert: None,
+            key: None,
+        }
+    }
+
     /// Transport (by scheme) and discovery for the seeds.
     pub(crate) fn connect(&self) -> anyhow::Result<(Arc<dyn Transport>, Bootstrap)> {
         let seeds = seeds(&self.bootstrap)?;

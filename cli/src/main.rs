@@ -10,6 +10,7 @@
 //! Errors print one line (`error: …` with its causes) and exit with status 1.
 
 mod agent;
+mod bench;
 mod consume;
 mod endpoints;
 mod produce;
@@ -34,6 +35,9 @@ enum Command {
     Agent(agent::Args),
     /// Send every line of standard input as a record, then print what landed where.
     Produce(produce::Args),
+    /// Compare transports and codecs: run the producer against an embedded agent on loopback
+    /// (or a running one) and print records/s, latency, bytes and CPU per cell.
+    Bench(bench::Args),
     /// Print the records of a topic (all partitions, or one) from an offset to the end.
     Consume(consume::Args),
     /// List the topics an agent knows, with their partitions' leaders.
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
             Command::Agent(args) => agent::run(args).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Topics(args) => topics::run(args).await,
         }
     });

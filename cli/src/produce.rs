@@ -9,14 +9,14 @@ use streamhouse::codec::{Codec, NoCompression};
 use streamhouse::producer::{Acks, Producer, ProducerRecord};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum CodecArg {
     None,
     Lz4,
     Zstd,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum AcksArg {
     None,
     Leader,

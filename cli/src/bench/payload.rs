@@ -65,8 +65,13 @@ impl Payload {
         };
         let lines: Vec<Vec<u8>> = match kind {
             PayloadKind::File(path) => {
-                let text = std::fs::read(path).with_context(|| format!("cannot read payload file {}", path.display()))?;
-                let lines: Vec<Vec<u8>> = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
+                let text = std::fs::read(path)
+                    .with_context(|| format!("cannot read payload file {}", path.display()))?;
+                let lines: Vec<Vec<u8>> = text
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect();
                 if lines.is_empty() {
                     bail!("payload file {} has no lines", path.display());
                 }

@@ -1,0 +1,228 @@
+//! Presenting results: a table for the terminal, JSON, a markdown table for the README, and
+//! an SVG chart of throughput and p99 latency per cell.
+
+use super::run::CellResult;
+use super::system::Machine;
+use anyhow::Context;
+use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Everything a run produced, as written by `--json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) machine: Machine,
+    pub(crate) command: String,
+    pub(crate) settings: serde_json::Value,
+    pub(crate) cells: Vec<CellResult>,
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2} M", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.0} k", r / 1e3)
+    } else {
+        format!("{r:.0}")
+    }
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn label(c: &CellResult) -> String {
+    let size = if c.value_size >= 1024 && c.value_size % 1024 == 0 {
+        format!("{} KiB", c.value_size / 1024)
+    } else {
+        format!("{} B", c.value_size)
+    };
+    format!("{} / {} / {}", c.transport, c.codec, size)
+}
+
+const HEADERS: [&str; 13] = [
+    "transport / codec / value",
+    "mode",
+    "records/s",
+    "MB/s",
+    "% of raw",
+    "p50 ms",
+    "p99 ms",
+    "p999 ms",
+    "wire B/rec",
+    "ratio",
+    "CPU s/M rec",
+    "peak RSS MiB",
+    "failed",
+];
+
+fn row(c: &CellResult) -> [String; 13] {
+    [
+        label(c),
+        c.mode.clone(),
+        fmt_rate(c.records_per_sec),
+        format!("{:.1}", c.mb_per_sec),
+        c.percent_of_raw.map_or("-".into(), |p| format!("{p:.0}%")),
+        fmt_ms(c.p50_ms),
+        fmt_ms(c.p99_ms),
+        fmt_ms(c.p999_ms),
+        format!("{:.1}", c.wire_bytes_per_record),
+        format!("{:.2}", c.compression_ratio),
+        format!("{:.2}", c.cpu_seconds_per_million),
+        format!("{:.0}", c.peak_rss_mib),
+        c.failed.to_string(),
+    ]
+}
+
+/// The terminal table.
+pub(crate) fn table(report: &Report) -> String {
+    let mut table = Table::new();
+    table
+        .load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(HEADERS);
+    for cell in &report.cells {
+        let cells: Vec<Cell> = row(cell)
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let cell = Cell::new(text);
+                if i >= 2 {
+                    cell.set_alignment(CellAlignment::Right)
+                } else {
+                    cell
+                }
+            })
+            .collect();
+        table.add_row(cells);
+    }
+    format!("{table}\nmachine: {}\n", report.machine.describe())
+}
+
+/// The markdown section for the README.
+pub(crate) fn markdown(report: &Report, chart: Option<&str>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Measured on {} with:\n", report.machine.describe());
+    let _ = writeln!(out, "```sh\n{}\n```\n", report.command);
+    let _ = writeln!(out, "| {} |", HEADERS.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(HEADERS.len()));
+    for cell in &report.cells {
+        let _ = writeln!(out, "| {} |", row(cell).join(" | "));
+    }
+    let _ = writeln!(
+        out,
+        "\nRecords/s and CPU include the embedded agent (same process, same two cores). \
+         Latency is send → acknowledgement. `raw` rows push pre-encoded batches through the \
+         bare transport client: the ceiling the producer is compared with."
+    );
+    if let Some(chart) = chart {
+        let _ = writeln!(out, "\n![throughput and p99 latency per cell]({chart})");
+    }
+    out
+}
+
+/// Replaces the text between `<!-- bench:begin -->` and `<!-- bench:end -->` in `readme`.
+pub(crate) fn update_readme(readme: &Path, section: &str) -> anyhow::Result<()> {
+    const BEGIN: &str = "<!-- bench:begin -->";
+    const END: &str = "<!-- bench:end -->";
+    let text = std::fs::read_to_string(readme)
+        .with_context(|| format!("cannot read {}", readme.display()))?;
+    let (Some(start), Some(end)) = (text.find(BEGIN), text.find(END)) else {
+        anyhow::bail!("{} has no {BEGIN} … {END} section", readme.display());
+    };
+    let updated = format!("{}{BEGIN}\n{section}{}", &text[..start], &text[end..]);
+    std::fs::write(readme, updated).with_context(|| format!("cannot write {}", readme.display()))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Horizontal bars: records/s (left) and p99 latency (right), one row per cell.
+pub(crate) fn svg(report: &Report) -> String {
+    let cells = &report.cells;
+    let (row_h, top, label_w, bar_w, gap) = (22.0, 56.0, 210.0, 330.0, 40.0);
+    let width = label_w + 2.0 * bar_w + gap + 30.0;
+    let height = top + row_h * cells.len() as f64 + 30.0;
+    let max_rate = cells.iter().map(|c| c.records_per_sec).fold(1.0, f64::max);
+    let max_p99 = cells
+        .iter()
+        .map(|c| c.p99_ms)
+        .filter(|v| v.is_finite())
+        .fold(0.001, f64::max);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="20" font-size="14" font-weight="bold">streamhouse bench — {}</text>"#,
+        escape(&report.machine.describe())
+    );
+    let left = label_w;
+    let right = label_w + bar_w + gap;
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="44" font-weight="bold">records/s</text>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{right}" y="44" font-weight="bold">p99 latency (ms)</text>"#
+    );
+    for (i, c) in cells.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let color = match (c.mode.as_str(), c.transport.as_str()) {
+            ("raw", _) => "#999999",
+            (_, "quic") => "#d9822b",
+            _ => "#2b7bd9",
+        };
+        let w = bar_w * c.records_per_sec / max_rate;
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            label_w - 8.0,
+            y + 14.0,
+            escape(&format!("{} ({})", label(c), c.mode))
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect x="{left}" y="{}" width="{w:.1}" height="{}" fill="{color}"/>"#,
+            y + 3.0,
+            row_h - 6.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}">{}</text>"#,
+            left + w + 4.0,
+            y + 14.0,
+            fmt_rate(c.records_per_sec)
+        );
+        if c.p99_ms.is_finite() {
+            let w = bar_w * c.p99_ms / max_p99;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{right}" y="{}" width="{w:.1}" height="{}" fill="{color}" opacity="0.6"/>"#,
+                y + 3.0,
+                row_h - 6.0
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{}">{:.2}</text>"#,
+                right + w + 4.0,
+                y + 14.0,
+                c.p99_ms
+            );
+        }
+    }
+    let _ = writeln!(s, "</svg>");
+    s
+}
