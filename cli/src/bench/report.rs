@@ -37,7 +37,7 @@ fn fmt_ms(v: f64) -> String {
 }
 
 fn label(c: &CellResult) -> String {
-    let size = if c.value_size >= 1024 && c.value_size % 1024 == 0 {
+    let size = if c.value_size >= 1024 && c.value_size.is_multiple_of(1024) {
         format!("{} KiB", c.value_size / 1024)
     } else {
         format!("{} B", c.value_size)

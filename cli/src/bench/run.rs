@@ -232,7 +232,7 @@ async fn send_loop(
             let (key, value) = &records[i % records.len()];
             i += 1;
             let record = ProducerRecord::new(topic, value).key(key);
-            if sent % SAMPLE == 0 {
+            if sent.is_multiple_of(SAMPLE) {
                 let stamp = Instant::now();
                 chunk.push((producer.send(record).await?, stamp));
                 if chunk.len() == CHUNK {
@@ -240,7 +240,7 @@ async fn send_loop(
                 }
             } else {
                 // Not sampled: the future is dropped, the delivery goes on.
-                let _ = producer.send(record).await?;
+                drop(producer.send(record).await?);
             }
             sent += 1;
         }
