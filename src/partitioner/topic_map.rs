@@ -4,12 +4,13 @@
 //! own atomics: the hot path takes only the (uncontended, shared) read lock. The write lock is
 //! taken once per new topic.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::{PoisonError, RwLock};
 
 #[derive(Debug, Default)]
 pub(super) struct TopicMap<V> {
-    topics: RwLock<HashMap<Box<str>, V>>,
+    // Fx hash: topic names are the application's own, and this lookup runs per record.
+    topics: RwLock<FxHashMap<Box<str>, V>>,
 }
 
 impl<V> TopicMap<V> {

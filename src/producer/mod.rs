@@ -305,7 +305,7 @@ impl Producer {
     /// before this call is acknowledged or failed. Outcomes are reported by the records'
     /// futures.
     pub async fn flush(&self) {
-        let pending = self.inner.lock().acc.seal_all();
+        let pending = self.inner.lock().acc.seal_all(Instant::now().into_std());
         self.inner.wake_sender.notify_one();
         for completion in pending {
             completion.settled().await;

@@ -16,7 +16,7 @@
 //! - transport failure → requeued (possibly applied) if retriable, failed otherwise;
 //! - past `delivery_timeout` → failed with [`ProduceError::DeliveryTimeout`].
 
-use super::accumulator::{Failure, Payload, QueuedBatch};
+use super::accumulator::{Failure, Payload, QueuedBatch, Ready};
 use super::delivery::{Completion, Outcome};
 use super::stats::Counters;
 use super::{Inner, Persistence, Phase, ProduceError};
@@ -38,6 +38,12 @@ use tower::ServiceExt;
 
 type TopicPartition = (Arc<str>, u32);
 
+/// While a request to an agent is in flight, a ready batch waits at most this long for more
+/// batches to join its request (unless half a request's worth is already ready). Few large
+/// requests cost far less per record than many small ones; with nothing in flight, batches go
+/// at once, so light load pays no delay.
+const REQUEST_HOLD: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// A batch's completion and how it ended, to resolve outside the lock.
 type Resolution = (Arc<Completion>, Outcome);
 
@@ -57,6 +63,8 @@ pub(crate) struct Sender {
     requests: HashMap<Id, InFlight>,
     /// When cached metadata is next asked again (`metadata_max_age`).
     metadata_refresh: Instant,
+    /// When a batch held back for company must go (see [`REQUEST_HOLD`]).
+    hold_until: Option<Instant>,
 }
 
 struct Agent {
@@ -125,6 +133,7 @@ impl Sender {
             tasks: JoinSet::new(),
             requests: HashMap::new(),
             metadata_refresh: Instant::now() + inner.config.metadata_max_age,
+            hold_until: None,
             inner,
         }
     }
@@ -136,7 +145,7 @@ impl Sender {
                 let mut state = self.inner.lock();
                 if state.phase != Phase::Open {
                     // Closing: nothing waits for linger any more.
-                    state.acc.seal_all();
+                    state.acc.seal_all(now.into_std());
                 }
                 let failures = state.acc.expire(now.into_std());
                 let ready = state.acc.ready(now.into_std());
@@ -173,7 +182,13 @@ impl Sender {
 
     /// The earliest instant something time-based must happen.
     fn next_wake(&self) -> Option<Instant> {
-        let acc = self.inner.lock().acc.next_deadline().map(Instant::from_std);
+        let now = Instant::now();
+        let acc = self
+            .inner
+            .lock()
+            .acc
+            .next_deadline(now.into_std())
+            .map(Instant::from_std);
         let agents = self.agents.values().filter_map(|a| match a.conn {
             Conn::Waiting(at) => Some(at),
             _ => None,
@@ -182,20 +197,23 @@ impl Sender {
         acc.into_iter()
             .chain(agents)
             .chain(refreshes)
+            .chain(self.hold_until)
             .chain([self.metadata_refresh])
             .min()
     }
 
     /// Routes ready partitions to their leaders and sends what the in-flight limits allow.
-    fn dispatch(&mut self, ready: Vec<TopicPartition>, now: Instant) {
+    fn dispatch(&mut self, ready: Vec<Ready>, now: Instant) {
+        self.hold_until = None;
         if ready.is_empty() {
             return;
         }
-        let mut routes: HashMap<Endpoint, Vec<TopicPartition>> = HashMap::new();
+        let mut routes: HashMap<Endpoint, Vec<Ready>> = HashMap::new();
         let mut missing = HashSet::new();
         {
             let state = self.inner.lock();
-            for (topic, partition) in ready {
+            for ready in ready {
+                let (topic, partition) = (ready.topic.clone(), ready.partition);
                 match state
                     .metadata
                     .get(&topic)
@@ -204,7 +222,7 @@ impl Sender {
                     Some(leader) => routes
                         .entry(leader.endpoint.clone())
                         .or_default()
-                        .push((topic, partition)),
+                        .push(ready),
                     None => {
                         missing.insert(topic);
                     }
@@ -215,7 +233,8 @@ impl Sender {
             self.refresh(topic, now);
         }
         let max_in_flight = self.inner.config.max_in_flight;
-        for (endpoint, mut partitions) in routes {
+        let max_request_size = self.inner.config.max_request_size;
+        for (endpoint, ready) in routes {
             let agent = self.agents.entry(endpoint.clone()).or_insert(Agent {
                 conn: Conn::Idle,
                 in_flight: 0,
@@ -237,6 +256,19 @@ impl Sender {
                     continue;
                 }
             };
+            let bytes: usize = ready.iter().map(|r| r.bytes).sum();
+            let oldest = ready.iter().map(|r| Instant::from_std(r.since)).min();
+            if let Some(oldest) = oldest
+                && agent.in_flight > 0
+                && bytes < max_request_size / 2
+                && now < oldest + REQUEST_HOLD
+            {
+                let until = oldest + REQUEST_HOLD;
+                self.hold_until = Some(self.hold_until.map_or(until, |h| h.min(until)));
+                continue;
+            }
+            let mut partitions: Vec<TopicPartition> =
+                ready.into_iter().map(|r| (r.topic, r.partition)).collect();
             while agent.in_flight < max_in_flight && !partitions.is_empty() {
                 let batches = drain_request(&self.inner, &mut partitions, now);
                 if batches.is_empty() {
@@ -772,7 +804,7 @@ impl<'a> Settlement<'a> {
             let retry_at = back_off.then(|| {
                 (self.now + backoff.jittered(attempts.saturating_sub(1), rng.unit())).into_std()
             });
-            state.acc.requeue(batches, retry_at);
+            state.acc.requeue(batches, retry_at, self.now.into_std());
         }
         for (topic, partition) in &self.reset {
             state.acc.reset_sequence(topic, *partition);

@@ -19,7 +19,7 @@ pub use recovery::{PartitionRecovery, RecoveryReport};
 use bytes::Bytes;
 use segment::Segment;
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -110,14 +110,14 @@ impl PartitionLog {
     /// Admits and writes `batches` in order (one positional write per segment touched);
     /// returns one result per batch. Data is in the page cache when this returns; call
     /// [`sync`](Self::sync) for durability.
-    pub(crate) fn append(&self, batches: &[&Batch]) -> Vec<Result<Appended, Rejection>> {
+    pub(crate) fn append<'b>(&self, batches: &[&'b Batch]) -> Vec<Result<Appended, Rejection>> {
         let mut inner = self.lock();
         if let Some(reason) = &inner.offline {
             let rejection = offline(reason);
             return batches.iter().map(|_| Err(rejection.clone())).collect();
         }
         let mut results = Vec::with_capacity(batches.len());
-        let mut pending = Pending::default();
+        let mut pending: Pending<'b> = Pending::default();
         for batch in batches {
             let header = batch.header();
             match inner.state.admit(header) {
@@ -126,9 +126,9 @@ impl PartitionLog {
                     results.push(Ok(Appended::Duplicate { base_offset }));
                 }
                 Ok(Admission::Append) => {
-                    let bytes = batch.as_bytes();
+                    let bytes: &'b [u8] = batch.as_bytes();
                     let active_size = inner.segments.last().map_or(0, |s| s.size);
-                    let used = active_size + pending.buf.len() as u64;
+                    let used = active_size + pending.bytes();
                     let full = used > 0 && used + bytes.len() as u64 > self.config.segment_bytes;
                     if full
                         && let Err(e) = self
@@ -138,9 +138,8 @@ impl PartitionLog {
                         return self.fail(inner, results, batches.len(), &e);
                     }
                     let base_offset = inner.state.append(header);
-                    pending.buf.extend_from_slice(&base_offset.to_be_bytes());
-                    pending.buf.extend_from_slice(&bytes[8..]);
                     let next = base_offset + i64::from(header.record_count);
+                    pending.batches.push((base_offset.to_be_bytes(), bytes));
                     pending.notes.push((base_offset, next, bytes.len() as u64));
                     results.push(Ok(Appended::New {
                         base_offset,
@@ -156,9 +155,10 @@ impl PartitionLog {
         results
     }
 
-    /// Writes the pending bytes at the end of the active segment.
-    fn flush(&self, inner: &mut Inner, pending: &mut Pending) -> io::Result<()> {
-        if pending.buf.is_empty() {
+    /// Writes the pending batches at the end of the active segment: each as its stamped base
+    /// offset followed by the rest of its bytes as received, in one vectored write.
+    fn flush(&self, inner: &mut Inner, pending: &mut Pending<'_>) -> io::Result<()> {
+        if pending.batches.is_empty() {
             return Ok(());
         }
         let interval = self.config.index_interval;
@@ -166,11 +166,16 @@ impl PartitionLog {
             .segments
             .last_mut()
             .ok_or_else(|| io::Error::other("partition has no segment"))?;
-        active.write_end(&pending.buf)?;
+        let mut slices: Vec<IoSlice<'_>> = pending
+            .batches
+            .iter()
+            .flat_map(|(offset, bytes)| [IoSlice::new(offset), IoSlice::new(&bytes[8..])])
+            .collect();
+        active.write_end(&mut slices)?;
         for (base, next, len) in pending.notes.drain(..) {
             active.note_batch(base, next, len, interval);
         }
-        pending.buf.clear();
+        pending.batches.clear();
         inner.unsynced = true;
         Ok(())
     }
@@ -182,6 +187,7 @@ impl PartitionLog {
         }
         inner.unsynced = false;
         let segment = Segment::create(&self.dir, inner.state.next_offset())?;
+        segment.seek_end()?;
         inner.segments.push(segment);
         Ok(())
     }
@@ -296,10 +302,17 @@ impl PartitionLog {
     }
 }
 
+/// Batches admitted in this call, not yet written: stamped offset and the batch bytes.
 #[derive(Default)]
-struct Pending {
-    buf: Vec<u8>,
+struct Pending<'a> {
+    batches: Vec<([u8; 8], &'a [u8])>,
     notes: Vec<(i64, i64, u64)>,
+}
+
+impl Pending<'_> {
+    fn bytes(&self) -> u64 {
+        self.batches.iter().map(|(_, b)| b.len() as u64).sum()
+    }
 }
 
 fn offline(reason: &str) -> Rejection {

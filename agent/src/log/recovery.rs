@@ -56,6 +56,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
     let mut report = RecoveryReport::default();
     if files.is_empty() {
         let segment = Segment::create(dir, 0)?;
+        segment.seek_end()?;
         return Ok(Recovered {
             segments: vec![segment],
             state: PartitionState::new(0),
@@ -92,6 +93,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
             report.truncated_bytes += len - end;
             broken = true;
         }
+        segment.seek_end()?;
         segments.push(segment);
     }
     Ok(Recovered {

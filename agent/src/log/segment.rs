@@ -7,8 +7,7 @@
 //! from there. It is rebuilt from the batch headers when the segment is opened.
 
 use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -94,15 +93,36 @@ impl Segment {
         }
     }
 
-    /// Writes `bytes` at the end of the segment (the caller then notes the batches).
-    pub(crate) fn write_end(&self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(bytes, self.size)
+    /// Writes `slices` at the end of the segment with as few `writev` calls as the kernel
+    /// allows, no copying (the caller then notes the batches). The file cursor is kept at the
+    /// end of the valid data; readers use positional reads and never move it.
+    pub(crate) fn write_end(&self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+        // writev takes at most IOV_MAX (1024 on Linux) slices per call.
+        const IOV_MAX: usize = 1024;
+        while !slices.is_empty() {
+            let take = slices.len().min(IOV_MAX);
+            let written = (&*self.file).write_vectored(&slices[..take])?;
+            if written == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "segment write returned 0",
+                ));
+            }
+            IoSlice::advance_slices(&mut slices, written);
+        }
+        Ok(())
+    }
+
+    /// Puts the file cursor at the end of the valid data (after opening or recovery).
+    pub(crate) fn seek_end(&self) -> io::Result<()> {
+        (&*self.file).seek(SeekFrom::Start(self.size)).map(|_| ())
     }
 
     /// Cuts the file back to `size` bytes (recovery of a torn or corrupt tail).
     pub(crate) fn truncate(&mut self, size: u64) -> io::Result<()> {
         self.file.set_len(size)?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        (&*self.file).seek(SeekFrom::Start(size)).map(|_| ())
     }
 
     /// Forces written data to disk.

@@ -43,6 +43,11 @@ pub(crate) struct CellResult {
     /// For latency cells: the rate asked for.
     pub(crate) target_rate: Option<f64>,
     pub(crate) retries: u64,
+    /// Produce requests sent, and batches they carried.
+    #[serde(default)]
+    pub(crate) requests: u64,
+    #[serde(default)]
+    pub(crate) batches: u64,
 }
 
 /// Everything a cell needs to reach the agent.
@@ -191,6 +196,8 @@ pub(crate) async fn producer_cell(
         percent_of_raw: None,
         target_rate: rate,
         retries: stats.retries - before.retries,
+        requests: stats.requests - before.requests,
+        batches: stats.batches - before.batches,
     })
 }
 
@@ -210,7 +217,7 @@ async fn send_loop(
     let mut chunk: Chunk = Vec::with_capacity(CHUNK);
     let mut sent = 0u64;
     let start = Instant::now();
-    let mut i = offset * 7919;
+    let mut i = (offset * 7919) % records.len();
     loop {
         // Check the clock (and the pace) once per 256 records, not per record.
         let now = Instant::now();
@@ -229,8 +236,11 @@ async fn send_loop(
             None => 256,
         };
         for _ in 0..burst {
-            let (key, value) = &records[i % records.len()];
+            let (key, value) = &records[i];
             i += 1;
+            if i == records.len() {
+                i = 0;
+            }
             let record = ProducerRecord::new(topic, value).key(key);
             if sent.is_multiple_of(SAMPLE) {
                 let stamp = Instant::now();
@@ -354,6 +364,7 @@ pub(crate) async fn raw_cell(
         latencies.add(&h).ok();
         records += r;
     }
+    let requests = latencies.len();
     let seconds = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_start;
     let value_size = payload.records[0].1.len();
@@ -378,5 +389,7 @@ pub(crate) async fn raw_cell(
         percent_of_raw: Some(100.0),
         target_rate: None,
         retries: 0,
+        requests,
+        batches: requests * u64::from(target.partitions),
     })
 }

@@ -35,6 +35,8 @@ pub(crate) struct QueuedBatch {
     pub(crate) partition: u32,
     /// When its first record was appended: linger and delivery timeout count from here.
     pub(crate) created: Instant,
+    /// When it was sealed (or queued again for a retry): how long it has been waiting to go.
+    pub(crate) ready_since: Instant,
     pub(crate) completion: Arc<Completion>,
     pub(crate) record_count: u32,
     pub(crate) payload: Payload,

@@ -75,6 +75,17 @@ pub(crate) enum PushError {
     RecordTooLarge { size: usize, limit: usize },
 }
 
+/// A partition with batches to send.
+#[derive(Debug, Clone)]
+pub(crate) struct Ready {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: u32,
+    /// Bytes of the batches a drain would take (at most the dedup window's worth).
+    pub(crate) bytes: usize,
+    /// Since when the oldest of them has been ready.
+    pub(crate) since: Instant,
+}
+
 /// A failed batch to report, outside any lock.
 #[derive(Debug)]
 pub(crate) struct Failure {
@@ -202,7 +213,7 @@ impl Accumulator {
                 let completion = open.completion.clone();
                 let full = open.builder.encoded_len() >= batch_size;
                 if full {
-                    self.seal(topic, partition);
+                    self.seal(topic, partition, now());
                 }
                 return Ok(Pushed {
                     completion,
@@ -237,7 +248,7 @@ impl Accumulator {
                 limit,
             });
         }
-        self.seal(topic, partition);
+        self.seal(topic, partition, now);
         let reserve = batch_size.max(HEADER_LEN + size);
         if self.used + reserve > buffer_memory {
             return Err(PushError::NoMemory);
@@ -270,7 +281,7 @@ impl Accumulator {
             completion: completion.clone(),
         });
         if full {
-            self.seal(topic, partition);
+            self.seal(topic, partition, now);
         }
         // A new open batch starts a linger deadline the sender must learn about.
         Ok(Pushed {
@@ -281,7 +292,7 @@ impl Accumulator {
     }
 
     /// Moves the open batch of a partition to its sealed queue and tells the partitioner.
-    fn seal(&mut self, topic: TopicId, partition: u32) {
+    fn seal(&mut self, topic: TopicId, partition: u32, now: Instant) {
         let name = self.topics[topic.0].name.clone();
         let queue = self.queue(topic, partition);
         if let Some(open) = queue.open.take() {
@@ -290,6 +301,7 @@ impl Accumulator {
                 topic: name.clone(),
                 partition,
                 created: open.created,
+                ready_since: now,
                 completion: open.completion,
                 record_count: open.builder.record_count(),
                 payload: Payload::Built(open.builder),
@@ -303,7 +315,7 @@ impl Accumulator {
     }
 
     /// Seals every open batch (for `flush`); returns the completions of every unsettled batch.
-    pub(crate) fn seal_all(&mut self) -> Vec<Arc<Completion>> {
+    pub(crate) fn seal_all(&mut self, now: Instant) -> Vec<Arc<Completion>> {
         let open: Vec<(TopicId, u32)> = self
             .topics
             .iter()
@@ -318,7 +330,7 @@ impl Accumulator {
             })
             .collect();
         for (topic, partition) in open {
-            self.seal(topic, partition);
+            self.seal(topic, partition, now);
         }
         self.incomplete
             .values()
@@ -367,7 +379,7 @@ impl Accumulator {
             }
         }
         for (topic, partition) in to_seal {
-            self.seal(topic, partition);
+            self.seal(topic, partition, now);
         }
         failures
             .into_iter()
@@ -378,8 +390,9 @@ impl Accumulator {
             .collect()
     }
 
-    /// Partitions with a batch that may be sent now: sealed, not muted, not backing off.
-    pub(crate) fn ready(&self, now: Instant) -> Vec<(Arc<str>, u32)> {
+    /// Partitions with a batch that may be sent now (sealed, not muted, not backing off),
+    /// with the bytes a drain would take and how long the oldest has waited.
+    pub(crate) fn ready(&self, now: Instant) -> Vec<Ready> {
         let mut ready = Vec::new();
         for topic in &self.topics {
             for (p, queue) in topic.partitions.iter().enumerate() {
@@ -387,15 +400,25 @@ impl Accumulator {
                     && !queue.muted
                     && head.retry_at.is_none_or(|at| at <= now)
                 {
-                    ready.push((topic.name.clone(), p as u32));
+                    ready.push(Ready {
+                        topic: topic.name.clone(),
+                        partition: p as u32,
+                        bytes: queue
+                            .sealed
+                            .iter()
+                            .take(DEDUP_WINDOW)
+                            .map(|b| b.payload.len())
+                            .sum(),
+                        since: head.retry_at.unwrap_or(head.ready_since),
+                    });
                 }
             }
         }
         ready
     }
 
-    /// The earliest instant at which `expire` or `ready` would answer differently.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+    /// The earliest instant after `now` at which `expire` or `ready` would answer differently.
+    pub(crate) fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let (linger, timeout) = (self.config.linger, self.config.delivery_timeout);
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
@@ -405,7 +428,10 @@ impl Accumulator {
                     consider(open.created + linger);
                 }
                 if let Some(head) = queue.sealed.front() {
-                    if let Some(at) = head.retry_at.filter(|_| !queue.muted) {
+                    // A backoff already over is no future event (the batch is ready now,
+                    // perhaps held back by the sender): reporting it would wake the sender in a
+                    // loop.
+                    if let Some(at) = head.retry_at.filter(|at| !queue.muted && *at > now) {
                         consider(at);
                     }
                     // Retries are queued in front and are the oldest, so the head's creation
@@ -468,9 +494,15 @@ impl Accumulator {
 
     /// Puts batches of one partition back at the front of its queue, in the order given, to be
     /// sent again no earlier than `retry_at`.
-    pub(crate) fn requeue(&mut self, batches: Vec<QueuedBatch>, retry_at: Option<Instant>) {
+    pub(crate) fn requeue(
+        &mut self,
+        batches: Vec<QueuedBatch>,
+        retry_at: Option<Instant>,
+        now: Instant,
+    ) {
         for mut batch in batches.into_iter().rev() {
             batch.retry_at = retry_at;
+            batch.ready_since = now;
             let topic = self.topic_id(&batch.topic);
             self.queue(topic, batch.partition).sealed.push_front(batch);
         }

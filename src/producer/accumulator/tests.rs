@@ -64,7 +64,7 @@ fn push(
 }
 
 fn ready_partitions(acc: &Accumulator, now: Instant) -> Vec<u32> {
-    let mut ready: Vec<u32> = acc.ready(now).into_iter().map(|(_, p)| p).collect();
+    let mut ready: Vec<u32> = acc.ready(now).into_iter().map(|r| r.partition).collect();
     ready.sort_unstable();
     ready
 }
@@ -88,7 +88,7 @@ fn a_batch_seals_exactly_at_linger() {
     let t0 = Instant::now();
     let pushed = push(&mut acc, 0, 10, t0).unwrap();
     assert!(pushed.wake_sender, "a new batch starts a linger deadline");
-    assert_eq!(acc.next_deadline(), Some(t0 + 5 * MS));
+    assert_eq!(acc.next_deadline(t0), Some(t0 + 5 * MS));
 
     push(&mut acc, 0, 10, t0 + 2 * MS).unwrap();
     assert!(acc.expire(t0 + 5 * MS - Duration::from_nanos(1)).is_empty());
@@ -137,7 +137,7 @@ fn flush_seals_every_partition() {
         push(&mut acc, p, 10, t0).unwrap();
     }
     assert!(ready_partitions(&acc, t0).is_empty());
-    let pending = acc.seal_all();
+    let pending = acc.seal_all(t0);
     assert_eq!(pending.len(), 4);
     assert_eq!(ready_partitions(&acc, t0), [0, 1, 2, 3]);
 }
@@ -155,7 +155,7 @@ fn the_memory_budget_refuses_new_batches_until_one_completes() {
     // Appending to an open batch needs no new memory.
     push(&mut acc, 3, 10, t0).unwrap();
 
-    acc.seal_all();
+    acc.seal_all(t0);
     let drained = acc.drain("t", 0, usize::MAX, t0);
     acc.complete(drained[0].id);
     assert_eq!(acc.used_memory(), 9_000);
@@ -187,7 +187,7 @@ fn drain_takes_at_most_five_batches_within_the_byte_limit_and_mutes() {
     for _ in 0..70 {
         push(&mut acc, 0, 100, t0).unwrap(); // 8 per batch: 8 sealed batches, 1 open
     }
-    acc.seal_all();
+    acc.seal_all(t0);
     let first = acc.drain("t", 0, 2_500, t0);
     assert_eq!(first.len(), 2, "two ~1 KB batches fit 2,500 bytes");
     assert!(
@@ -214,7 +214,7 @@ fn requeued_batches_go_first_in_order_after_their_backoff() {
     let t0 = Instant::now();
     for _ in 0..3 {
         push(&mut acc, 0, 10, t0).unwrap();
-        acc.seal_all();
+        acc.seal_all(t0);
     }
     let mut first = acc.drain("t", 0, usize::MAX, t0);
     let third = first.pop().unwrap();
@@ -222,15 +222,17 @@ fn requeued_batches_go_first_in_order_after_their_backoff() {
     acc.unmute("t", 0);
     // A newer batch arrives meanwhile.
     push(&mut acc, 0, 10, t0).unwrap();
-    acc.seal_all();
-    acc.requeue(first, Some(t0 + 50 * MS));
-    acc.requeue(vec![third], Some(t0 + 50 * MS));
+    acc.seal_all(t0);
+    acc.requeue(first, Some(t0 + 50 * MS), t0);
+    acc.requeue(vec![third], Some(t0 + 50 * MS), t0);
 
     assert!(
         ready_partitions(&acc, t0 + 49 * MS).is_empty(),
         "backing off"
     );
-    assert_eq!(acc.next_deadline(), Some(t0 + 50 * MS));
+    assert_eq!(acc.next_deadline(t0), Some(t0 + 50 * MS));
+    // Once the backoff is over it is no longer a deadline to wake for.
+    assert_eq!(acc.next_deadline(t0 + 60 * MS), Some(t0 + 100 * MS));
     let again = acc.drain("t", 0, usize::MAX, t0 + 50 * MS);
     let seqs: Vec<i32> = again
         .iter()
@@ -248,11 +250,11 @@ fn reset_sequence_restamps_queued_batches_in_a_new_epoch() {
     for _ in 0..3 {
         push(&mut acc, 0, 10, t0).unwrap();
         push(&mut acc, 0, 10, t0).unwrap();
-        acc.seal_all();
+        acc.seal_all(t0);
     }
     let drained = acc.drain("t", 0, usize::MAX, t0);
     acc.unmute("t", 0);
-    acc.requeue(drained.into_iter().skip(1).collect(), None);
+    acc.requeue(drained.into_iter().skip(1).collect(), None, t0);
     acc.reset_sequence("t", 0);
     let again = acc.drain("t", 0, usize::MAX, t0);
     let headers: Vec<_> = again.into_iter().map(header_of).collect();
@@ -270,12 +272,12 @@ fn delivery_timeout_fails_queued_batches_with_their_persistence() {
     let t0 = Instant::now();
     push(&mut acc, 0, 10, t0).unwrap();
     push(&mut acc, 1, 10, t0).unwrap();
-    acc.seal_all();
+    acc.seal_all(t0);
     let mut sent = acc.drain("t", 1, usize::MAX, t0);
     sent[0].maybe_applied = true;
     acc.unmute("t", 1);
-    acc.requeue(sent, None);
-    assert_eq!(acc.next_deadline(), Some(t0 + 100 * MS));
+    acc.requeue(sent, None, t0);
+    assert_eq!(acc.next_deadline(t0), Some(t0 + 100 * MS));
     assert!(acc.expire(t0 + 99 * MS).is_empty());
 
     let mut failed = acc.expire(t0 + 100 * MS);
@@ -300,9 +302,10 @@ fn without_idempotence_batches_carry_no_stamp() {
         producer_id: None,
         ..config()
     });
-    push(&mut acc, 0, 10, Instant::now()).unwrap();
-    acc.seal_all();
-    let drained = acc.drain("t", 0, usize::MAX, Instant::now());
+    let t0 = Instant::now();
+    push(&mut acc, 0, 10, t0).unwrap();
+    acc.seal_all(t0);
+    let drained = acc.drain("t", 0, usize::MAX, t0);
     assert_eq!(
         header_of(drained.into_iter().next().unwrap()).producer,
         ProducerStamp::NONE
@@ -315,7 +318,7 @@ fn abort_fails_everything_not_in_flight() {
     let t0 = Instant::now();
     push(&mut acc, 0, 10, t0).unwrap();
     push(&mut acc, 1, 10, t0).unwrap();
-    acc.seal_all();
+    acc.seal_all(t0);
     let in_flight = acc.drain("t", 0, usize::MAX, t0);
     push(&mut acc, 2, 10, t0).unwrap(); // open
     let failed = acc.abort();
@@ -332,4 +335,22 @@ fn abort_fails_everything_not_in_flight() {
     );
     acc.complete(in_flight[0].id);
     assert!(acc.is_idle());
+}
+
+#[test]
+fn ready_reports_bytes_and_how_long_batches_waited() {
+    let (mut acc, _) = accumulator(config());
+    let t0 = Instant::now();
+    push(&mut acc, 0, 10, t0).unwrap();
+    acc.seal_all(t0 + MS);
+    push(&mut acc, 0, 10, t0 + 2 * MS).unwrap();
+    acc.seal_all(t0 + 3 * MS);
+    let ready = acc.ready(t0 + 3 * MS);
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].since, t0 + MS, "the oldest batch's seal time");
+    assert_eq!(
+        ready[0].bytes,
+        2 * (57 + 17),
+        "two batches of one 17-byte record"
+    );
 }
