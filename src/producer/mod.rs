@@ -54,6 +54,7 @@
 
 pub(crate) mod accumulator;
 mod builder;
+mod clock;
 mod config;
 mod delivery;
 mod error;
@@ -73,8 +74,11 @@ use crate::partitioner::Partitioner;
 use crate::transport::Transport;
 use accumulator::{Accumulator, Append, PushError, TopicId};
 use rustc_hash::FxHashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -169,6 +173,59 @@ impl Drop for HandleGuard {
     }
 }
 
+/// The future of [`Producer::send`]: resolves once the record is in a batch, with the
+/// record's [`DeliveryFuture`].
+#[must_use = "futures do nothing unless polled"]
+pub struct SendFuture<'a> {
+    producer: &'a Producer,
+    record: ProducerRecord<'a>,
+    /// The slow path, boxed only when the record could not be appended at once.
+    slow: Option<Pin<Box<dyn Future<Output = Result<DeliveryFuture, ProduceError>> + Send + 'a>>>,
+}
+
+impl std::fmt::Debug for SendFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendFuture")
+            .field("record", &self.record)
+            .field("waiting", &self.slow.is_some())
+            .finish()
+    }
+}
+
+impl Future for SendFuture<'_> {
+    type Output = Result<DeliveryFuture, ProduceError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(slow) = &mut this.slow {
+            return slow.as_mut().poll(cx);
+        }
+        let record = this.record;
+        let timestamp = record.timestamp.unwrap_or_else(clock::now_ms);
+        let append = Append {
+            timestamp,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+        };
+        match this.producer.try_push(&record, append) {
+            Attempt::Pushed(Ok(pushed)) => {
+                Poll::Ready(Ok(this.producer.delivery(pushed, timestamp)))
+            }
+            Attempt::Pushed(Err(PushError::RecordTooLarge { size, limit })) => {
+                Poll::Ready(Err(ProduceError::RecordTooLarge { size, limit }))
+            }
+            Attempt::Invalid(error) => Poll::Ready(Err(error)),
+            Attempt::NeedMetadata | Attempt::Pushed(Err(PushError::NoMemory)) => {
+                let mut slow = Box::pin(this.producer.send_slow(record, timestamp));
+                let poll = slow.as_mut().poll(cx);
+                this.slow = Some(slow);
+                poll
+            }
+        }
+    }
+}
+
 enum Attempt {
     Pushed(Result<accumulator::Pushed, PushError>),
     NeedMetadata,
@@ -196,8 +253,24 @@ impl Producer {
     /// Waits only for buffer memory (at most `max_block`, then
     /// [`ProduceError::BufferExhausted`]) and, the first time a topic is used, for its
     /// metadata. The record is copied; nothing is kept borrowed.
-    pub async fn send(&self, record: ProducerRecord<'_>) -> Result<DeliveryFuture, ProduceError> {
-        let timestamp = record.timestamp.unwrap_or_else(now_millis);
+    ///
+    /// The returned future does nothing until polled; in the common case its first poll
+    /// appends the record and completes.
+    pub fn send<'a>(&'a self, record: ProducerRecord<'a>) -> SendFuture<'a> {
+        SendFuture {
+            producer: self,
+            record,
+            slow: None,
+        }
+    }
+
+    /// The path of a record that could not be appended at once: ask discovery for the topic,
+    /// or wait for buffer memory.
+    async fn send_slow(
+        &self,
+        record: ProducerRecord<'_>,
+        timestamp: i64,
+    ) -> Result<DeliveryFuture, ProduceError> {
         let append = Append {
             timestamp,
             key: record.key,
@@ -353,11 +426,4 @@ impl Producer {
             Ok(())
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, for record timestamps.
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
