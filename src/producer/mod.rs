@@ -180,8 +180,11 @@ pub struct SendFuture<'a> {
     producer: &'a Producer,
     record: ProducerRecord<'a>,
     /// The slow path, boxed only when the record could not be appended at once.
-    slow: Option<Pin<Box<dyn Future<Output = Result<DeliveryFuture, ProduceError>> + Send + 'a>>>,
+    slow: Option<SlowSend<'a>>,
 }
+
+/// The boxed slow path of a send.
+type SlowSend<'a> = Pin<Box<dyn Future<Output = Result<DeliveryFuture, ProduceError>> + Send + 'a>>;
 
 impl std::fmt::Debug for SendFuture<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
