@@ -63,6 +63,19 @@ impl BatchBuilder {
         }
     }
 
+    /// An empty builder reusing `buffer` (its contents are discarded), e.g. the buffer of a
+    /// batch already delivered: no allocation while it has room.
+    pub fn with_buffer(mut buffer: BytesMut) -> BatchBuilder {
+        buffer.clear();
+        buffer.resize(HEADER_LEN, 0);
+        BatchBuilder {
+            buf: buffer,
+            count: 0,
+            first_timestamp: NO_TIMESTAMP,
+            max_timestamp: NO_TIMESTAMP,
+        }
+    }
+
     /// Number of records appended so far.
     pub fn record_count(&self) -> u32 {
         self.count

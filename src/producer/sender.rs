@@ -660,6 +660,8 @@ struct Settlement<'a> {
     now: Instant,
     outcomes: Vec<Resolution>,
     completed: Vec<u64>,
+    /// Bytes of settled batches, offered back to the accumulator's buffer pool.
+    recycled: Vec<bytes::Bytes>,
     /// Batches to send again, per partition in order, and whether to back off first.
     requeue: Vec<(TopicPartition, Vec<QueuedBatch>, bool)>,
     /// Partitions with an unsettled batch earlier in this request.
@@ -676,6 +678,7 @@ impl<'a> Settlement<'a> {
             now,
             outcomes: Vec::new(),
             completed: Vec::new(),
+            recycled: Vec::new(),
             requeue: Vec::new(),
             behind_failure: HashSet::new(),
             reset: HashSet::new(),
@@ -798,6 +801,9 @@ impl<'a> Settlement<'a> {
         let mut state = self.inner.lock();
         for id in self.completed {
             state.acc.complete(id);
+        }
+        for bytes in self.recycled {
+            state.acc.recycle(bytes);
         }
         for (_, batches, back_off) in self.requeue {
             let attempts = batches.iter().map(|b| b.attempts).max().unwrap_or(1);

@@ -30,7 +30,7 @@ use crate::batch::{
 use crate::partitioner::Partitioner;
 use crate::serve::DEDUP_WINDOW;
 use batch::OpenBatch;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -130,7 +130,13 @@ pub(crate) struct Accumulator {
     incomplete: HashMap<u64, Incomplete>,
     used: usize,
     next_id: u64,
+    /// Buffers of delivered batches, reused for new ones: no allocation per batch in steady
+    /// state, and no memory handed between threads' allocator arenas.
+    pool: Vec<BytesMut>,
 }
+
+/// Batch buffers kept for reuse, as a fraction of what `buffer_memory` holds.
+const POOL_SHARE: usize = 4;
 
 impl Accumulator {
     pub(crate) fn new(config: AccumulatorConfig, partitioner: Arc<dyn Partitioner>) -> Accumulator {
@@ -142,6 +148,7 @@ impl Accumulator {
             incomplete: HashMap::new(),
             used: 0,
             next_id: 0,
+            pool: Vec::new(),
         }
     }
 
@@ -264,7 +271,10 @@ impl Accumulator {
             },
         );
         self.used += reserve;
-        let mut builder = BatchBuilder::with_capacity(reserve);
+        let mut builder = match self.pool.pop() {
+            Some(buffer) if reserve <= buffer.capacity() => BatchBuilder::with_buffer(buffer),
+            _ => BatchBuilder::with_capacity(reserve),
+        };
         if builder
             .append(record.timestamp, record.key, record.value, record.headers)
             .is_err()
@@ -534,6 +544,18 @@ impl Accumulator {
                     batch.payload = Payload::Encoded(Bytes::from(copy));
                 }
             }
+        }
+    }
+
+    /// Takes back the bytes of a settled batch for reuse, if nothing else holds them and they
+    /// are a full batch buffer.
+    pub(crate) fn recycle(&mut self, batch: Bytes) {
+        let limit = (self.config.buffer_memory / self.config.batch_size / POOL_SHARE).max(1);
+        if self.pool.len() < limit
+            && let Ok(buffer) = batch.try_into_mut()
+            && buffer.capacity() >= self.config.batch_size
+        {
+            self.pool.push(buffer);
         }
     }
 

@@ -354,3 +354,33 @@ fn ready_reports_bytes_and_how_long_batches_waited() {
         "two batches of one 17-byte record"
     );
 }
+
+#[test]
+fn delivered_batch_buffers_are_reused() {
+    let (mut acc, _) = accumulator(config());
+    let t0 = Instant::now();
+    push(&mut acc, 0, 10, t0).unwrap();
+    acc.seal_all(t0);
+    let batch = acc.drain("t", 0, usize::MAX, t0).pop().unwrap();
+    let Payload::Built(builder) = batch.payload else {
+        panic!("not a builder")
+    };
+    let wire = builder.finish(ProducerStamp::NONE, &NoCompression).unwrap();
+    let address = wire.as_ptr();
+    acc.complete(batch.id);
+    acc.recycle(wire);
+    // The next batch is built in the delivered one's buffer.
+    push(&mut acc, 1, 10, t0).unwrap();
+    acc.seal_all(t0);
+    let next = acc.drain("t", 1, usize::MAX, t0).pop().unwrap();
+    let Payload::Built(builder) = next.payload else {
+        panic!("not a builder")
+    };
+    let wire = builder.finish(ProducerStamp::NONE, &NoCompression).unwrap();
+    assert_eq!(wire.as_ptr(), address);
+    // Bytes still shared elsewhere are not taken.
+    let shared = wire.clone();
+    acc.recycle(wire);
+    assert_eq!(acc.pool.len(), 0);
+    drop(shared);
+}
