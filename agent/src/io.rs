@@ -3,10 +3,12 @@
 //! Each partition belongs to one I/O thread (its shard), so appends to a partition are
 //! serialised without a lock held across requests. A thread takes every command waiting in its
 //! queue as one *round*: per partition it admits the batches in arrival order and writes them
-//! with one positional write; it answers `acks=leader` batches as soon as they are written, then
-//! fsyncs each partition that has `acks=durable` batches in the round — once, however many
-//! batches and requests are waiting — and answers those. Requests arriving during an fsync wait
-//! in the queue and share the next one: group commit without timers.
+//! with one positional write; it answers `acks=leader` batches as soon as they are written and
+//! hands the `acks=durable` ones to its shard's sync thread. The sync thread takes everything
+//! handed to it so far, fsyncs each partition concerned once — however many batches, requests
+//! and rounds are waiting — and answers those: group commit without timers. Appends go on while
+//! an fsync runs, so neither `acks=leader` traffic nor the next durable round waits behind the
+//! disk.
 
 use crate::log::{Appended, PartitionLog};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,11 +51,20 @@ impl Io {
         for i in 0..threads.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
             shards.push(tx);
+            let (sync_tx, sync_rx) = std::sync::mpsc::channel();
             let fsyncs = fsyncs.clone();
+            let syncer = std::thread::Builder::new()
+                .name(format!("streamhouse-sync-{i}"))
+                .spawn(move || sync_loop(&sync_rx, &fsyncs))?;
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("streamhouse-io-{i}"))
-                    .spawn(move || run(rx, &fsyncs))?,
+                    .spawn(move || {
+                        run(rx, &sync_tx);
+                        // Every durable answer is given before the shard counts as stopped.
+                        drop(sync_tx);
+                        let _ = syncer.join();
+                    })?,
             );
         }
         Ok(Io {
@@ -92,7 +103,7 @@ impl Io {
     }
 }
 
-fn run(mut rx: mpsc::UnboundedReceiver<AppendJob>, fsyncs: &AtomicU64) {
+fn run(mut rx: mpsc::UnboundedReceiver<AppendJob>, sync: &SyncSender) {
     let mut round = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         round.push(first);
@@ -102,12 +113,15 @@ fn run(mut rx: mpsc::UnboundedReceiver<AppendJob>, fsyncs: &AtomicU64) {
                 Err(_) => break,
             }
         }
-        process(std::mem::take(&mut round), fsyncs);
+        process(std::mem::take(&mut round), sync);
     }
 }
 
 /// Answers held back until their partition is fsynced.
 type Waiting = Vec<(oneshot::Sender<AppendReply>, AppendReply)>;
+
+/// Where an I/O thread hands written `acks=durable` batches to its sync thread.
+type SyncSender = std::sync::mpsc::Sender<(Arc<PartitionLog>, Waiting)>;
 
 /// Jobs of one partition in one round, in arrival order.
 struct Group {
@@ -116,7 +130,7 @@ struct Group {
     jobs: Vec<AppendJob>,
 }
 
-fn process(round: Vec<AppendJob>, fsyncs: &AtomicU64) {
+fn process(round: Vec<AppendJob>, sync: &SyncSender) {
     let mut groups: Vec<Group> = Vec::new();
     for job in round {
         match groups.iter_mut().find(|g| Arc::ptr_eq(&g.log, &job.log)) {
@@ -128,7 +142,6 @@ fn process(round: Vec<AppendJob>, fsyncs: &AtomicU64) {
             }),
         }
     }
-    let mut durable: Vec<(Arc<PartitionLog>, Waiting)> = Vec::new();
     for group in groups {
         let batches: Vec<&Batch> = group.jobs.iter().map(|j| &j.batch).collect();
         let results = group.log.append(&batches);
@@ -142,21 +155,42 @@ fn process(round: Vec<AppendJob>, fsyncs: &AtomicU64) {
             }
         }
         if !waiting.is_empty() {
-            durable.push((group.log, waiting));
+            // The sync thread lives as long as this thread; should it be gone (it panicked),
+            // the answers are dropped and their requests fail: nothing is acknowledged unsynced.
+            let _ = sync.send((group.log, waiting));
         }
     }
-    for (log, waiting) in durable {
-        let start = Instant::now();
-        let synced = log.sync();
-        metrics::histogram!("streamhouse_fsync_seconds").record(start.elapsed().as_secs_f64());
-        metrics::counter!("streamhouse_fsyncs_total").increment(1);
-        fsyncs.fetch_add(1, Ordering::Relaxed);
-        for (reply, result) in waiting {
-            let answer = match &synced {
-                Ok(()) => result,
-                Err(rejection) => Err(rejection.clone()),
-            };
-            let _ = reply.send(answer);
+}
+
+/// The sync thread of a shard: fsyncs what its I/O thread wrote, once per partition for all
+/// that waits, and gives the durable answers.
+fn sync_loop(rx: &std::sync::mpsc::Receiver<(Arc<PartitionLog>, Waiting)>, fsyncs: &AtomicU64) {
+    let mut pending: Vec<(Arc<PartitionLog>, Waiting)> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut add = |(log, mut waiting): (Arc<PartitionLog>, Waiting)| match pending
+            .iter_mut()
+            .find(|(l, _)| Arc::ptr_eq(l, &log))
+        {
+            Some((_, all)) => all.append(&mut waiting),
+            None => pending.push((log, waiting)),
+        };
+        add(first);
+        while let Ok(more) = rx.try_recv() {
+            add(more);
+        }
+        for (log, waiting) in pending.drain(..) {
+            let start = Instant::now();
+            let synced = log.sync();
+            metrics::histogram!("streamhouse_fsync_seconds").record(start.elapsed().as_secs_f64());
+            metrics::counter!("streamhouse_fsyncs_total").increment(1);
+            fsyncs.fetch_add(1, Ordering::Relaxed);
+            for (reply, result) in waiting {
+                let answer = match &synced {
+                    Ok(()) => result,
+                    Err(rejection) => Err(rejection.clone()),
+                };
+                let _ = reply.send(answer);
+            }
         }
     }
 }
