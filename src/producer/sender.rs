@@ -203,11 +203,14 @@ impl Sender {
     }
 
     /// Routes ready partitions to their leaders and sends what the in-flight limits allow.
-    fn dispatch(&mut self, ready: Vec<Ready>, now: Instant) {
+    fn dispatch(&mut self, mut ready: Vec<Ready>, now: Instant) {
         self.hold_until = None;
         if ready.is_empty() {
             return;
         }
+        // Longest waiting first: requests fill up to `max_request_size`, and a fixed partition
+        // order would let the first partitions take every request while the last ones wait.
+        ready.sort_by_key(|r| r.since);
         let mut routes: HashMap<Endpoint, Vec<Ready>> = HashMap::new();
         let mut missing = HashSet::new();
         {
