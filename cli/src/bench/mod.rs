@@ -93,7 +93,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "FILE")]
     chart: Option<PathBuf>,
     /// Replace the section between `<!-- bench:begin -->` and `<!-- bench:end -->` of this
-    /// file (the README) with the results table.
+    /// file (the README) with the results table (`bench-latency` markers with --latency)
     #[arg(long, value_name = "FILE")]
     update_readme: Option<PathBuf>,
     /// Internal: run one cell in this process (JSON spec) and print its result as JSON.
@@ -278,6 +278,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate >= 1.0)
+    {
+        bail!("--rate must be at least 1 record/s, not {rate}");
+    }
     let acks = format!("{:?}", args.acks).to_lowercase();
     let transports: Vec<String> = match &args.bootstrap {
         Some(list) => {
@@ -414,7 +419,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 .map(|p| p.display().to_string())
                 .or_else(|| Some(c.display().to_string()))
         });
-        report::update_readme(readme, &report::markdown(&report, chart.as_deref()))?;
+        let marker = if args.latency {
+            "bench-latency"
+        } else {
+            "bench"
+        };
+        report::update_readme(readme, marker, &report::markdown(&report, chart.as_deref()))?;
     }
     let failed: u64 = report.cells.iter().map(|c| c.failed).sum();
     if failed > 0 {

@@ -126,16 +126,20 @@ pub(crate) fn markdown(report: &Report, chart: Option<&str>) -> String {
     out
 }
 
-/// Replaces the text between `<!-- bench:begin -->` and `<!-- bench:end -->` in `readme`.
-pub(crate) fn update_readme(readme: &Path, section: &str) -> anyhow::Result<()> {
-    const BEGIN: &str = "<!-- bench:begin -->";
-    const END: &str = "<!-- bench:end -->";
+/// Replaces the text between `<!-- {marker}:begin -->` and `<!-- {marker}:end -->` in
+/// `readme`: `bench` for the saturation results, `bench-latency` for `--latency` runs.
+pub(crate) fn update_readme(readme: &Path, marker: &str, section: &str) -> anyhow::Result<()> {
+    let begin = format!("<!-- {marker}:begin -->");
+    let end = format!("<!-- {marker}:end -->");
     let text = std::fs::read_to_string(readme)
         .with_context(|| format!("cannot read {}", readme.display()))?;
-    let (Some(start), Some(end)) = (text.find(BEGIN), text.find(END)) else {
-        anyhow::bail!("{} has no {BEGIN} … {END} section", readme.display());
+    let (Some(start), Some(stop)) = (text.find(&begin), text.find(&end)) else {
+        anyhow::bail!("{} has no {begin} … {end} section", readme.display());
     };
-    let updated = format!("{}{BEGIN}\n{section}{}", &text[..start], &text[end..]);
+    if stop < start {
+        anyhow::bail!("{} has {end} before {begin}", readme.display());
+    }
+    let updated = format!("{}{begin}\n{section}{}", &text[..start], &text[stop..]);
     std::fs::write(readme, updated).with_context(|| format!("cannot write {}", readme.display()))
 }
 

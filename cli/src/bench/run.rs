@@ -3,6 +3,7 @@
 
 use super::payload::Payload;
 use super::system::{cpu_seconds, peak_rss_mib, reset_peak_rss};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -82,15 +83,29 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-/// Awaits the sampled deliveries in order and records their latencies. (Every record's
-/// outcome is counted by the producer's own statistics; holding a future per record would make
-/// the benchmark, not the producer, the memory and CPU hog.)
+/// Awaits the sampled deliveries and records each latency when its ack arrives (not in send
+/// order: partitions are acked independently, and waiting in order would charge one
+/// partition's slowness to the records of another). Every record's outcome is counted by the
+/// producer's own statistics; holding a future per record would make the benchmark, not the
+/// producer, the memory and CPU hog.
 async fn waiter(mut chunks: mpsc::UnboundedReceiver<Chunk>) -> Histogram<u64> {
     let mut latencies = histogram();
-    while let Some(chunk) = chunks.recv().await {
-        for (delivery, sent) in chunk {
-            if delivery.await.is_ok() {
-                latencies.saturating_record(sent.elapsed().as_micros() as u64);
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            chunk = chunks.recv(), if open => match chunk {
+                Some(chunk) => {
+                    for (delivery, sent) in chunk {
+                        pending.push(async move { (delivery.await, sent) });
+                    }
+                }
+                None => open = false,
+            },
+            Some((outcome, sent)) = pending.next(), if !pending.is_empty() => {
+                if outcome.is_ok() {
+                    latencies.saturating_record(sent.elapsed().as_micros() as u64);
+                }
             }
         }
     }
