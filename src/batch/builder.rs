@@ -232,8 +232,15 @@ impl BatchBuilder {
             out.resize(HEADER_LEN, 0);
             codec.compress(records, &mut out)?;
             if out.len() < buf.len() {
-                fields.write(&mut out, codec.id())?;
-                return Ok(out.freeze());
+                // Back into the builder's own buffer (a copy far cheaper than the compression):
+                // the scratch space is freed by the thread that allocated it, and the batch
+                // keeps the buffer it was built in, which the producer reuses once it is
+                // delivered.
+                buf.clear();
+                buf.extend_from_slice(&out);
+                drop(out);
+                fields.write(&mut buf, codec.id())?;
+                return Ok(buf.freeze());
             }
         }
         fields.write(&mut buf, CodecId::NONE)?;

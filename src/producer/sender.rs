@@ -663,8 +663,8 @@ struct Settlement<'a> {
     now: Instant,
     outcomes: Vec<Resolution>,
     completed: Vec<u64>,
-    /// Bytes of settled batches, offered back to the accumulator's buffer pool.
-    recycled: Vec<bytes::Bytes>,
+    /// Buffers of settled batches, offered back to the accumulator's pool.
+    recycled: Vec<bytes::BytesMut>,
     /// Batches to send again, per partition in order, and whether to back off first.
     requeue: Vec<(TopicPartition, Vec<QueuedBatch>, bool)>,
     /// Partitions with an unsettled batch earlier in this request.
@@ -694,6 +694,15 @@ impl<'a> Settlement<'a> {
         (batch.topic.clone(), batch.partition)
     }
 
+    /// A settled batch's buffer goes back to the pool if nothing else holds it.
+    fn reclaim(&mut self, payload: Payload) {
+        if let Payload::Encoded(bytes) = payload
+            && let Ok(buffer) = bytes.try_into_mut()
+        {
+            self.recycled.push(buffer);
+        }
+    }
+
     fn succeed(&mut self, batch: QueuedBatch, base_offset: i64) {
         Counters::add(
             &self.inner.counters.records_acked,
@@ -701,6 +710,7 @@ impl<'a> Settlement<'a> {
         );
         self.partitions.insert(Self::key(&batch));
         self.completed.push(batch.id);
+        self.reclaim(batch.payload);
         self.outcomes.push((
             batch.completion,
             Outcome::Acked {
@@ -719,6 +729,7 @@ impl<'a> Settlement<'a> {
         self.partitions.insert(key.clone());
         self.behind_failure.insert(key);
         self.completed.push(batch.id);
+        self.reclaim(batch.payload);
         self.outcomes
             .push((batch.completion, Outcome::Failed(error)));
     }
@@ -805,8 +816,8 @@ impl<'a> Settlement<'a> {
         for id in self.completed {
             state.acc.complete(id);
         }
-        for bytes in self.recycled {
-            state.acc.recycle(bytes);
+        for buffer in self.recycled {
+            state.acc.recycle(buffer);
         }
         for (_, batches, back_off) in self.requeue {
             let attempts = batches.iter().map(|b| b.attempts).max().unwrap_or(1);

@@ -368,9 +368,11 @@ fn delivered_batch_buffers_are_reused() {
     let wire = builder.finish(ProducerStamp::NONE, &NoCompression).unwrap();
     let address = wire.as_ptr();
     acc.complete(batch.id);
-    acc.recycle(wire);
+    acc.recycle(wire.try_into_mut().unwrap());
+    assert_eq!(acc.pool.len(), 1);
     // The next batch is built in the delivered one's buffer.
     push(&mut acc, 1, 10, t0).unwrap();
+    assert!(acc.pool.is_empty());
     acc.seal_all(t0);
     let next = acc.drain("t", 1, usize::MAX, t0).pop().unwrap();
     let Payload::Built(builder) = next.payload else {
@@ -378,9 +380,50 @@ fn delivered_batch_buffers_are_reused() {
     };
     let wire = builder.finish(ProducerStamp::NONE, &NoCompression).unwrap();
     assert_eq!(wire.as_ptr(), address);
-    // Bytes still shared elsewhere are not taken.
-    let shared = wire.clone();
-    acc.recycle(wire);
-    assert_eq!(acc.pool.len(), 0);
-    drop(shared);
+}
+
+#[test]
+fn pooled_buffers_count_against_buffer_memory() {
+    let config = AccumulatorConfig {
+        buffer_memory: 4 * 1024,
+        batch_size: 1024,
+        ..config()
+    };
+    let (mut acc, _) = accumulator(config);
+    let t0 = Instant::now();
+    // Four batches take the whole budget.
+    let mut batches = Vec::new();
+    for p in 0..4 {
+        push(&mut acc, p, 10, t0).unwrap();
+        acc.seal_all(t0);
+        batches.extend(acc.drain("t", p, usize::MAX, t0));
+    }
+    assert!(matches!(
+        push(&mut acc, 0, 10, t0),
+        Err(PushError::NoMemory)
+    ));
+    // Settled and pooled, they free the budget for new batches (which reuse them) ...
+    for batch in batches {
+        let Payload::Built(builder) = batch.payload else {
+            panic!("not a builder")
+        };
+        let wire = builder.finish(ProducerStamp::NONE, &NoCompression).unwrap();
+        acc.complete(batch.id);
+        acc.recycle(wire.try_into_mut().unwrap());
+    }
+    assert_eq!(acc.pool.len(), 4);
+    for p in 0..4 {
+        push(&mut acc, p, 10, t0).unwrap();
+    }
+    assert!(acc.pool.is_empty());
+    assert!(matches!(
+        push(&mut acc, 5, 10, t0),
+        Err(PushError::NoMemory)
+    ));
+    // ... and a buffer beyond the budget is not kept.
+    acc.recycle(bytes::BytesMut::with_capacity(1024));
+    assert!(acc.pool.is_empty());
+    // Nor is one smaller than a batch.
+    acc.recycle(bytes::BytesMut::with_capacity(100));
+    assert!(acc.pool.is_empty());
 }
