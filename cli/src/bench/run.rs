@@ -82,7 +82,9 @@ const SAMPLES_PER_SEC: f64 = 20_000.0;
 fn sample_every(rate: Option<f64>) -> u64 {
     rate.map_or(SAMPLE, |r| ((r / SAMPLES_PER_SEC) as u64).clamp(1, SAMPLE))
 }
-/// Sampled deliveries handed to the waiter at once.
+
+/// Records sent between two looks at the clock (and the pace); also the most samples handed
+/// to the waiter at once.
 const CHUNK: usize = 256;
 
 type Chunk = Vec<(DeliveryFuture, Instant)>;
@@ -256,9 +258,9 @@ async fn send_loop(
                     tokio::time::sleep(Duration::from_micros(200)).await;
                     continue;
                 }
-                ((due - sent as f64) as u64).clamp(1, 256)
+                ((due - sent as f64) as u64).clamp(1, CHUNK as u64)
             }
-            None => 256,
+            None => CHUNK as u64,
         };
         for _ in 0..burst {
             let (key, value) = &records[i];
@@ -270,21 +272,23 @@ async fn send_loop(
             if sent.is_multiple_of(sample) {
                 let stamp = Instant::now();
                 chunk.push((producer.send(record).await?, stamp));
-                if chunk.len() == CHUNK {
-                    let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
-                }
             } else {
                 // Not sampled: the future is dropped, the delivery goes on.
                 drop(producer.send(record).await?);
             }
             sent += 1;
         }
+        // Hand the samples over after every burst: a sample the waiter gets late is measured
+        // late (its ack may have come long before), so waiting to fill a chunk would add up
+        // to CHUNK x sample / rate to the figures at low rates.
+        if !chunk.is_empty() {
+            let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+        }
         progress(burst);
         // Let the other tasks of this worker (the delivery waiter, request tasks) run: the
         // send path rarely blocks, so without this the loop could hold its worker.
         tokio::task::yield_now().await;
     }
-    let _ = tx.send(chunk);
     Ok(())
 }
 
