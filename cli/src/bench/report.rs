@@ -116,9 +116,11 @@ pub(crate) fn markdown(report: &Report, chart: Option<&str>) -> String {
     }
     let _ = writeln!(
         out,
-        "\nRecords/s and CPU include the embedded agent (same process, same two cores). \
-         Latency is send → acknowledgement. `raw` rows push pre-encoded batches through the \
-         bare transport client: the ceiling the producer is compared with."
+        "\nRecords/s, CPU and peak RSS include the embedded agent (same process, same two \
+         cores) and the benchmark's pre-generated payload. Latency is send → acknowledgement, \
+         sampled. `raw` rows push pre-encoded batches through the bare transport client: the \
+         ceiling the producer is compared with. `latency` rows send at a set rate (half of \
+         the cell's measured peak unless `--rate` is given)."
     );
     if let Some(chart) = chart {
         let _ = writeln!(out, "\n![throughput and p99 latency per cell]({chart})");
