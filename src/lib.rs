@@ -11,6 +11,7 @@
 //! - [`partitioner`]: the [`Partitioner`](partitioner::Partitioner) trait with Kafka-compatible
 //!   [`Murmur2`](partitioner::Murmur2), [`Sticky`](partitioner::Sticky) and
 //!   [`RoundRobin`](partitioner::RoundRobin).
+//! - [`history`]: the history checker fault tests use: lost, duplicated, reordered records.
 //! - [`payload`]: seeded JSON-like sample events for benchmarks and tests.
 //!
 //! The protocol messages are in the `streamhouse-proto` crate, re-exported as [`proto`].
@@ -20,6 +21,7 @@ pub mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod discovery;
+pub mod history;
 pub mod layers;
 #[cfg(feature = "mock")]
 pub mod mock;

@@ -336,6 +336,12 @@ async fn restart_reconnect(
     endpoint: &Endpoint,
     agent: &MockAgent,
 ) -> CheckResult {
+    // A connection that worked before the restart must work after it, by itself: reconnecting
+    // is the connection's business (the producer keeps its connections across agent restarts).
+    let connection = connect(harness, endpoint).await?;
+    call(connection.clone(), produce(vec![batch(1, 10)]))
+        .await
+        .map_err(|e| format!("before the restart: {e}"))?;
     harness.stop().await;
     let restarted = harness.start(agent.service()).await;
     if restarted != *endpoint {
@@ -343,12 +349,12 @@ async fn restart_reconnect(
     }
     // The first attempts may meet the old connection's end; a retriable error is allowed.
     let mut last = String::new();
-    for _ in 0..10 {
-        let attempt = async {
-            let connection = harness.transport().connect(endpoint).await?;
-            connection.oneshot(produce(vec![batch(1, 10)])).await
+    for _ in 0..20 {
+        let attempt = connection.clone().oneshot(produce(vec![batch(1, 10)]));
+        let Ok(outcome) = tokio::time::timeout(CALL_LIMIT, attempt).await else {
+            return Err(format!("no answer within {CALL_LIMIT:?} after the restart"));
         };
-        match attempt.await {
+        match outcome {
             Ok(Response::Produce(_)) => return Ok(()),
             Ok(other) => return Err(format!("unexpected answer {other:?}")),
             Err(e) if e.is_retriable() => last = chain(&e),
@@ -356,7 +362,9 @@ async fn restart_reconnect(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(format!("not reconnected after 10 attempts: {last}"))
+    Err(format!(
+        "the connection made before the restart did not reconnect in 20 attempts: {last}"
+    ))
 }
 
 async fn tls_mismatch(

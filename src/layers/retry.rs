@@ -4,6 +4,7 @@
 use crate::rng::Rng;
 use crate::transport::{Request, Response, TransportError};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tower::BoxError;
@@ -62,6 +63,7 @@ pub struct RetryPolicy {
     attempt: u32,
     max_retries: u32,
     rng: Arc<Rng>,
+    retried: Option<Arc<AtomicU64>>,
 }
 
 impl RetryPolicy {
@@ -72,6 +74,7 @@ impl RetryPolicy {
             attempt: 0,
             max_retries: 10,
             rng: Arc::new(Rng::from_entropy()),
+            retried: None,
         }
     }
 
@@ -79,6 +82,13 @@ impl RetryPolicy {
     #[must_use]
     pub fn max_retries(mut self, max_retries: u32) -> RetryPolicy {
         self.max_retries = max_retries;
+        self
+    }
+
+    /// Counts every retry in `counter` (shared by all clones of the policy).
+    #[must_use]
+    pub fn with_counter(mut self, counter: Arc<AtomicU64>) -> RetryPolicy {
+        self.retried = Some(counter);
         self
     }
 
@@ -110,6 +120,9 @@ impl Policy<Request, Response, BoxError> for RetryPolicy {
             _ => {}
         }
         self.attempt += 1;
+        if let Some(counter) = &self.retried {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         Some(tokio::time::sleep_until(start))
     }
 

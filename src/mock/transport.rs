@@ -15,7 +15,8 @@ use tower::util::BoxCloneService;
 /// be registered (a test moving leadership between them); connecting to an endpoint with no
 /// agent fails with [`TransportError::Connect`], as an unreachable address would. Removing an
 /// agent cuts its open connections: requests in flight fail with
-/// [`TransportError::ConnectionLost`]. A request whose deadline passes fails with
+/// [`TransportError::ConnectionLost`], and later requests on the connection reach whichever
+/// agent serves the endpoint then (or fail with [`TransportError::Connect`]). A request whose deadline passes fails with
 /// [`TransportError::Timeout`], and one larger than the message limit (16 MiB, as the network
 /// transports) with [`TransportError::FrameTooLarge`].
 #[derive(Clone)]
@@ -101,32 +102,42 @@ impl MockTransport {
     }
 }
 
+impl MockTransport {
+    fn registration(&self, endpoint: &Endpoint) -> Result<Registration, TransportError> {
+        self.agents
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(endpoint)
+            .cloned()
+            .ok_or_else(|| TransportError::Connect {
+                endpoint: endpoint.to_string(),
+                source: None,
+            })
+    }
+}
+
 impl Transport for MockTransport {
     fn connect(
         &self,
         endpoint: &Endpoint,
     ) -> BoxFuture<'static, Result<Connection, TransportError>> {
-        let registration = self
-            .agents
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(endpoint)
-            .cloned();
-        let endpoint = endpoint.to_string();
-        let limit = self.max_message_size;
+        let registered = self.registration(endpoint).map(|_| ());
+        let transport = self.clone();
+        let endpoint = endpoint.clone();
         Box::pin(async move {
-            let Registration { service, closed } = registration.ok_or(TransportError::Connect {
-                endpoint,
-                source: None,
-            })?;
+            registered?;
+            // Each request reaches whichever agent serves the endpoint now, as a network
+            // connection re-dials after the agent restarts.
             let connection = tower::service_fn(move |request: Request| {
-                let service = service.clone();
-                let mut closed = closed.subscribe();
+                let registration = transport.registration(&endpoint);
+                let limit = transport.max_message_size;
                 async move {
                     let size = frame::request_len(&request.message);
                     if size > limit {
                         return Err(TransportError::FrameTooLarge { size, limit });
                     }
+                    let Registration { service, closed } = registration?;
+                    let mut closed = closed.subscribe();
                     if *closed.borrow_and_update() {
                         return Err(TransportError::connection_lost("agent removed"));
                     }

@@ -120,7 +120,9 @@ impl Sender {
         rng: Rng,
     ) -> Sender {
         let backoff = Backoff::new(inner.config.retry_backoff, inner.config.retry_backoff_max);
-        let retry = RetryPolicy::new(backoff).with_seed(rng.next_u64());
+        let retry = RetryPolicy::new(backoff)
+            .with_seed(rng.next_u64())
+            .with_counter(inner.counters.request_retries.clone());
         Sender {
             transport,
             codec,

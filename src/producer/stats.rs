@@ -1,5 +1,6 @@
 //! [`ProducerStats`]: counters of what the producer sent and how it went.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters updated per batch by the sender (never per record).
@@ -12,6 +13,8 @@ pub(crate) struct Counters {
     pub(crate) uncompressed_bytes: AtomicU64,
     pub(crate) wire_bytes: AtomicU64,
     pub(crate) retries: AtomicU64,
+    /// Shared with the transport retry layer's policy.
+    pub(crate) request_retries: Arc<AtomicU64>,
 }
 
 impl Counters {
@@ -29,6 +32,7 @@ impl Counters {
             uncompressed_bytes: get(&self.uncompressed_bytes),
             wire_bytes: get(&self.wire_bytes),
             retries: get(&self.retries),
+            request_retries: get(&self.request_retries),
         }
     }
 }
@@ -53,6 +57,9 @@ pub struct ProducerStats {
     pub wire_bytes: u64,
     /// Batches queued again after a retriable failure.
     pub retries: u64,
+    /// Requests sent again by the transport retry layer after a retriable transport error or
+    /// a timeout (connection lost, agent unreachable).
+    pub request_retries: u64,
 }
 
 impl ProducerStats {

@@ -13,8 +13,9 @@ use streamhouse::transport::{
 use tower::Service;
 use tower::util::BoxCloneService;
 
-/// Connects to agents over QUIC. Cheap to clone; connections to an endpoint are reused while
-/// alive and re-established (on the next `connect`) once lost.
+/// Connects to agents over QUIC. Cheap to clone; the connection to an endpoint is shared by
+/// every [`Connection`] made for it while alive, and re-dialled by the next request once lost
+/// (the retry layer's jittered backoff paces the attempts while the agent is away).
 #[derive(Clone)]
 pub struct QuicTransport {
     inner: Arc<Inner>,
@@ -27,6 +28,8 @@ struct Inner {
     /// Client endpoints (UDP sockets), one per address family, bound on first use.
     sockets: tokio::sync::Mutex<(Option<quinn::Endpoint>, Option<quinn::Endpoint>)>,
     connections: Mutex<HashMap<Endpoint, quinn::Connection>>,
+    /// Held while dialling, so requests finding a connection lost dial it once.
+    dialing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for QuicTransport {
@@ -51,6 +54,7 @@ impl QuicTransport {
                 server_name: tls.server_name.clone(),
                 sockets: tokio::sync::Mutex::new((None, None)),
                 connections: Mutex::new(HashMap::new()),
+                dialing: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -103,6 +107,37 @@ impl QuicTransport {
     }
 }
 
+impl QuicTransport {
+    /// The open connection to `endpoint`, dialled if there is none or it was lost.
+    async fn live(&self, endpoint: &Endpoint) -> Result<quinn::Connection, TransportError> {
+        if let Some(connection) = self.cached(endpoint) {
+            return Ok(connection);
+        }
+        let _dialing = self.inner.dialing.lock().await;
+        // Another request may have dialled while this one waited.
+        if let Some(connection) = self.cached(endpoint) {
+            return Ok(connection);
+        }
+        let connection = self.dial(endpoint).await?;
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(endpoint.clone(), connection.clone());
+        Ok(connection)
+    }
+
+    fn cached(&self, endpoint: &Endpoint) -> Option<quinn::Connection> {
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(endpoint)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+}
+
 impl Transport for QuicTransport {
     fn connect(
         &self,
@@ -114,38 +149,24 @@ impl Transport for QuicTransport {
             if endpoint.scheme() != "quic" {
                 return Err(TransportError::UnsupportedEndpoint(endpoint.to_string()));
             }
-            let alive = transport
-                .inner
-                .connections
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&endpoint)
-                .filter(|c| c.close_reason().is_none())
-                .cloned();
-            let connection = match alive {
-                Some(connection) => connection,
-                None => {
-                    let connection = transport.dial(&endpoint).await?;
-                    transport
-                        .inner
-                        .connections
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(endpoint.clone(), connection.clone());
-                    connection
-                }
-            };
+            // Fail fast when the agent is unreachable now; later losses re-dial per request.
+            transport.live(&endpoint).await?;
+            let max_frame = transport.inner.config.max_frame_size;
             Ok(BoxCloneService::new(QuicConnection {
-                connection,
-                max_frame: transport.inner.config.max_frame_size,
+                transport,
+                endpoint,
+                max_frame,
             }))
         })
     }
 }
 
+/// A connection as the producer sees it: requests go over the transport's live connection to
+/// the endpoint, re-dialled after a loss.
 #[derive(Clone)]
 struct QuicConnection {
-    connection: quinn::Connection,
+    transport: QuicTransport,
+    endpoint: Endpoint,
     max_frame: usize,
 }
 
@@ -159,11 +180,13 @@ impl Service<Request> for QuicConnection {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let connection = self.connection.clone();
+        let transport = self.transport.clone();
+        let endpoint = self.endpoint.clone();
         let limit = self.max_frame;
         Box::pin(async move {
             let frame = frame::encode_request(&request.message, limit)?;
             let exchange = async {
+                let connection = transport.live(&endpoint).await?;
                 let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
                 send.write_all(&frame)
                     .await
