@@ -63,11 +63,14 @@ impl RunningAgent {
     pub fn transport(&self, kind: Kind) -> Arc<dyn Transport> {
         match kind {
             Kind::Grpc => Arc::new(GrpcTransport::default()),
-            Kind::Quic => {
-                let tls = ClientTls::from_ca_file(&self.certs.path().join("cert.pem")).unwrap();
-                Arc::new(QuicTransport::new(QuicConfig::default(), &tls).unwrap())
-            }
+            Kind::Quic => Arc::new(self.quic_transport()),
         }
+    }
+
+    /// A QUIC transport that trusts this agent.
+    pub fn quic_transport(&self) -> QuicTransport {
+        let tls = ClientTls::from_ca_file(&self.certs.path().join("cert.pem")).unwrap();
+        QuicTransport::new(QuicConfig::default(), &tls).unwrap()
     }
 
     /// Stops serving, then shuts the agent down (queued appends finish, logs fsynced).

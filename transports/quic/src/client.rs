@@ -127,6 +127,27 @@ impl QuicTransport {
         Ok(connection)
     }
 
+    /// Opens a bare bidirectional stream on the live connection to `endpoint`, for tools and
+    /// tests that speak the frame protocol themselves ([`streamhouse::transport::frame`]): a
+    /// protocol debugger, or a test sending the server malformed frames.
+    ///
+    /// ```no_run
+    /// # async fn demo(transport: streamhouse_quic::QuicTransport) -> Result<(), Box<dyn std::error::Error>> {
+    /// let endpoint = "quic://127.0.0.1:9093".parse()?;
+    /// let (mut send, mut recv) = transport.open_raw_stream(&endpoint).await?;
+    /// send.write_all(&[0x80, 0, 0, 0]).await?; // a 2 GiB length prefix
+    /// send.finish()?;
+    /// // The server resets the stream with streamhouse_quic::reset::FRAME_TOO_LARGE.
+    /// # Ok(()) }
+    /// ```
+    pub async fn open_raw_stream(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        let connection = self.live(endpoint).await?;
+        connection.open_bi().await.map_err(connection_error)
+    }
+
     fn cached(&self, endpoint: &Endpoint) -> Option<quinn::Connection> {
         self.inner
             .connections

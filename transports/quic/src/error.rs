@@ -5,11 +5,11 @@ use streamhouse::transport::TransportError;
 use streamhouse::transport::frame::FrameError;
 
 /// A frame over the limit.
-pub(crate) const FRAME_TOO_LARGE: u32 = 1;
+pub const FRAME_TOO_LARGE: u32 = 1;
 /// A malformed frame or message.
-pub(crate) const MALFORMED: u32 = 2;
+pub const MALFORMED: u32 = 2;
 /// The agent is shutting down.
-pub(crate) const UNAVAILABLE: u32 = 3;
+pub const UNAVAILABLE: u32 = 3;
 
 /// Setting up a QUIC client or server failed.
 #[derive(Debug, thiserror::Error)]

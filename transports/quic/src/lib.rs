@@ -55,6 +55,14 @@ mod tls;
 pub use client::QuicTransport;
 pub use config::QuicConfig;
 pub use error::QuicError;
+/// The quinn crate this transport is built on, for callers of
+/// [`QuicTransport::open_raw_stream`].
+pub use quinn;
 pub use server::{Closer, QuicServer};
 pub use streamhouse::transport::tls::{ClientTls, ServerTls};
 pub use tls::{ALPN, DevCertificate, dev_certificate};
+
+/// The QUIC application error codes the server resets a stream with (see the table above).
+pub mod reset {
+    pub use crate::error::{FRAME_TOO_LARGE, MALFORMED, UNAVAILABLE};
+}
