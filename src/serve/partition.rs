@@ -48,8 +48,10 @@ struct ProducerWindow {
 ///   [`ErrorCode::UnknownProducerId`] (the producer restarts its sequence);
 /// - an epoch older than the one seen: [`ErrorCode::InvalidProducerEpoch`];
 /// - a newer epoch: must start at sequence 0, and fences the older one;
-/// - same epoch: an exact repeat of a remembered batch is a [`Admission::Duplicate`]; the next
-///   sequence is appended; anything else is [`ErrorCode::OutOfOrderSequence`].
+/// - same epoch: an exact repeat of a remembered batch is a [`Admission::Duplicate`] with its
+///   offset; a batch wholly older than the window is a duplicate with an unknown offset (-1),
+///   since every sequence before the window is in the log; the next sequence is appended;
+///   anything else is [`ErrorCode::OutOfOrderSequence`].
 ///
 /// ```
 /// use streamhouse::serve::{Admission, PartitionState};
@@ -126,6 +128,14 @@ impl PartitionState {
                 base_offset: seen.base_offset,
             });
         }
+        if let Some(oldest) = window.recent.front()
+            && precedes(last_sequence, oldest.first_sequence)
+        {
+            // Sequences are contiguous within an epoch and the log holds every one up to the
+            // window: a batch wholly before the window was appended long ago. Answering
+            // "out of order" would make the producer report persisted data as failed.
+            return Ok(Admission::Duplicate { base_offset: -1 });
+        }
         let expected = window
             .recent
             .back()
@@ -200,6 +210,13 @@ fn last_sequence(header: &BatchHeader) -> i32 {
     sequence_add(header.producer.base_sequence, extra)
 }
 
+/// Whether sequence `a` comes before `b`, within half the (wrapping) sequence space.
+fn precedes(a: i32, b: i32) -> bool {
+    const MODULUS: i64 = i32::MAX as i64 + 1;
+    let distance = (i64::from(b) - i64::from(a)).rem_euclid(MODULUS);
+    distance > 0 && distance <= MODULUS / 2
+}
+
 fn out_of_order(got: i32, expected: i32) -> Rejection {
     Rejection::new(
         ErrorCode::OutOfOrderSequence,
@@ -251,7 +268,8 @@ mod tests {
             assert_eq!(s.admit(b), Ok(Admission::Append));
             s.append(b);
         }
-        // The last five are remembered with their offsets; older ones fell out of the window.
+        // The last five are remembered with their offsets; older ones fell out of the window
+        // but are known to be in the log.
         for (i, b) in batches.iter().enumerate().skip(2) {
             assert_eq!(
                 s.admit(b),
@@ -260,7 +278,15 @@ mod tests {
                 })
             );
         }
-        assert_eq!(code(s.admit(&batches[1])), ErrorCode::OutOfOrderSequence);
+        assert_eq!(
+            s.admit(&batches[1]),
+            Ok(Admission::Duplicate { base_offset: -1 })
+        );
+        // Straddling the window's start is not a batch this producer sent.
+        assert_eq!(
+            code(s.admit(&header(9, 0, 15, 10))),
+            ErrorCode::OutOfOrderSequence
+        );
         assert_eq!(s.admit(&header(9, 0, 70, 1)), Ok(Admission::Append));
         assert_eq!(
             code(s.admit(&header(9, 0, 71, 1))),

@@ -100,6 +100,22 @@ pub fn decode(bytes: Bytes, limits: &DecodeLimits) -> Result<(Batch, Vec<Record>
     Ok((batch, owned?))
 }
 
+/// A batch of `records` small records stamped with producer `id`, `epoch` and `sequence`.
+pub fn idempotent_batch(id: i64, epoch: i16, sequence: i32, records: usize) -> Bytes {
+    let mut builder = BatchBuilder::new();
+    for i in 0..records {
+        builder
+            .append(1_700_000_000_000 + i as i64, None, Some(b"value"), &[])
+            .unwrap();
+    }
+    let stamp = ProducerStamp {
+        producer_id: id,
+        producer_epoch: epoch,
+        base_sequence: sequence,
+    };
+    builder.finish(stamp, &NoCompression).unwrap()
+}
+
 /// Bytes with sizes skewed small, sometimes empty, rarely large.
 pub fn payload() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
