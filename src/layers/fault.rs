@@ -33,6 +33,9 @@ pub struct FaultConfig {
     pub error_rate: f64,
     /// The code of injected errors.
     pub error_code: ErrorCode,
+    /// Lose the request on the way: the agent never sees it, and the caller hears nothing until
+    /// its deadline (or its timeout layer) ends the wait with [`TransportError::Timeout`].
+    pub drop_request_rate: f64,
     /// Pass the request on, let the agent apply it, then lose the answer
     /// ([`TransportError::ConnectionLost`]): the case idempotence exists for.
     pub drop_response_rate: f64,
@@ -50,6 +53,7 @@ impl FaultConfig {
             seed,
             error_rate: 0.0,
             error_code: ErrorCode::Unavailable,
+            drop_request_rate: 0.0,
             drop_response_rate: 0.0,
             duplicate_rate: 0.0,
             max_delay: Duration::ZERO,
@@ -62,6 +66,7 @@ impl FaultConfig {
 pub struct FaultStats {
     requests: AtomicU64,
     errors: AtomicU64,
+    lost: AtomicU64,
     dropped: AtomicU64,
     duplicated: AtomicU64,
 }
@@ -74,6 +79,10 @@ impl FaultStats {
     /// Requests answered with the injected error.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+    /// Requests lost before reaching the agent.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
     /// Requests applied whose answer was lost.
     pub fn dropped(&self) -> u64 {
@@ -131,6 +140,7 @@ pub struct FaultService<S> {
 enum Fault {
     None,
     Error,
+    Lose,
     Drop,
     Duplicate,
 }
@@ -153,11 +163,14 @@ where
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let roll = rng.unit();
         let delay = config.max_delay.mul_f64(rng.unit());
+        let lose = config.error_rate + config.drop_request_rate;
         let fault = if roll < config.error_rate {
             Fault::Error
-        } else if roll < config.error_rate + config.drop_response_rate {
+        } else if roll < lose {
+            Fault::Lose
+        } else if roll < lose + config.drop_response_rate {
             Fault::Drop
-        } else if roll < config.error_rate + config.drop_response_rate + config.duplicate_rate {
+        } else if roll < lose + config.drop_response_rate + config.duplicate_rate {
             Fault::Duplicate
         } else {
             Fault::None
@@ -174,6 +187,14 @@ where
                 Fault::Error => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                     injected_error(&request, config.error_code)
+                }
+                Fault::Lose => {
+                    stats.lost.fetch_add(1, Ordering::Relaxed);
+                    match request.deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                    Err(TransportError::Timeout.into())
                 }
                 Fault::Drop => {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);

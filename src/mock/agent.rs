@@ -40,6 +40,9 @@ struct MockPartition {
     state: PartitionState,
     /// Batches as received, with the base offset they were assigned (stamped on read).
     batches: Vec<(i64, Bytes)>,
+    /// How many of `batches` are "fsynced": a durable produce syncs its partition, and
+    /// [`MockAgent::crash`] loses everything after this.
+    synced: usize,
 }
 
 #[derive(Default)]
@@ -49,6 +52,8 @@ struct Counters {
     records_appended: AtomicU64,
     duplicates: AtomicU64,
     rejected: AtomicU64,
+    crashes: AtomicU64,
+    unsynced_lost: AtomicU64,
 }
 
 /// What a [`MockAgent`] has seen.
@@ -64,6 +69,10 @@ pub struct MockStats {
     pub duplicates: u64,
     /// Batches refused with an error code.
     pub rejected: u64,
+    /// Times [`MockAgent::crash`] was called.
+    pub crashes: u64,
+    /// Batches the crashes discarded because no durable request had synced them.
+    pub unsynced_lost: u64,
 }
 
 impl Default for MockAgent {
@@ -224,7 +233,36 @@ impl MockAgent {
             records_appended: c.records_appended.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
+            crashes: c.crashes.load(Ordering::Relaxed),
+            unsynced_lost: c.unsynced_lost.load(Ordering::Relaxed),
         }
+    }
+
+    /// Simulates a crash and restart, as a power loss would leave the disk: every batch no
+    /// durable (`acks=Durable`) request has synced yet is gone, and each partition's offsets and
+    /// idempotence windows are rebuilt from what is left, as the reference agent's recovery
+    /// does. A durable request syncs the partitions it touched before answering, so an
+    /// acknowledged durable record survives; a missing sync shows up as loss. Returns the
+    /// number of batches lost.
+    pub fn crash(&self) -> u64 {
+        let mut lost = 0;
+        for partitions in self.topics().values_mut() {
+            for log in partitions.iter_mut() {
+                lost += (log.batches.len() - log.synced) as u64;
+                log.batches.truncate(log.synced);
+                let mut state = PartitionState::new(0);
+                for (base, bytes) in &log.batches {
+                    if let Ok(batch) = Batch::parse(stamped(bytes, *base), &self.inner.limits) {
+                        state.restore(batch.header());
+                    }
+                }
+                log.state = state;
+            }
+        }
+        let stats = &self.inner.stats;
+        stats.crashes.fetch_add(1, Ordering::Relaxed);
+        stats.unsynced_lost.fetch_add(lost, Ordering::Relaxed);
+        lost
     }
 
     /// The batches of a partition's log, with their base offsets stamped, in offset order.
@@ -297,6 +335,7 @@ impl MockAgent {
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
         let acks_none = request.acks == Acks::None as i32;
+        let durable = request.acks == Acks::Durable as i32;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -329,7 +368,14 @@ impl MockAgent {
                         )
                     })?;
                     let header = *batch.header();
-                    match log.state.admit(&header)? {
+                    let admitted = log.state.admit(&header);
+                    if durable {
+                        // Group commit: this answer waits for the partition's fsync, which
+                        // covers every batch appended before it (a duplicate's first copy too).
+                        let appended = usize::from(matches!(admitted, Ok(Admission::Append)));
+                        log.synced = log.batches.len() + appended;
+                    }
+                    match admitted? {
                         Admission::Duplicate { base_offset } => {
                             self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                             Ok((ErrorCode::DuplicateSequence, base_offset))
@@ -458,4 +504,55 @@ fn stamped(batch: &Bytes, base_offset: i64) -> Bytes {
     // Stored batches passed validation, so they hold a full header.
     let _ = set_base_offset(&mut copy, base_offset);
     Bytes::from(copy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{BatchBuilder, ProducerStamp};
+    use crate::codec::NoCompression;
+    use streamhouse_proto::v1::PartitionBatch;
+
+    fn produce(agent: &MockAgent, acks: Acks, seq: i32) -> (ErrorCode, i64) {
+        let mut builder = BatchBuilder::new();
+        builder.append(1, None, Some(b"v"), &[]).unwrap();
+        let stamp = ProducerStamp {
+            producer_id: 1,
+            producer_epoch: 0,
+            base_sequence: seq,
+        };
+        let response = agent.produce(ProduceRequest {
+            acks: acks as i32,
+            timeout_ms: 1_000,
+            batches: vec![PartitionBatch {
+                topic: "t".into(),
+                partition: 0,
+                batch: builder.finish(stamp, &NoCompression).unwrap(),
+            }],
+        });
+        let result = &response.results[0];
+        (ErrorCode::from_wire(result.error_code), result.base_offset)
+    }
+
+    #[test]
+    fn a_crash_loses_exactly_the_unsynced_batches_and_rebuilds_the_state() {
+        let agent = MockAgent::new().with_topic("t", 1);
+        assert_eq!(produce(&agent, Acks::Leader, 0), (ErrorCode::None, 0));
+        assert_eq!(produce(&agent, Acks::Durable, 1), (ErrorCode::None, 1));
+        assert_eq!(produce(&agent, Acks::Leader, 2), (ErrorCode::None, 2));
+        assert_eq!(
+            agent.crash(),
+            1,
+            "only the batch after the last durable one"
+        );
+        assert_eq!(agent.next_offset("t", 0), Some(2));
+        // Synced batches are still known to the dedup window; the lost one is appended again.
+        assert_eq!(
+            produce(&agent, Acks::Leader, 1),
+            (ErrorCode::DuplicateSequence, 1)
+        );
+        assert_eq!(produce(&agent, Acks::Leader, 2), (ErrorCode::None, 2));
+        let stats = agent.stats();
+        assert_eq!((stats.crashes, stats.unsynced_lost), (1, 1));
+    }
 }

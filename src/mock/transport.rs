@@ -6,8 +6,9 @@ use crate::transport::{
     frame,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower::util::BoxCloneService;
 
@@ -37,8 +38,23 @@ impl Default for MockTransport {
 #[derive(Clone)]
 struct Registration {
     service: AgentService,
-    /// Becomes `true` when the agent is removed.
-    closed: watch::Sender<bool>,
+    closed: Arc<Closed>,
+}
+
+/// Set when the agent is removed. A `Notify` rather than a `watch` channel: `notify_waiters`
+/// wakes in registration order, while `watch` spreads waiters over randomly chosen slots, and
+/// a deterministic simulation must wake cut requests in the same order every run.
+#[derive(Default)]
+struct Closed {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Closed {
+    fn close(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
 }
 
 impl std::fmt::Debug for MockTransport {
@@ -77,7 +93,7 @@ impl MockTransport {
     pub fn serve(&self, endpoint: Endpoint, service: AgentService) {
         let registration = Registration {
             service,
-            closed: watch::Sender::new(false),
+            closed: Arc::default(),
         };
         let previous = self
             .agents
@@ -85,7 +101,7 @@ impl MockTransport {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(endpoint, registration);
         if let Some(previous) = previous {
-            previous.closed.send_replace(true);
+            previous.closed.close();
         }
     }
 
@@ -97,7 +113,7 @@ impl MockTransport {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(endpoint);
         if let Some(removed) = removed {
-            removed.closed.send_replace(true);
+            removed.closed.close();
         }
     }
 }
@@ -137,8 +153,10 @@ impl Transport for MockTransport {
                         return Err(TransportError::FrameTooLarge { size, limit });
                     }
                     let Registration { service, closed } = registration?;
-                    let mut closed = closed.subscribe();
-                    if *closed.borrow_and_update() {
+                    let cut = closed.notify.notified();
+                    let mut cut = std::pin::pin!(cut);
+                    cut.as_mut().enable();
+                    if closed.flag.load(Ordering::SeqCst) {
                         return Err(TransportError::connection_lost("agent removed"));
                     }
                     let deadline = request.deadline;
@@ -156,9 +174,11 @@ impl Transport for MockTransport {
                             None => call.await,
                         }
                     };
+                    // Biased, so a simulation replays: tokio picks a random branch otherwise.
                     tokio::select! {
+                        biased;
                         result = timed => result,
-                        _ = closed.changed() => Err(TransportError::connection_lost("agent removed")),
+                        () = cut => Err(TransportError::connection_lost("agent removed")),
                     }
                 }
             });

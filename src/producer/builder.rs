@@ -40,7 +40,8 @@ pub struct ProducerBuilder {
     discovery: Arc<dyn Discovery>,
     config: ProducerConfig,
     codec: Arc<dyn Codec>,
-    partitioner: Arc<dyn Partitioner>,
+    /// `None`: the default, a [`Sticky`] seeded from [`seed`](Self::seed) if one is given.
+    partitioner: Option<Arc<dyn Partitioner>>,
     layers: Vec<LayerFn>,
     producer_id: Option<i64>,
     seed: Option<u64>,
@@ -56,7 +57,7 @@ impl ProducerBuilder {
             discovery,
             config: ProducerConfig::default(),
             codec: Arc::new(NoCompression),
-            partitioner: Arc::new(Sticky::new()),
+            partitioner: None,
             layers: Vec::new(),
             producer_id: None,
             seed: None,
@@ -156,7 +157,7 @@ impl ProducerBuilder {
 
     /// Chooses partitions with `partitioner` (default: [`Sticky`]).
     pub fn partitioner(mut self, partitioner: impl Partitioner) -> ProducerBuilder {
-        self.partitioner = Arc::new(partitioner);
+        self.partitioner = Some(Arc::new(partitioner));
         self
     }
 
@@ -182,7 +183,8 @@ impl ProducerBuilder {
         self
     }
 
-    /// Seeds retry jitter and the producer id, for repeatable runs.
+    /// Seeds retry jitter, the producer id and the default partitioner's choices, for
+    /// repeatable runs (a deterministic simulation replays a seed exactly).
     pub fn seed(mut self, seed: u64) -> ProducerBuilder {
         self.seed = Some(seed);
         self
@@ -201,6 +203,10 @@ impl ProducerBuilder {
                 // 63 random bits: a non-negative i64.
                 .unwrap_or_else(|| (rng.next_u64() >> 1) as i64)
         });
+        let partitioner = self.partitioner.unwrap_or_else(|| match self.seed {
+            Some(seed) => Arc::new(Sticky::with_seed(seed ^ 0x5717_C4E1)),
+            None => Arc::new(Sticky::new()),
+        });
         let config = self.config;
         let acc = Accumulator::new(
             AccumulatorConfig {
@@ -211,7 +217,7 @@ impl ProducerBuilder {
                 delivery_timeout: config.delivery_timeout,
                 producer_id,
             },
-            self.partitioner.clone(),
+            partitioner.clone(),
         );
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
@@ -222,7 +228,7 @@ impl ProducerBuilder {
             wake_sender: Notify::new(),
             memory_freed: Notify::new(),
             config,
-            partitioner: self.partitioner,
+            partitioner,
             discovery: self.discovery,
             counters: Default::default(),
             sender: Mutex::new(None),

@@ -28,7 +28,7 @@ use crate::rng::Rng;
 use crate::transport::{
     Connection, Endpoint, Request, RequestMessage, Response, Transport, TransportError,
 };
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::error::Error as StdError;
 use std::sync::Arc;
 use streamhouse_proto::v1::{ErrorCode, PartitionBatch, ProduceRequest, ProduceResponse};
@@ -55,12 +55,12 @@ pub(crate) struct Sender {
     retry: RetryPolicy,
     backoff: Backoff,
     rng: Rng,
-    agents: HashMap<Endpoint, Agent>,
+    agents: FxHashMap<Endpoint, Agent>,
     /// Topics whose metadata is being fetched (`None`) or may be fetched again after an instant.
-    refreshing: HashMap<Arc<str>, Option<Instant>>,
+    refreshing: FxHashMap<Arc<str>, Option<Instant>>,
     tasks: JoinSet<Event>,
     /// What each running request task carries, to settle its batches if the task dies.
-    requests: HashMap<Id, InFlight>,
+    requests: FxHashMap<Id, InFlight>,
     /// When cached metadata is next asked again (`metadata_max_age`).
     metadata_refresh: Instant,
     /// When a batch held back for company must go (see [`REQUEST_HOLD`]).
@@ -130,10 +130,10 @@ impl Sender {
             retry,
             backoff,
             rng,
-            agents: HashMap::new(),
-            refreshing: HashMap::new(),
+            agents: FxHashMap::default(),
+            refreshing: FxHashMap::default(),
             tasks: JoinSet::new(),
-            requests: HashMap::new(),
+            requests: FxHashMap::default(),
             metadata_refresh: Instant::now() + inner.config.metadata_max_age,
             hold_until: None,
             inner,
@@ -213,8 +213,8 @@ impl Sender {
         // Longest waiting first: requests fill up to `max_request_size`, and a fixed partition
         // order would let the first partitions take every request while the last ones wait.
         ready.sort_by_key(|r| r.since);
-        let mut routes: HashMap<Endpoint, Vec<Ready>> = HashMap::new();
-        let mut missing = HashSet::new();
+        let mut routes: FxHashMap<Endpoint, Vec<Ready>> = FxHashMap::default();
+        let mut missing = FxHashSet::default();
         {
             let state = self.inner.lock();
             for ready in ready {
@@ -536,7 +536,7 @@ fn drain_request(
 
 fn spawn_request(
     tasks: &mut JoinSet<Event>,
-    requests: &mut HashMap<Id, InFlight>,
+    requests: &mut FxHashMap<Id, InFlight>,
     inner: &Arc<Inner>,
     codec: &Arc<dyn Codec>,
     endpoint: Endpoint,
@@ -670,10 +670,10 @@ struct Settlement<'a> {
     /// Batches to send again, per partition in order, and whether to back off first.
     requeue: Vec<(TopicPartition, Vec<QueuedBatch>, bool)>,
     /// Partitions with an unsettled batch earlier in this request.
-    behind_failure: HashSet<TopicPartition>,
-    reset: HashSet<TopicPartition>,
-    stale_topics: HashSet<Arc<str>>,
-    partitions: HashSet<TopicPartition>,
+    behind_failure: FxHashSet<TopicPartition>,
+    reset: FxHashSet<TopicPartition>,
+    stale_topics: FxHashSet<Arc<str>>,
+    partitions: FxHashSet<TopicPartition>,
 }
 
 impl<'a> Settlement<'a> {
@@ -685,10 +685,10 @@ impl<'a> Settlement<'a> {
             completed: Vec::new(),
             recycled: Vec::new(),
             requeue: Vec::new(),
-            behind_failure: HashSet::new(),
-            reset: HashSet::new(),
-            stale_topics: HashSet::new(),
-            partitions: HashSet::new(),
+            behind_failure: FxHashSet::default(),
+            reset: FxHashSet::default(),
+            stale_topics: FxHashSet::default(),
+            partitions: FxHashSet::default(),
         }
     }
 
@@ -813,7 +813,7 @@ impl<'a> Settlement<'a> {
 
     /// Applies everything to the accumulator; returns the completions to resolve and the
     /// topics whose metadata went stale.
-    fn finish(self, backoff: &Backoff, rng: &Rng) -> (Vec<Resolution>, HashSet<Arc<str>>) {
+    fn finish(self, backoff: &Backoff, rng: &Rng) -> (Vec<Resolution>, FxHashSet<Arc<str>>) {
         let mut state = self.inner.lock();
         for id in self.completed {
             state.acc.complete(id);

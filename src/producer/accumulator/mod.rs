@@ -32,7 +32,7 @@ use crate::serve::DEDUP_WINDOW;
 use batch::OpenBatch;
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,7 @@ pub(crate) struct Accumulator {
     topics: Vec<TopicQueues>,
     ids: FxHashMap<Arc<str>, TopicId>,
     /// Every batch not yet settled, for the memory budget and for `flush`.
-    incomplete: HashMap<u64, Incomplete>,
+    incomplete: FxHashMap<u64, Incomplete>,
     used: usize,
     next_id: u64,
     /// Buffers of settled batches, reused for new ones (Kafka's `BufferPool`): in steady state
@@ -147,7 +147,7 @@ impl Accumulator {
             partitioner,
             topics: Vec::new(),
             ids: FxHashMap::default(),
-            incomplete: HashMap::new(),
+            incomplete: FxHashMap::default(),
             used: 0,
             next_id: 0,
             pool: Vec::new(),

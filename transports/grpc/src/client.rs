@@ -2,7 +2,9 @@
 
 use crate::GrpcConfig;
 use crate::status::to_transport_error;
+use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
+use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use streamhouse::transport::{
@@ -10,10 +12,21 @@ use streamhouse::transport::{
     frame,
 };
 use streamhouse_proto::v1::agent_client::AgentClient;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tower::Service;
 use tower::util::BoxCloneService;
+
+/// A byte stream a [`Dialer`] opens: anything tokio can read and write.
+pub trait DialedIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> DialedIo for T {}
+
+/// Opens the byte stream to an agent, given its `host:port`, in place of a TCP connection: a
+/// simulated network (turmoil), a Unix socket, an in-memory pipe, a proxy.
+pub type Dialer =
+    Arc<dyn Fn(String) -> BoxFuture<'static, io::Result<Box<dyn DialedIo>>> + Send + Sync>;
 
 /// Connects to agents over gRPC. Cheap to clone; connections to the same endpoint share one
 /// HTTP/2 channel (many requests multiplexed on one TCP connection).
@@ -21,6 +34,7 @@ use tower::util::BoxCloneService;
 pub struct GrpcTransport {
     config: Arc<GrpcConfig>,
     channels: Arc<Mutex<HashMap<Endpoint, Channel>>>,
+    dialer: Option<Dialer>,
 }
 
 impl std::fmt::Debug for GrpcTransport {
@@ -43,7 +57,53 @@ impl GrpcTransport {
         GrpcTransport {
             config: Arc::new(config),
             channels: Arc::new(Mutex::new(HashMap::new())),
+            dialer: None,
         }
+    }
+
+    /// A transport whose HTTP/2 connections run over streams that `dialer` opens instead of
+    /// TCP (plaintext `grpc://` endpoints). HTTP/2 settings, limits and reconnection are as
+    /// usual; tonic calls the dialer again whenever it reconnects.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use streamhouse_grpc::{Dialer, DialedIo, GrpcConfig, GrpcTransport};
+    ///
+    /// // Dial over TCP, as the default transport does, but through our own code.
+    /// let dialer: Dialer = Arc::new(|authority: String| {
+    ///     Box::pin(async move {
+    ///         let stream = tokio::net::TcpStream::connect(authority).await?;
+    ///         Ok(Box::new(stream) as Box<dyn DialedIo>)
+    ///     })
+    /// });
+    /// let transport = GrpcTransport::with_dialer(GrpcConfig::default(), dialer);
+    /// ```
+    pub fn with_dialer(config: GrpcConfig, dialer: Dialer) -> GrpcTransport {
+        GrpcTransport {
+            dialer: Some(dialer),
+            ..GrpcTransport::new(config)
+        }
+    }
+
+    async fn open_channel(&self, endpoint: &Endpoint) -> Result<Channel, TransportError> {
+        let channel = self.channel_endpoint(endpoint)?;
+        let connected = match &self.dialer {
+            None => channel.connect().await,
+            Some(dialer) => {
+                let dialer = dialer.clone();
+                let authority = endpoint.authority().to_owned();
+                channel
+                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                        let dial = dialer(authority.clone());
+                        async move { dial.await.map(TokioIo::new) }
+                    }))
+                    .await
+            }
+        };
+        connected.map_err(|e| TransportError::Connect {
+            endpoint: endpoint.to_string(),
+            source: Some(Box::new(e)),
+        })
     }
 
     fn channel_endpoint(
@@ -104,14 +164,7 @@ impl Transport for GrpcTransport {
             let channel = match cached {
                 Some(channel) => channel,
                 None => {
-                    let channel = transport
-                        .channel_endpoint(&endpoint)?
-                        .connect()
-                        .await
-                        .map_err(|e| TransportError::Connect {
-                            endpoint: endpoint.to_string(),
-                            source: Some(Box::new(e)),
-                        })?;
+                    let channel = transport.open_channel(&endpoint).await?;
                     transport
                         .channels
                         .lock()

@@ -8,7 +8,9 @@
 //!   decisions work from its kind.
 //! - [`serve`] drives any [`AgentService`](streamhouse::transport::AgentService) — the reference
 //!   agent, or the mock agent in tests — as that gRPC service on a listener, until a shutdown
-//!   future resolves.
+//!   future resolves; [`serve_incoming`] does the same on any stream of accepted connections,
+//!   and [`GrpcTransport::with_dialer`] dials through your code instead of TCP (the
+//!   deterministic simulation runs both over turmoil's simulated network).
 //!
 //! Reconnecting is layered: tonic re-dials a dropped HTTP/2 connection on the next call, and the
 //! producer's sender drops a connection that failed and dials again after a jittered backoff.
@@ -55,8 +57,10 @@ mod status;
 #[cfg(feature = "tls")]
 mod tls;
 
-pub use client::GrpcTransport;
+pub use client::{DialedIo, Dialer, GrpcTransport};
 pub use config::GrpcConfig;
-pub use server::{ServeError, serve};
+pub use server::{ServeError, serve, serve_incoming};
 #[cfg(feature = "tls")]
 pub use streamhouse::transport::tls::{ClientTls, ServerTls};
+/// The trait a stream served by [`serve_incoming`] implements, to report its peer.
+pub use tonic::transport::server::Connected;

@@ -2,14 +2,16 @@
 
 use crate::GrpcConfig;
 use crate::status::from_agent_error;
+use futures_core::Stream;
 use std::future::Future;
 use streamhouse::transport::{AgentService, Request, RequestMessage, Response};
 use streamhouse_proto::v1::agent_server::{Agent, AgentServer};
 use streamhouse_proto::v1::{
     FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::{Status, async_trait};
 use tower::ServiceExt;
 
@@ -33,6 +35,25 @@ pub async fn serve(
     config: GrpcConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    serve_incoming(agent, incoming, config, shutdown).await
+}
+
+/// Serves `agent` on connections from `incoming` — any stream of accepted byte streams, such as
+/// a simulated network's listener or a Unix socket's — until `shutdown` resolves. Otherwise as
+/// [`serve`].
+pub async fn serve_incoming<I, IO, E>(
+    agent: AgentService,
+    incoming: I,
+    config: GrpcConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, E>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    E: Into<tower::BoxError>,
+{
     let service = AgentServer::new(Adaptor { agent })
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
@@ -50,10 +71,7 @@ pub async fn serve(
     let mut builder = builder;
     builder
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
