@@ -41,6 +41,7 @@ use streamhouse::proto::v1::{
 use streamhouse::transport::frame::{self, decode_request, decode_response, read_frame};
 use streamhouse::transport::{RequestMessage, Response};
 use streamhouse_codecs::{Lz4, Zstd};
+use support::rng::Rng;
 use support::{decode, encode, input, reseal};
 
 #[global_allocator]
@@ -52,25 +53,6 @@ const LIMIT: usize = 1 << 20;
 const FRAME_LIMIT: usize = 64 * 1024;
 /// Room for codec contexts, the fuzzer's own buffers and a panic message.
 const ALLOWANCE: usize = 2 << 20;
-
-/// splitmix64: tiny, seeded, and good enough to drive mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-}
 
 const INTERESTING_32: [i32; 9] = [0, 1, -1, 127, 128, 0xFFFF, 1 << 20, i32::MAX, i32::MIN];
 const INTERESTING_8: [u8; 6] = [0, 1, 0x7F, 0x80, 0xFE, 0xFF];

@@ -27,6 +27,8 @@
 //! cargo test --release -p streamhouse --test simulation -- --ignored --nocapture
 //! ```
 
+mod support;
+
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -40,6 +42,7 @@ use streamhouse::producer::{Acks, Producer, ProducerRecord, ProducerStats};
 use streamhouse::reader::PartitionReader;
 use streamhouse::transport::{Endpoint, Transport};
 use streamhouse_grpc::{Connected, DialedIo, Dialer, GrpcConfig, GrpcTransport, serve_incoming};
+use support::rng::Rng;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const TOPIC: &str = "sim";
@@ -57,24 +60,6 @@ const MESSAGE_LOSS: f64 = 0.01;
 enum Net {
     Grpc,
     Mock,
-}
-
-/// splitmix64, for the fault schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// A duration uniform in `low..high`.
-    fn between(&mut self, low: Duration, high: Duration) -> Duration {
-        let unit = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        low + (high - low).mul_f64(unit)
-    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
 pub mod agent;
+pub mod rng;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
