@@ -39,7 +39,7 @@
 //! ```
 
 use crate::batch::Record;
-use crate::producer::{Persistence, ProduceError, RecordMetadata};
+use crate::producer::{DeliveryFuture, Persistence, ProduceError, RecordMetadata};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -98,23 +98,39 @@ pub enum Outcome {
         offset: i64,
     },
     /// Failed, and the producer says it is not in the log.
-    Failed,
+    Failed {
+        /// The partition it was sent to.
+        partition: u32,
+    },
     /// Failed without knowing whether it is in the log (timeout, connection lost).
-    Unknown,
+    Unknown {
+        /// The partition it was sent to.
+        partition: u32,
+    },
 }
 
 impl Outcome {
-    /// The outcome of a delivery future's result.
-    pub fn of(result: &Result<RecordMetadata, ProduceError>) -> Outcome {
+    /// The outcome of a delivery future's result, for a record sent to `partition`
+    /// ([`DeliveryFuture::partition`](crate::producer::DeliveryFuture::partition)).
+    pub fn of(partition: u32, result: &Result<RecordMetadata, ProduceError>) -> Outcome {
         match result {
             Ok(meta) => Outcome::Acked {
                 partition: meta.partition,
                 offset: meta.offset,
             },
             Err(e) => match e.persistence() {
-                Persistence::NotPersisted => Outcome::Failed,
-                Persistence::PossiblyPersisted => Outcome::Unknown,
+                Persistence::NotPersisted => Outcome::Failed { partition },
+                Persistence::PossiblyPersisted => Outcome::Unknown { partition },
             },
+        }
+    }
+
+    /// The partition the record was sent to.
+    pub fn partition(&self) -> u32 {
+        match *self {
+            Outcome::Acked { partition, .. }
+            | Outcome::Failed { partition }
+            | Outcome::Unknown { partition } => partition,
         }
     }
 }
@@ -242,9 +258,11 @@ impl History {
         self.sends.insert(id, outcome);
     }
 
-    /// Writes down a delivery future's result.
-    pub fn record_result(&mut self, id: RecordId, result: &Result<RecordMetadata, ProduceError>) {
-        self.record(id, Outcome::of(result));
+    /// Awaits `delivery` and writes down its outcome.
+    pub async fn record_delivery(&mut self, id: RecordId, delivery: DeliveryFuture) {
+        let partition = delivery.partition();
+        let result = delivery.await;
+        self.record(id, Outcome::of(partition, &result));
     }
 
     /// Number of sends written down.
@@ -263,8 +281,8 @@ impl History {
         for outcome in self.sends.values() {
             match outcome {
                 Outcome::Acked { .. } => counts.0 += 1,
-                Outcome::Failed => counts.1 += 1,
-                Outcome::Unknown => counts.2 += 1,
+                Outcome::Failed { .. } => counts.1 += 1,
+                Outcome::Unknown { .. } => counts.2 += 1,
             }
         }
         counts
@@ -315,13 +333,13 @@ impl History {
                         part.phantom += 1;
                         report.example(|| format!("{id:?} in the log, never sent"));
                     }
-                    Some(Outcome::Failed) => {
+                    Some(Outcome::Failed { .. }) => {
                         part.failed_but_present += 1;
                         report.example(|| {
                             format!("{id:?} failed as not persisted, yet at p{partition}")
                         });
                     }
-                    Some(Outcome::Unknown) => part.unknown_present += 1,
+                    Some(Outcome::Unknown { .. }) => part.unknown_present += 1,
                     Some(Outcome::Acked { .. }) => {}
                 }
             }
@@ -350,11 +368,14 @@ impl History {
                         Some(_) => {}
                     }
                 }
-                Outcome::Unknown if copies.is_empty() => {
-                    // No partition to charge but the first; it is informational only.
-                    report.partitions.entry(0).or_default().unseen_after_heal += 1;
+                Outcome::Unknown { partition } if copies.is_empty() => {
+                    report
+                        .partitions
+                        .entry(partition)
+                        .or_default()
+                        .unseen_after_heal += 1;
                 }
-                Outcome::Unknown | Outcome::Failed => {}
+                Outcome::Unknown { .. } | Outcome::Failed { .. } => {}
             }
         }
         report
@@ -394,9 +415,9 @@ mod tests {
         let mut h = History::new();
         acked(&mut h, 0, 0, 0);
         acked(&mut h, 1, 0, 1);
-        h.record(RecordId::new(1, 2), Outcome::Unknown);
-        h.record(RecordId::new(1, 3), Outcome::Unknown);
-        h.record(RecordId::new(1, 4), Outcome::Failed);
+        h.record(RecordId::new(1, 2), Outcome::Unknown { partition: 0 });
+        h.record(RecordId::new(1, 3), Outcome::Unknown { partition: 0 });
+        h.record(RecordId::new(1, 4), Outcome::Failed { partition: 0 });
         let log = vec![
             rec(0, RecordId::new(1, 0)),
             rec(1, RecordId::new(1, 1)),
@@ -415,7 +436,7 @@ mod tests {
         for seq in 0..6 {
             acked(&mut h, seq, 0, seq as i64);
         }
-        h.record(RecordId::new(1, 6), Outcome::Failed);
+        h.record(RecordId::new(1, 6), Outcome::Failed { partition: 0 });
         let log = vec![
             rec(0, RecordId::new(1, 0)),
             rec(1, RecordId::new(1, 2)), // acked at 2: offset mismatch
@@ -440,6 +461,17 @@ mod tests {
         assert_eq!(p.violations(), 10);
         assert!(!report.is_clean());
         assert!(!report.examples.is_empty());
+    }
+
+    #[test]
+    fn unknown_outcomes_are_counted_in_their_partition() {
+        let mut h = History::new();
+        h.record(RecordId::new(1, 0), Outcome::Unknown { partition: 2 });
+        h.record(RecordId::new(1, 1), Outcome::Unknown { partition: 2 });
+        let report = h.check([(2, vec![rec(0, RecordId::new(1, 1))])]);
+        assert!(report.is_clean());
+        assert_eq!(report.partitions[&2].unseen_after_heal, 1);
+        assert_eq!(report.partitions[&2].unknown_present, 1);
     }
 
     #[test]

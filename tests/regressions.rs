@@ -136,7 +136,7 @@ async fn send_burst(
 
 async fn settle(history: &mut History, deliveries: Vec<(RecordId, DeliveryFuture)>) {
     for (id, delivery) in deliveries {
-        history.record_result(id, &delivery.await);
+        history.record_delivery(id, delivery).await;
     }
 }
 

@@ -262,7 +262,7 @@ fn simulate_with(seed: u64, net: Net, settings: Settings) -> Run {
         }
         let mut history = History::new();
         for (id, delivery) in deliveries {
-            history.record_result(id, &delivery.await);
+            history.record_delivery(id, delivery).await;
         }
         let stats = producer.stats();
         producer.close(Duration::from_secs(10)).await?;

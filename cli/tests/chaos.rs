@@ -215,7 +215,7 @@ async fn chaos(plan: Plan) {
     scheduler.await.unwrap();
     let mut history = History::new();
     for (id, delivery) in deliveries {
-        history.record_result(id, &delivery.await);
+        history.record_delivery(id, delivery).await;
     }
     let stats = producer.stats();
     producer.close(Duration::from_secs(10)).await.unwrap();

@@ -126,6 +126,17 @@ impl DeliveryFuture {
             slot: None,
         }
     }
+
+    /// The topic the record was sent to.
+    pub fn topic(&self) -> &str {
+        &self.completion.topic
+    }
+
+    /// The partition the record was appended to its batch for, known at `send` (before any
+    /// acknowledgement): where to look for it when the outcome is unknown.
+    pub fn partition(&self) -> u32 {
+        self.completion.partition
+    }
 }
 
 impl Future for DeliveryFuture {
