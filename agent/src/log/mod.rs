@@ -63,6 +63,8 @@ pub(crate) struct PartitionLog {
     config: LogConfig,
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// Directory fsyncs done (tests check that a roll is followed by one).
+    dir_syncs: std::sync::atomic::AtomicU64,
 }
 
 struct Inner {
@@ -73,6 +75,9 @@ struct Inner {
     offline: Option<String>,
     /// Bytes written since the last fsync of the active segment.
     unsynced: bool,
+    /// A segment file was created since the directory was last fsynced: its directory entry
+    /// (and so everything in it) could vanish in a power loss until the directory is synced.
+    dir_unsynced: bool,
 }
 
 impl PartitionLog {
@@ -81,7 +86,13 @@ impl PartitionLog {
         dir: &Path,
         config: LogConfig,
     ) -> io::Result<(PartitionLog, RecoveryReport)> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // The partition directory's own entry, in the data directory.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let recovered = recovery::recover(dir, &config)?;
         let log = PartitionLog {
             config,
@@ -91,7 +102,10 @@ impl PartitionLog {
                 state: recovered.state,
                 offline: None,
                 unsynced: false,
+                // Recovery may have removed segment files.
+                dir_unsynced: true,
             }),
+            dir_syncs: std::sync::atomic::AtomicU64::new(0),
         };
         Ok((log, recovered.report))
     }
@@ -189,6 +203,7 @@ impl PartitionLog {
         let segment = Segment::create(&self.dir, inner.state.next_offset())?;
         segment.seek_end()?;
         inner.segments.push(segment);
+        inner.dir_unsynced = true;
         Ok(())
     }
 
@@ -214,29 +229,38 @@ impl PartitionLog {
         results
     }
 
-    /// Forces everything appended so far to disk.
+    /// Forces everything appended so far to disk: the active segment's data, and the
+    /// directory when a segment file was created since its last sync (a file's data is only
+    /// as durable as its directory entry).
     pub(crate) fn sync(&self) -> Result<(), Rejection> {
-        let file: Arc<File> = {
+        let (file, dir) = {
             let mut inner = self.lock();
             if let Some(reason) = &inner.offline {
                 return Err(offline(reason));
             }
-            if !inner.unsynced {
-                return Ok(());
-            }
+            let file = match inner.segments.last() {
+                Some(active) if inner.unsynced => Some(active.file.clone()),
+                _ => None,
+            };
             inner.unsynced = false;
-            match inner.segments.last() {
-                Some(active) => active.file.clone(),
-                None => return Ok(()),
-            }
+            (file, std::mem::take(&mut inner.dir_unsynced))
         };
-        // Outside the lock: appends of the next round and fetches go on meanwhile.
-        file.sync_data().map_err(|e| {
-            let reason = format!("fsync of {} failed: {e}", self.dir.display());
+        let fail = |what: &str, e: io::Error| {
+            let reason = format!("fsync of {what} {} failed: {e}", self.dir.display());
             tracing::error!(%reason, "partition log offline");
             self.lock().offline = Some(reason.clone());
             offline(&reason)
-        })
+        };
+        // Outside the lock: appends of the next round and fetches go on meanwhile.
+        if let Some(file) = file {
+            file.sync_data().map_err(|e| fail("the segment in", e))?;
+        }
+        if dir {
+            sync_dir(&self.dir).map_err(|e| fail("directory", e))?;
+            self.dir_syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Whole batches from the one holding `offset`, up to `max_bytes` (at least one batch).
@@ -313,6 +337,11 @@ impl Pending<'_> {
     fn bytes(&self) -> u64 {
         self.batches.iter().map(|(_, b)| b.len() as u64).sum()
     }
+}
+
+/// fsyncs a directory, making the entries of files created in it durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 fn offline(reason: &str) -> Rejection {

@@ -110,6 +110,28 @@ fn segments_roll_and_everything_survives_a_reopen() {
 }
 
 #[test]
+fn a_new_segment_is_followed_by_a_directory_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(&dir.path().join("t-0"), config(2_000)).unwrap();
+    let dir_syncs = || log.dir_syncs.load(std::sync::atomic::Ordering::Relaxed);
+    append_all(&log, &[batch(0, 4, ProducerStamp::NONE)]);
+    log.sync().unwrap();
+    assert_eq!(dir_syncs(), 1, "the first segment's entry made durable");
+    append_all(&log, &[batch(1, 1, ProducerStamp::NONE)]);
+    log.sync().unwrap();
+    assert_eq!(dir_syncs(), 1, "no new file, no directory fsync");
+    let segments = |log: &PartitionLog| log.lock().segments.len();
+    let before = segments(&log);
+    let mut n = 2;
+    while segments(&log) == before {
+        append_all(&log, &[batch(n, 4, ProducerStamp::NONE)]);
+        n += 1;
+    }
+    log.sync().unwrap();
+    assert_eq!(dir_syncs(), 2, "a roll is followed by a directory fsync");
+}
+
+#[test]
 fn idempotence_state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let stamp = |seq| ProducerStamp {
