@@ -7,10 +7,13 @@
 //! faults heal every partition is read back and the history checker
 //! ([`streamhouse::history`]) must find nothing lost, duplicated, reordered or moved.
 //!
-//! Two networks: gRPC (tonic over turmoil's simulated TCP, through
-//! [`GrpcTransport::with_dialer`] and [`serve_incoming`]) and the in-memory mock transport.
-//! QUIC runs on real loopback in the chaos test instead (turmoil's UDP would need quinn's
-//! socket abstraction). The agent is the mock agent — the same sans-IO partition semantics as
+//! Three networks: gRPC (tonic over turmoil's simulated TCP, through
+//! [`GrpcTransport::with_dialer`] and [`serve_incoming`]), QUIC (quinn over turmoil's simulated
+//! UDP, through [`QuicTransport::with_network`] and [`QuicServer::with_socket`]), and the
+//! in-memory mock transport. gRPC and mock runs replay exactly (the determinism check compares
+//! histories, logs and counters); a QUIC run replays the same faults and the same history, but
+//! quinn and rustls draw connection ids and keys from the OS, so its internal counters may
+//! differ by a few requests. The agent is the mock agent — the same sans-IO partition semantics as
 //! the reference agent — whose [`MockAgent::crash`] drops unsynced batches and rebuilds state
 //! from what is left, as the reference agent's recovery does; the reference agent itself does
 //! real file IO on threads, which a simulation cannot crash or replay.
@@ -19,9 +22,9 @@
 //! is therefore injected per RPC by the producer-side fault layer, and network partitions by
 //! turmoil itself.
 //!
-//! CI runs 32 seeds over gRPC and 16 over the mock transport, plus a determinism check (three
-//! seeds run twice must give identical histories). A failing seed is printed and replays with
-//! `SIM_SEED=<seed>`. The long run — 256 seeds on each network — is one command:
+//! CI runs 32 seeds over gRPC, 8 over QUIC and 16 over the mock transport, plus a determinism
+//! check (four seeds run twice must give identical histories). A failing seed is printed and
+//! replays with `SIM_SEED=<seed>`. The long run — 256 seeds on each network — is one command:
 //!
 //! ```text
 //! cargo test --release -p streamhouse --test simulation -- --ignored --nocapture
@@ -40,8 +43,12 @@ use streamhouse::layers::{FaultConfig, FaultLayer};
 use streamhouse::mock::{MockAgent, MockStats, MockTransport};
 use streamhouse::producer::{Acks, Producer, ProducerRecord, ProducerStats};
 use streamhouse::reader::PartitionReader;
-use streamhouse::transport::{Endpoint, Transport};
+use streamhouse::transport::{BoxFuture, Endpoint, Transport};
 use streamhouse_grpc::{Connected, DialedIo, Dialer, GrpcConfig, GrpcTransport, serve_incoming};
+use streamhouse_quic::{
+    ClientTls, QuicConfig, QuicNetwork, QuicServer, QuicTransport, ServerTls, dev_certificate,
+    quinn,
+};
 use support::rng::Rng;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -59,6 +66,7 @@ const MESSAGE_LOSS: f64 = 0.01;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Net {
     Grpc,
+    Quic,
     Mock,
 }
 
@@ -131,6 +139,127 @@ impl Connected for SimStream {
     fn connect_info(&self) {}
 }
 
+/// A turmoil UDP socket as quinn wants it.
+struct SimUdp {
+    socket: Arc<turmoil::net::UdpSocket>,
+    /// The pending wait for a datagram, kept across polls.
+    readable: Mutex<Option<BoxFuture<'static, std::io::Result<()>>>>,
+}
+
+impl std::fmt::Debug for SimUdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SimUdp").field(&self.socket).finish()
+    }
+}
+
+/// turmoil's UDP never pushes back: always writable.
+#[derive(Debug)]
+struct Writable;
+
+impl quinn::UdpPoller for Writable {
+    fn poll_writable(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl quinn::AsyncUdpSocket for SimUdp {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        Box::pin(Writable)
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> std::io::Result<()> {
+        self.socket
+            .try_send_to(transmit.contents, transmit.destination)
+            .map(|_| ())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            match self.socket.try_recv_from(&mut bufs[0]) {
+                Ok((len, addr)) => {
+                    meta[0] = quinn::udp::RecvMeta {
+                        addr,
+                        len,
+                        stride: len,
+                        ecn: None,
+                        dst_ip: None,
+                    };
+                    return Poll::Ready(Ok(1));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut readable = self.readable.lock().unwrap();
+                    let wait = readable.get_or_insert_with(|| {
+                        let socket = self.socket.clone();
+                        Box::pin(async move { socket.readable().await })
+                    });
+                    match wait.as_mut().poll(cx) {
+                        Poll::Ready(_) => *readable = None,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    fn may_fragment(&self) -> bool {
+        false
+    }
+}
+
+fn sim_udp(socket: turmoil::net::UdpSocket) -> Arc<dyn quinn::AsyncUdpSocket> {
+    Arc::new(SimUdp {
+        socket: Arc::new(socket),
+        readable: Mutex::new(None),
+    })
+}
+
+/// QUIC's addresses and sockets from turmoil.
+struct SimNetwork;
+
+impl QuicNetwork for SimNetwork {
+    fn resolve(
+        &self,
+        authority: &str,
+    ) -> BoxFuture<'static, std::io::Result<std::net::SocketAddr>> {
+        let resolved = authority
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((turmoil::lookup(host), port.parse().ok()?)))
+            .map(std::net::SocketAddr::from)
+            .ok_or_else(|| std::io::Error::other(format!("cannot resolve {authority}")));
+        Box::pin(async move { resolved })
+    }
+
+    fn bind(
+        &self,
+        _remote: std::net::SocketAddr,
+    ) -> BoxFuture<'static, std::io::Result<Arc<dyn quinn::AsyncUdpSocket>>> {
+        Box::pin(async {
+            let socket = turmoil::net::UdpSocket::bind("0.0.0.0:0").await?;
+            Ok(sim_udp(socket))
+        })
+    }
+}
+
+/// A short idle timeout, so a connection a partition or crash killed is replaced within a
+/// couple of seconds.
+fn quic_config() -> QuicConfig {
+    let mut config = QuicConfig::default();
+    config.idle_timeout = Duration::from_secs(2);
+    config.keep_alive = Duration::from_millis(500);
+    config.connect_timeout = Duration::from_secs(1);
+    config
+}
+
 /// Short keep-alive, so a connection a partition killed is noticed within two seconds.
 fn grpc_config() -> GrpcConfig {
     let mut config = GrpcConfig::default();
@@ -190,7 +319,10 @@ fn simulate_with(seed: u64, net: Net, settings: Settings) -> Run {
         .simulation_duration(Duration::from_secs(900))
         .min_message_latency(Duration::from_millis(0))
         .max_message_latency(Duration::from_millis(3))
+        .udp_capacity(8192)
         .build();
+    let certs = tempfile::tempdir().unwrap();
+    let dev = dev_certificate(certs.path()).unwrap();
 
     let endpoint: Endpoint = match net {
         Net::Grpc => {
@@ -215,10 +347,33 @@ fn simulate_with(seed: u64, net: Net, settings: Settings) -> Run {
             });
             "grpc://agent:9000".parse().unwrap()
         }
+        Net::Quic => {
+            let served = agent.clone();
+            let tls = ServerTls::from_files(&dev.cert, &dev.key).unwrap();
+            sim.host("agent", move || {
+                let agent = served.clone();
+                let tls = tls.clone();
+                async move {
+                    let socket = turmoil::net::UdpSocket::bind("0.0.0.0:9001").await?;
+                    let server = QuicServer::with_socket(sim_udp(socket), quic_config(), &tls)?;
+                    server.serve(agent.service(), std::future::pending()).await;
+                    Ok(())
+                }
+            });
+            "quic://agent:9001".parse().unwrap()
+        }
         Net::Mock => agent.endpoint(),
     };
     let transport: Arc<dyn Transport> = match net {
         Net::Grpc => Arc::new(GrpcTransport::with_dialer(grpc_config(), dialer())),
+        Net::Quic => {
+            let mut tls = ClientTls::from_ca_file(&dev.cert).unwrap();
+            // The development certificate names localhost; the simulated host is "agent".
+            tls.server_name = Some("localhost".into());
+            Arc::new(
+                QuicTransport::with_network(quic_config(), &tls, Arc::new(SimNetwork)).unwrap(),
+            )
+        }
         Net::Mock => Arc::new(mock.clone()),
     };
 
@@ -294,11 +449,11 @@ fn simulate_with(seed: u64, net: Net, settings: Settings) -> Run {
     loop {
         while next < schedule.len() && schedule[next].0 <= sim.elapsed() {
             match (schedule[next].1, net) {
-                (Event::Crash, Net::Grpc) => {
+                (Event::Crash, Net::Grpc | Net::Quic) => {
                     sim.crash("agent");
                     agent.crash();
                 }
-                (Event::Restart, Net::Grpc) => sim.bounce("agent"),
+                (Event::Restart, Net::Grpc | Net::Quic) => sim.bounce("agent"),
                 (Event::Crash, Net::Mock) => {
                     mock.remove_agent(&agent.endpoint());
                     agent.crash();
@@ -308,7 +463,7 @@ fn simulate_with(seed: u64, net: Net, settings: Settings) -> Run {
                     cut_depth += 1;
                     cuts += 1;
                     match net {
-                        Net::Grpc => sim.partition("agent", "producer"),
+                        Net::Grpc | Net::Quic => sim.partition("agent", "producer"),
                         Net::Mock => agent.set_stalled(true),
                     }
                 }
@@ -316,7 +471,7 @@ fn simulate_with(seed: u64, net: Net, settings: Settings) -> Run {
                     cut_depth -= 1;
                     if cut_depth == 0 {
                         match net {
-                            Net::Grpc => sim.repair("agent", "producer"),
+                            Net::Grpc | Net::Quic => sim.repair("agent", "producer"),
                             Net::Mock => agent.set_stalled(false),
                         }
                     }
@@ -463,6 +618,11 @@ fn simulated_grpc_loses_duplicates_and_reorders_nothing() {
 }
 
 #[test]
+fn simulated_quic_loses_duplicates_and_reorders_nothing() {
+    run_seeds(Net::Quic, seeds(8).map(|s| s + 20_000));
+}
+
+#[test]
 fn simulated_mock_transport_loses_duplicates_and_reorders_nothing() {
     run_seeds(Net::Mock, seeds(16).map(|s| s + 10_000));
 }
@@ -527,8 +687,9 @@ fn without_fsync_or_idempotence_the_checker_sees_loss_and_duplicates() {
 }
 
 #[test]
-#[ignore = "long: 256 seeds on each network; run with --release"]
+#[ignore = "long: 256 seeds on each of the three networks; run with --release"]
 fn simulation_long_run() {
     run_seeds(Net::Grpc, 1..=256);
+    run_seeds(Net::Quic, 20_001..=20_256);
     run_seeds(Net::Mock, 10_001..=10_256);
 }

@@ -1,7 +1,7 @@
 //! [`QuicTransport`]: one QUIC connection per agent, one stream per request.
 
 use crate::error::{connection_error, read_error, write_error};
-use crate::{ClientTls, QuicConfig, QuicError, tls};
+use crate::{ClientTls, QuicConfig, QuicError, QuicNetwork, tls};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,6 +30,8 @@ struct Inner {
     connections: Mutex<HashMap<Endpoint, quinn::Connection>>,
     /// Held while dialling, so requests finding a connection lost dial it once.
     dialing: tokio::sync::Mutex<()>,
+    /// Where sockets and addresses come from; `None`: the operating system.
+    network: Option<Arc<dyn QuicNetwork>>,
 }
 
 impl std::fmt::Debug for QuicTransport {
@@ -43,6 +45,24 @@ impl std::fmt::Debug for QuicTransport {
 impl QuicTransport {
     /// A transport trusting the certificates of `tls`.
     pub fn new(config: QuicConfig, tls: &ClientTls) -> Result<QuicTransport, QuicError> {
+        QuicTransport::build(config, tls, None)
+    }
+
+    /// A transport whose sockets and address lookups come from `network` instead of the
+    /// operating system: a simulated network, or a socket with special options.
+    pub fn with_network(
+        config: QuicConfig,
+        tls: &ClientTls,
+        network: Arc<dyn QuicNetwork>,
+    ) -> Result<QuicTransport, QuicError> {
+        QuicTransport::build(config, tls, Some(network))
+    }
+
+    fn build(
+        config: QuicConfig,
+        tls: &ClientTls,
+        network: Option<Arc<dyn QuicNetwork>>,
+    ) -> Result<QuicTransport, QuicError> {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config(tls)?)
             .map_err(|e| QuicError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -55,6 +75,7 @@ impl QuicTransport {
                 sockets: tokio::sync::Mutex::new((None, None)),
                 connections: Mutex::new(HashMap::new()),
                 dialing: tokio::sync::Mutex::new(()),
+                network,
             }),
         })
     }
@@ -69,13 +90,22 @@ impl QuicTransport {
         if let Some(endpoint) = slot {
             return Ok(endpoint.clone());
         }
-        let bind = bind
-            .parse()
-            .map_err(|_| TransportError::Protocol("bind address".into()))?;
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| TransportError::Connect {
+        let connect_error = |e: std::io::Error| TransportError::Connect {
             endpoint: remote.to_string(),
             source: Some(Box::new(e)),
-        })?;
+        };
+        let endpoint = match &self.inner.network {
+            Some(network) => {
+                let socket = network.bind(remote).await.map_err(connect_error)?;
+                crate::network::endpoint(socket, None).map_err(connect_error)?
+            }
+            None => {
+                let bind = bind
+                    .parse()
+                    .map_err(|_| TransportError::Protocol("bind address".into()))?;
+                quinn::Endpoint::client(bind).map_err(connect_error)?
+            }
+        };
         *slot = Some(endpoint.clone());
         Ok(endpoint)
     }
@@ -86,11 +116,17 @@ impl QuicTransport {
                 endpoint: endpoint.to_string(),
                 source: Some(source),
             };
-        let remote = tokio::net::lookup_host(endpoint.authority())
-            .await
-            .map_err(|e| connect_error(Box::new(e)))?
-            .next()
-            .ok_or_else(|| connect_error("the host name resolves to no address".into()))?;
+        let remote = match &self.inner.network {
+            Some(network) => network
+                .resolve(endpoint.authority())
+                .await
+                .map_err(|e| connect_error(Box::new(e)))?,
+            None => tokio::net::lookup_host(endpoint.authority())
+                .await
+                .map_err(|e| connect_error(Box::new(e)))?
+                .next()
+                .ok_or_else(|| connect_error("the host name resolves to no address".into()))?,
+        };
         let name = self.inner.server_name.as_deref().unwrap_or(endpoint.host());
         let socket = self.socket(remote).await?;
         let connecting = socket

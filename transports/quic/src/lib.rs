@@ -49,12 +49,14 @@
 mod client;
 mod config;
 mod error;
+mod network;
 mod server;
 mod tls;
 
 pub use client::QuicTransport;
 pub use config::QuicConfig;
 pub use error::QuicError;
+pub use network::QuicNetwork;
 /// The quinn crate this transport is built on, for callers of
 /// [`QuicTransport::open_raw_stream`].
 pub use quinn;

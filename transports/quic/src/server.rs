@@ -29,11 +29,18 @@ impl QuicServer {
         config: QuicConfig,
         tls: &ServerTls,
     ) -> Result<QuicServer, QuicError> {
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(tls)?)
-            .map_err(|e| QuicError::Tls(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(config.transport());
-        let endpoint = quinn::Endpoint::server(server, addr)?;
+        let endpoint = quinn::Endpoint::server(server_config(&config, tls)?, addr)?;
+        Ok(QuicServer { endpoint, config })
+    }
+
+    /// A server on a socket of your own (a simulated network's, see
+    /// [`QuicNetwork`](crate::QuicNetwork)) instead of one bound by the operating system.
+    pub fn with_socket(
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        config: QuicConfig,
+        tls: &ServerTls,
+    ) -> Result<QuicServer, QuicError> {
+        let endpoint = crate::network::endpoint(socket, Some(server_config(&config, tls)?))?;
         Ok(QuicServer { endpoint, config })
     }
 
@@ -132,6 +139,14 @@ async fn connection(
         }
     }
     while streams.join_next().await.is_some() {}
+}
+
+fn server_config(config: &QuicConfig, tls: &ServerTls) -> Result<quinn::ServerConfig, QuicError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(tls)?)
+        .map_err(|e| QuicError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(config.transport());
+    Ok(server)
 }
 
 /// One request: read a frame (limit checked before allocating), answer it, finish.
