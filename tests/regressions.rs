@@ -87,6 +87,16 @@ impl Script {
         self.seen.lock().unwrap().clone()
     }
 
+    /// A small-batch producer for `agent`, through this script.
+    fn producer(&self, agent: &MockAgent) -> Producer {
+        self.install(small_batches(Producer::builder(
+            agent.transport(),
+            agent.discovery(),
+        )))
+        .build()
+        .unwrap()
+    }
+
     fn install(&self, builder: ProducerBuilder) -> ProducerBuilder {
         let script = self.clone();
         builder.layer(tower::layer::layer_fn(move |inner: BoxConnection| {
@@ -177,13 +187,7 @@ fn small_batches(builder: ProducerBuilder) -> ProducerBuilder {
 async fn lost_answer_to_batches_1_to_5_is_retried_before_batch_6() {
     let agent = MockAgent::new().with_topic("t", 1);
     let script = Script::lose_answer(0);
-    let producer = script
-        .install(small_batches(Producer::builder(
-            agent.transport(),
-            agent.discovery(),
-        )))
-        .build()
-        .unwrap();
+    let producer = script.producer(&agent);
     // 6 batches' worth, sent before the sender runs.
     let deliveries = send_burst(&producer, 0, 0, 6 * 8).await;
     let mut history = History::new();
@@ -288,13 +292,7 @@ async fn an_out_of_window_duplicate_answer_acks_without_an_offset() {
             Ok(answer)
         })
     });
-    let producer = script
-        .install(small_batches(Producer::builder(
-            agent.transport(),
-            agent.discovery(),
-        )))
-        .build()
-        .unwrap();
+    let producer = script.producer(&agent);
     let deliveries = send_burst(&producer, 0, 0, 8).await;
     for (_, delivery) in deliveries {
         let meta = delivery.await.expect("a duplicate is a success");
@@ -318,13 +316,7 @@ async fn disconnect_with_1_to_5_batches_in_flight() {
             } else {
                 Script::drop_request(0)
             };
-            let producer = script
-                .install(small_batches(Producer::builder(
-                    agent.transport(),
-                    agent.discovery(),
-                )))
-                .build()
-                .unwrap();
+            let producer = script.producer(&agent);
             // One record more than k full batches: the k sealed batches go out together, the
             // last one after its linger.
             let deliveries = send_burst(&producer, 0, 0, in_flight * 8 + 1).await;

@@ -4,6 +4,17 @@ mod support;
 
 use support::{AgentProcess, run};
 
+/// The numbers `consume` printed, one per line, sorted (partitions come one after the other).
+fn sorted_numbers(consumed: std::process::Output) -> Vec<u32> {
+    let mut numbers: Vec<u32> = String::from_utf8(consumed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
 #[test]
 fn ten_thousand_lines_round_trip() {
     let dir = tempfile::tempdir().unwrap();
@@ -31,13 +42,7 @@ fn ten_thousand_lines_round_trip() {
         "{}",
         String::from_utf8_lossy(&consumed.stderr)
     );
-    let mut lines: Vec<u32> = String::from_utf8(consumed.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    lines.sort_unstable();
-    assert_eq!(lines, (1..=10_000).collect::<Vec<_>>());
+    assert_eq!(sorted_numbers(consumed), (1..=10_000).collect::<Vec<_>>());
 
     // Keys and offsets: keyed lines hash to one partition each, in order.
     let keyed = run(
@@ -180,13 +185,7 @@ fn quic_and_grpc_serve_the_same_logs() {
 
     // Read back over the other transport: one agent, one log.
     let consumed = run(&["consume", "--bootstrap", &grpc, "--topic", "lines"], b"");
-    let mut lines: Vec<u32> = String::from_utf8(consumed.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    lines.sort_unstable();
-    assert_eq!(lines, (1..=3_000).collect::<Vec<_>>());
+    assert_eq!(sorted_numbers(consumed), (1..=3_000).collect::<Vec<_>>());
 
     // QUIC without a CA to trust is refused with a clear message.
     let refused = run(&["topics", "--bootstrap", &quic], b"");

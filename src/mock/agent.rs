@@ -252,8 +252,11 @@ impl MockAgent {
                 log.batches.truncate(log.synced);
                 let mut state = PartitionState::new(0);
                 for (base, bytes) in &log.batches {
-                    if let Ok(batch) = Batch::parse(stamped(bytes, *base), &self.inner.limits) {
-                        state.restore(batch.header());
+                    if let Ok(batch) = Batch::parse(bytes.clone(), &self.inner.limits) {
+                        // Stored unstamped: the offset the batch was given is kept beside it.
+                        let mut header = *batch.header();
+                        header.base_offset = *base;
+                        state.restore(&header);
                     }
                 }
                 log.state = state;

@@ -191,7 +191,6 @@ pub(crate) fn svg(report: &Report) -> String {
             (_, "quic") => "#d9822b",
             _ => "#2b7bd9",
         };
-        let w = bar_w * c.records_per_sec / max_rate;
         let _ = writeln!(
             s,
             r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
@@ -199,33 +198,37 @@ pub(crate) fn svg(report: &Report) -> String {
             y + 14.0,
             escape(&format!("{} ({})", label(c), c.mode))
         );
-        let _ = writeln!(
-            s,
-            r#"<rect x="{left}" y="{}" width="{w:.1}" height="{}" fill="{color}"/>"#,
-            y + 3.0,
-            row_h - 6.0
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{}">{}</text>"#,
-            left + w + 4.0,
-            y + 14.0,
-            fmt_rate(c.records_per_sec)
-        );
-        if c.p99_ms.is_finite() {
-            let w = bar_w * c.p99_ms / max_p99;
+        // A bar and its figure, in one of the two columns.
+        let bar = |s: &mut String, x: f64, w: f64, opacity: &str, figure: &str| {
             let _ = writeln!(
                 s,
-                r#"<rect x="{right}" y="{}" width="{w:.1}" height="{}" fill="{color}" opacity="0.6"/>"#,
+                r#"<rect x="{x}" y="{}" width="{w:.1}" height="{}" fill="{color}"{opacity}/>"#,
                 y + 3.0,
                 row_h - 6.0
             );
             let _ = writeln!(
                 s,
-                r#"<text x="{:.1}" y="{}">{:.2}</text>"#,
-                right + w + 4.0,
-                y + 14.0,
-                c.p99_ms
+                r#"<text x="{:.1}" y="{}">{figure}</text>"#,
+                x + w + 4.0,
+                y + 14.0
+            );
+        };
+        let rate = fmt_rate(c.records_per_sec);
+        bar(
+            &mut s,
+            left,
+            bar_w * c.records_per_sec / max_rate,
+            "",
+            &rate,
+        );
+        if c.p99_ms.is_finite() {
+            let p99 = format!("{:.2}", c.p99_ms);
+            bar(
+                &mut s,
+                right,
+                bar_w * c.p99_ms / max_p99,
+                r#" opacity="0.6""#,
+                &p99,
             );
         }
     }
