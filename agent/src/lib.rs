@@ -15,10 +15,13 @@
 //! <data>/<topic>-<partition>/<base offset>.log   segments, rolled by size, sparse index
 //! ```
 //!
-//! On start every partition log is recovered: the last segment is checked batch by batch and
-//! cut at the first torn or corrupt batch, the index and the producers' sequence windows are
-//! rebuilt from the batch headers. [`Agent::shutdown`] stops taking produce requests, lets the
-//! queued appends finish, and fsyncs every log.
+//! On start the agent takes an exclusive lock on `<data>/.lock` ([`AgentError::Locked`] if
+//! another agent holds it) and recovers every partition log: the index and the producers'
+//! sequence windows are rebuilt from the batch headers, a torn tail of the last segment is cut,
+//! and a break anywhere else fences the partition with its data kept in a quarantine directory
+//! (nothing is ever deleted; see [`RecoveryReport`]). Fetches check every batch's CRC32C.
+//! [`Agent::shutdown`] stops taking produce requests, lets the queued appends finish, fsyncs
+//! every log and releases the lock.
 //!
 //! # Metrics
 //!
@@ -82,6 +85,17 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// Another agent (or another process) holds the data directory.
+    #[error(
+        "data directory {path} is in use by another agent (lock file {lock} is held); \
+         two agents on one directory would hand out the same offsets"
+    )]
+    Locked {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The lock file.
+        lock: std::path::PathBuf,
+    },
     /// A configured topic is invalid.
     #[error("topic {name:?}: {rejection}")]
     Topic {
@@ -107,6 +121,8 @@ pub(crate) struct Shared {
     io: Io,
     stopping: AtomicBool,
     recovery: Vec<PartitionRecovery>,
+    /// The exclusive lock on the data directory, held until shutdown.
+    lock: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -127,10 +143,11 @@ impl Agent {
             path: path.clone(),
             source,
         };
+        let lock = lock_data_dir(&config.data_dir)?;
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,
             index_interval: config.index_interval,
-            limits: config.limits(),
+            storage: Arc::new(log::storage::Disk),
         };
         let dir = config.data_dir.clone();
         // Recovery reads files: off the async threads.
@@ -157,6 +174,7 @@ impl Agent {
                 io,
                 stopping: AtomicBool::new(false),
                 recovery,
+                lock: std::sync::Mutex::new(Some(lock)),
                 config,
             }),
         })
@@ -197,8 +215,9 @@ impl Agent {
         self.shared.io.fsyncs()
     }
 
-    /// Stops taking produce requests, finishes every append already queued, fsyncs every log.
-    /// Fetch and metadata keep working until the transport stops.
+    /// Stops taking produce requests, finishes every append already queued, fsyncs every log,
+    /// and releases the data directory's lock (another agent may open it). Fetch and metadata
+    /// keep working until the transport stops.
     pub async fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Release);
         let shared = self.shared.clone();
@@ -211,7 +230,44 @@ impl Agent {
                     }
                 }
             }
+            let lock = shared
+                .lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            drop(lock);
         })
         .await;
+    }
+}
+
+/// The name of the lock file in a data directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Takes the exclusive lock (`flock`) on `<dir>/.lock`, creating the directory if needed.
+/// The kernel drops the lock when the process dies, so a crash never leaves it behind.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, AgentError> {
+    let io_error = |source| AgentError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    use log::storage::Storage;
+    log::storage::Disk
+        .create_dir_durable(dir)
+        .map_err(io_error)?;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AgentError::Locked {
+            path: dir.to_owned(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(e)),
     }
 }

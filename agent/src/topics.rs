@@ -117,14 +117,6 @@ impl Topics {
                     format!("cannot open {}: {e}", dir.display()),
                 )
             })?;
-            if report.truncated_bytes > 0 || report.segments_removed > 0 {
-                tracing::warn!(
-                    topic = name,
-                    partition,
-                    ?report,
-                    "recovered a damaged log tail"
-                );
-            }
             reports.push(PartitionRecovery {
                 topic: name.to_owned(),
                 partition,

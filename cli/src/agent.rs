@@ -135,11 +135,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open data directory {}", args.data.display()))?;
     for recovered in agent.recovery() {
-        if recovered.report.truncated_bytes > 0 {
+        let report = &recovered.report;
+        if report.truncated_bytes > 0 {
             eprintln!(
-                "recovered {}-{}: cut {} bytes of a torn or corrupt tail",
-                recovered.topic, recovered.partition, recovered.report.truncated_bytes
+                "recovered {}-{}: cut {} bytes of a torn tail (a copy is in its quarantine/)",
+                recovered.topic, recovered.partition, report.truncated_bytes
             );
+        }
+        if let Some(note) = &report.broken {
+            eprintln!("FENCED {}-{}: {note}", recovered.topic, recovered.partition);
         }
     }
     // The first lines of standard output say where to connect (useful with port 0).

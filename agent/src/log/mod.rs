@@ -9,21 +9,28 @@
 //! CRC does not cover them, so it stays valid). Appends come from the partition's I/O thread
 //! (see `io`), which admits batches through the shared [`PartitionState`] rules, coalesces the
 //! bytes of a round into one positional write, and fsyncs for durable acks. Fetches read with
-//! positional reads, outside the lock, never past the end of the last whole batch.
+//! positional reads, outside the lock, never past the end of the last whole batch, and check
+//! each batch's CRC32C before serving it.
+//!
+//! All file I/O goes through [`Storage`](storage::Storage), so the crash tests can run this code
+//! on a filesystem that loses what was not fsynced.
 
 mod recovery;
 mod segment;
+pub(crate) mod storage;
+
+#[cfg(test)]
+mod sim;
 
 pub use recovery::{PartitionRecovery, RecoveryReport};
 
 use bytes::Bytes;
 use segment::Segment;
-use std::fs::File;
 use std::io::{self, IoSlice};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use streamhouse::batch::{Batch, DecodeLimits};
+use storage::StorageFile;
+use streamhouse::batch::{Batch, BatchHeader, HEADER_LEN};
 use streamhouse::serve::{Admission, PartitionState, Rejection};
 use streamhouse_proto::v1::ErrorCode;
 
@@ -34,8 +41,15 @@ pub(crate) struct LogConfig {
     pub(crate) segment_bytes: u64,
     /// One sparse index entry per this many bytes.
     pub(crate) index_interval: u64,
-    /// Limits a stored batch must meet (recovery checks them too).
-    pub(crate) limits: DecodeLimits,
+    /// Where the files are.
+    pub(crate) storage: Arc<dyn storage::Storage>,
+}
+
+impl LogConfig {
+    /// The idempotence state of a partition whose next offset is `next_offset`.
+    pub(crate) fn new_state(&self, next_offset: i64) -> PartitionState {
+        PartitionState::new(next_offset)
+    }
 }
 
 /// Where an appended batch went.
@@ -73,6 +87,9 @@ struct Inner {
     /// Set after an I/O error: the log refuses everything until the agent restarts and
     /// recovery repairs it.
     offline: Option<String>,
+    /// Set when recovery found the log broken (see `recovery`): appends are refused and reads
+    /// stop at the break, until an operator acts.
+    broken: Option<String>,
     /// Bytes written since the last fsync of the active segment.
     unsynced: bool,
     /// A segment file was created since the directory was last fsynced: its directory entry
@@ -86,13 +103,7 @@ impl PartitionLog {
         dir: &Path,
         config: LogConfig,
     ) -> io::Result<(PartitionLog, RecoveryReport)> {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            // The partition directory's own entry, in the data directory.
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
-        }
+        config.storage.create_dir_durable(dir)?;
         let recovered = recovery::recover(dir, &config)?;
         let log = PartitionLog {
             config,
@@ -101,6 +112,7 @@ impl PartitionLog {
                 segments: recovered.segments,
                 state: recovered.state,
                 offline: None,
+                broken: recovered.report.broken.clone(),
                 unsynced: false,
                 // Recovery may have removed segment files.
                 dir_unsynced: true,
@@ -126,7 +138,7 @@ impl PartitionLog {
     /// [`sync`](Self::sync) for durability.
     pub(crate) fn append<'b>(&self, batches: &[&'b Batch]) -> Vec<Result<Appended, Rejection>> {
         let mut inner = self.lock();
-        if let Some(reason) = &inner.offline {
+        if let Some(reason) = inner.offline.as_ref().or(inner.broken.as_ref()) {
             let rejection = offline(reason);
             return batches.iter().map(|_| Err(rejection.clone())).collect();
         }
@@ -200,8 +212,11 @@ impl PartitionLog {
             active.sync()?;
         }
         inner.unsynced = false;
-        let segment = Segment::create(&self.dir, inner.state.next_offset())?;
-        segment.seek_end()?;
+        let segment = Segment::create(
+            self.config.storage.as_ref(),
+            &self.dir,
+            inner.state.next_offset(),
+        )?;
         inner.segments.push(segment);
         inner.dir_unsynced = true;
         Ok(())
@@ -256,7 +271,10 @@ impl PartitionLog {
             file.sync_data().map_err(|e| fail("the segment in", e))?;
         }
         if dir {
-            sync_dir(&self.dir).map_err(|e| fail("directory", e))?;
+            self.config
+                .storage
+                .sync_dir(&self.dir)
+                .map_err(|e| fail("directory", e))?;
             self.dir_syncs
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -264,6 +282,8 @@ impl PartitionLog {
     }
 
     /// Whole batches from the one holding `offset`, up to `max_bytes` (at least one batch).
+    /// Each batch's CRC32C is checked: a corrupt stored batch is never served, the reader gets
+    /// [`ErrorCode::CorruptBatch`] when it is the first one wanted.
     pub(crate) fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, Rejection> {
         let (files, log_start_offset, high_watermark) = {
             let inner = self.lock();
@@ -275,11 +295,16 @@ impl PartitionLog {
                     format!("offset {offset} outside {start}..={end}"),
                 ));
             }
+            if let Some(note) = &inner.broken
+                && offset == end
+            {
+                return Err(Rejection::new(ErrorCode::CorruptBatch, note.clone()));
+            }
             let first = inner
                 .segments
                 .partition_point(|s| s.base_offset <= offset)
                 .saturating_sub(1);
-            let files: Vec<(Arc<File>, u64, u64)> = inner.segments[first..]
+            let files: Vec<(Arc<dyn StorageFile>, u64, u64)> = inner.segments[first..]
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
@@ -298,14 +323,28 @@ impl PartitionLog {
         let io_error =
             |e: io::Error| Rejection::new(ErrorCode::Internal, format!("read failed: {e}"));
         'segments: for (file, mut pos, size) in files {
-            let mut head = [0u8; 23];
-            while pos + head.len() as u64 <= size {
+            let mut head = [0u8; HEADER_LEN];
+            while pos + HEADER_LEN as u64 <= size {
                 file.read_exact_at(&mut head, pos).map_err(io_error)?;
-                let base = i64::from_be_bytes(head[0..8].try_into().unwrap_or_default());
-                let length = i32::from_be_bytes(head[8..12].try_into().unwrap_or_default());
-                let last_delta = i32::from_be_bytes(head[19..23].try_into().unwrap_or_default());
-                let len = 12 + u64::try_from(length).unwrap_or(0);
-                if base + i64::from(last_delta) < offset {
+                let corrupt = |why: String| {
+                    Rejection::new(
+                        ErrorCode::CorruptBatch,
+                        format!(
+                            "stored batch at byte {pos} of {}: {why}",
+                            self.dir.display()
+                        ),
+                    )
+                };
+                let header = match BatchHeader::read(&head) {
+                    Ok(header) if pos + header.total_len() as u64 <= size => header,
+                    Ok(header) => {
+                        let why = format!("length {} past the segment end", header.total_len());
+                        return stop(result, corrupt(why));
+                    }
+                    Err(e) => return stop(result, corrupt(e.to_string())),
+                };
+                let len = header.total_len() as u64;
+                if header.last_offset() < offset {
                     pos += len;
                     continue;
                 }
@@ -314,14 +353,30 @@ impl PartitionLog {
                 }
                 let mut bytes = vec![0u8; len as usize];
                 file.read_exact_at(&mut bytes, pos).map_err(io_error)?;
+                let bytes = Bytes::from(bytes);
+                if let Err(e) = Batch::parse(bytes.clone(), &recovery::STORED) {
+                    return stop(result, corrupt(e.to_string()));
+                }
                 total += bytes.len();
-                result.batches.push(Bytes::from(bytes));
+                result.batches.push(bytes);
                 pos += len;
                 if total >= max_bytes {
                     break 'segments;
                 }
             }
         }
+        Ok(result)
+    }
+}
+
+/// A read found a corrupt batch: the batches before it are served, the reader learns of the
+/// corruption when it asks for that batch first.
+fn stop(result: ReadResult, rejection: Rejection) -> Result<ReadResult, Rejection> {
+    if result.batches.is_empty() {
+        tracing::error!(reason = %rejection.message, "corrupt batch in the log");
+        metrics::counter!("streamhouse_corrupt_reads_total").increment(1);
+        Err(rejection)
+    } else {
         Ok(result)
     }
 }
@@ -339,11 +394,6 @@ impl Pending<'_> {
     }
 }
 
-/// fsyncs a directory, making the entries of files created in it durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 fn offline(reason: &str) -> Rejection {
     Rejection::new(
         ErrorCode::Unavailable,
@@ -351,5 +401,7 @@ fn offline(reason: &str) -> Rejection {
     )
 }
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

@@ -1,30 +1,50 @@
 //! Opening a partition's segments after a stop or a crash (Kafka's `LogSegment.recover`).
 //!
 //! Every batch header is read to rebuild the sparse index, the next offset and the producers'
-//! sequence windows. The last segment — the only one written since its predecessor was fsynced
-//! and closed — is also checked batch by batch (length, magic, base offset continuity, CRC32C)
-//! and cut at the first batch that fails: a torn write or a flipped bit ends the log there, and
-//! nothing after it is ever served. A segment that breaks the offset sequence ends the log too;
-//! the segments after it are removed.
+//! sequence windows; the last segment — the only one written since its predecessor was fsynced
+//! and closed — is also checked batch by batch (length, magic, base offset continuity, CRC32C).
+//! The limits of new traffic (`--max-batch-bytes`, …) are never applied to stored batches.
+//!
+//! Recovery deletes nothing. What does not follow is moved into `<partition>/quarantine/`:
+//!
+//! - **A torn tail**: the last segment ends in a batch that fails a check and no valid batch
+//!   follows it — what a crash leaves of writes that were never fsynced. The tail is cut (a copy
+//!   stays in the quarantine) and the log goes on from there.
+//! - **A break**: anything else — a batch that fails a check with valid batches after it, a
+//!   segment that is not the last, a segment that does not start where the log before it ends.
+//!   That is not what a crash leaves (segments are fsynced before a roll, durable answers wait
+//!   for an fsync), so it may be acknowledged data: everything from the break on is moved into
+//!   the quarantine with a `BROKEN` note, and the partition is *fenced*: it serves the records
+//!   before the break, refuses appends and answers reads at the break with an error, until an
+//!   operator moves the quarantine directory away (accepting the loss, or after putting repaired
+//!   segments back) and restarts the agent.
 
 use super::LogConfig;
 use super::segment::{Segment, parse_file_name};
+use super::storage::{Storage, StorageFile};
 use bytes::Bytes;
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
-use streamhouse::batch::{Batch, BatchHeader, HEADER_LEN};
+use std::path::{Path, PathBuf};
+use streamhouse::batch::{Batch, BatchHeader, DecodeLimits, HEADER_LEN};
 use streamhouse::serve::PartitionState;
 
+/// The directory, inside a partition's directory, holding what recovery moved aside.
+pub(crate) const QUARANTINE: &str = "quarantine";
+/// The note in the quarantine saying the log is broken (its presence fences the partition).
+pub(crate) const BROKEN: &str = "BROKEN";
+
 /// What recovery found and did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecoveryReport {
     /// Batches found valid.
     pub batches: u64,
-    /// Bytes cut from the end of the log.
+    /// Bytes of a torn tail cut from the last segment (a copy is in the quarantine).
     pub truncated_bytes: u64,
-    /// Segment files removed because they followed a break in the log.
-    pub segments_removed: u64,
+    /// Bytes moved into the quarantine after a break (not counting a torn tail).
+    pub quarantined_bytes: u64,
+    /// Set when the partition is fenced: why, and where the quarantined data is.
+    pub broken: Option<String>,
 }
 
 /// Recovery of one partition, as reported by [`Agent::recovery`](crate::Agent::recovery).
@@ -44,57 +64,129 @@ pub(super) struct Recovered {
     pub(super) report: RecoveryReport,
 }
 
+/// Where the log stops following: segment `index` (of the sorted files) at byte `pos`.
+struct Break {
+    index: usize,
+    pos: u64,
+    reason: String,
+}
+
+/// Limits for batches already stored: only the format's own bounds (the file's length bounds
+/// every read), never the configured limits of new traffic.
+pub(super) const STORED: DecodeLimits = DecodeLimits {
+    max_batch_bytes: usize::MAX,
+    max_uncompressed_bytes: usize::MAX,
+    max_records: usize::MAX,
+    max_record_bytes: usize::MAX,
+};
+
 pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
-    let mut files: Vec<(i64, std::path::PathBuf)> = std::fs::read_dir(dir)?
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let base = parse_file_name(entry.file_name().to_str()?)?;
-            Some((base, entry.path()))
-        })
+    let storage = config.storage.as_ref();
+    let mut files: Vec<(i64, String)> = storage
+        .list(dir)?
+        .into_iter()
+        .filter_map(|name| Some((parse_file_name(&name)?, name)))
         .collect();
     files.sort();
-    let mut report = RecoveryReport::default();
+    let quarantine = dir.join(QUARANTINE);
+    let mut report = RecoveryReport {
+        broken: read_note(storage, &quarantine),
+        ..RecoveryReport::default()
+    };
     if files.is_empty() {
-        let segment = Segment::create(dir, 0)?;
-        segment.seek_end()?;
+        let segment = Segment::create(storage, dir, 0)?;
         return Ok(Recovered {
             segments: vec![segment],
-            state: PartitionState::new(0),
+            state: config.new_state(0),
             report,
         });
     }
 
-    let mut state = PartitionState::new(files[0].0);
+    let mut state = config.new_state(files[0].0);
     let mut expected = files[0].0;
     let mut segments: Vec<Segment> = Vec::new();
     let last = files.len() - 1;
-    let mut broken = false;
-    for (i, (base, path)) in files.into_iter().enumerate() {
-        if broken || base != expected {
-            // After a break, or a segment that does not start where the log ended.
-            std::fs::remove_file(&path)?;
-            report.segments_removed += 1;
-            broken = true;
-            continue;
+    let mut found: Option<Break> = None;
+    for (i, (base, name)) in files.iter().enumerate() {
+        if *base != expected {
+            found = Some(Break {
+                index: i,
+                pos: 0,
+                reason: format!(
+                    "segment {name} starts at offset {base}, the log before it ends at {expected}"
+                ),
+            });
+            break;
         }
-        let mut segment = Segment::open(path, base)?;
-        let len = segment.file.metadata()?.len();
-        let end = scan(
+        let mut segment = Segment::open(storage, &dir.join(name), *base)?;
+        let len = segment.file.len()?;
+        let stop = scan(
             &mut segment,
             len,
             i == last,
             &mut state,
             &mut expected,
+            &mut report.batches,
             config,
-            &mut report,
         )?;
-        if end < len {
-            segment.truncate(end)?;
-            report.truncated_bytes += len - end;
-            broken = true;
-        }
-        segment.seek_end()?;
         segments.push(segment);
+        if let Some((pos, why)) = stop {
+            let reason = format!("{name} at byte {pos} (offset {expected}): {why}");
+            found = Some(Break {
+                index: i,
+                pos,
+                reason,
+            });
+            break;
+        }
+    }
+
+    if let Some(found) = found {
+        let (_, name) = &files[found.index];
+        let torn = found.index == last
+            && found.index < segments.len()
+            && !valid_batch_follows(segments[found.index].file.as_ref(), found.pos, expected)?;
+        storage.create_dir_all(&quarantine)?;
+        if torn {
+            let segment = &mut segments[found.index];
+            let cut = segment.file.len()? - found.pos;
+            move_tail(storage, segment, found.pos, &quarantine, name, "tail")?;
+            report.truncated_bytes = cut;
+            tracing::warn!(
+                dir = %dir.display(), bytes = cut, reason = %found.reason,
+                "cut a torn tail (unsynced writes of a crash); a copy is in the quarantine"
+            );
+            metrics::counter!("streamhouse_recovery_truncated_bytes_total").increment(cut);
+        } else {
+            let mut moved = 0;
+            if let Some(segment) = segments.get_mut(found.index) {
+                moved += segment.file.len()? - found.pos;
+                move_tail(storage, segment, found.pos, &quarantine, name, "from")?;
+            }
+            let first_whole = found.index + usize::from(found.index < segments.len());
+            for (_, name) in &files[first_whole..] {
+                let from = dir.join(name);
+                moved += storage.open(&from)?.len()?;
+                storage.rename(&from, &unique(storage, &quarantine, name))?;
+            }
+            let note = format!(
+                "log broken at offset {expected}: {}. Records from offset {expected} on are \
+                 in {}; the partition refuses appends until this directory is moved away and \
+                 the agent restarted.\n",
+                found.reason,
+                quarantine.display()
+            );
+            storage.write_new(&unique(storage, &quarantine, BROKEN), note.as_bytes())?;
+            tracing::error!(dir = %dir.display(), bytes = moved, %note, "partition fenced");
+            metrics::counter!("streamhouse_recovery_quarantined_bytes_total").increment(moved);
+            report.quarantined_bytes = moved;
+            report.broken = Some(note);
+        }
+        storage.sync_dir(&quarantine)?;
+        storage.sync_dir(dir)?;
+    }
+    if report.broken.is_some() {
+        metrics::counter!("streamhouse_partitions_fenced_total").increment(1);
     }
     Ok(Recovered {
         segments,
@@ -103,47 +195,138 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
     })
 }
 
-/// Walks the batches of one segment; returns the end of the last valid one.
+/// The `BROKEN` note of an earlier recovery, if the quarantine holds one.
+fn read_note(storage: &dyn Storage, quarantine: &Path) -> Option<String> {
+    let path = quarantine.join(BROKEN);
+    if !storage.exists(&path) {
+        return None;
+    }
+    let note = storage.read_all(&path).unwrap_or_default();
+    Some(String::from_utf8_lossy(&note).trim_end().to_owned())
+}
+
+/// A name for `name` in `dir` that is not taken yet.
+fn unique(storage: &dyn Storage, dir: &Path, name: &str) -> PathBuf {
+    let mut path = dir.join(name);
+    let mut n = 1;
+    while storage.exists(&path) {
+        path = dir.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    path
+}
+
+/// Copies the bytes of `segment` from `pos` into the quarantine (durably), then cuts them off.
+fn move_tail(
+    storage: &dyn Storage,
+    segment: &mut Segment,
+    pos: u64,
+    quarantine: &Path,
+    name: &str,
+    what: &str,
+) -> io::Result<()> {
+    let len = segment.file.len()?;
+    if pos >= len {
+        return Ok(());
+    }
+    let mut tail = vec![0u8; usize::try_from(len - pos).map_err(io::Error::other)?];
+    segment.file.read_exact_at(&mut tail, pos)?;
+    let copy = unique(storage, quarantine, &format!("{name}.{what}-at-{pos}"));
+    storage.write_new(&copy, &tail)?;
+    storage.sync_dir(quarantine)?;
+    segment.truncate(pos)
+}
+
+/// Walks the batches of one segment, noting each; returns where and why it stopped following,
+/// if it did before the end of the file.
 fn scan(
     segment: &mut Segment,
     len: u64,
     verify_crc: bool,
     state: &mut PartitionState,
     expected: &mut i64,
+    batches: &mut u64,
     config: &LogConfig,
-    report: &mut RecoveryReport,
-) -> io::Result<u64> {
+) -> io::Result<Option<(u64, String)>> {
     let mut pos = 0u64;
-    let mut head = [0u8; HEADER_LEN];
     while pos < len {
-        if len - pos < HEADER_LEN as u64 {
-            break;
-        }
-        segment.file.read_exact_at(&mut head, pos)?;
-        let Ok(header) = BatchHeader::read(&head) else {
-            break;
+        let header = match checked_batch(segment.file.as_ref(), pos, len, *expected, verify_crc)? {
+            Ok(header) => header,
+            Err(why) => return Ok(Some((pos, why))),
         };
         let total = header.total_len() as u64;
-        if pos + total > len
-            || header.base_offset != *expected
-            || header.record_count == 0
-            || total > config.limits.max_batch_bytes as u64
-        {
-            break;
-        }
-        if verify_crc {
-            let mut bytes = vec![0u8; total as usize];
-            segment.file.read_exact_at(&mut bytes, pos)?;
-            if Batch::parse(Bytes::from(bytes), &config.limits).is_err() {
-                break;
-            }
-        }
         state.restore(&header);
         let next = header.last_offset() + 1;
         segment.note_batch(header.base_offset, next, total, config.index_interval);
         *expected = next;
-        report.batches += 1;
+        *batches += 1;
         pos += total;
     }
-    Ok(pos)
+    Ok(None)
+}
+
+/// The header of the batch at `pos` if it is whole, starts at `expected` and (when asked)
+/// passes its CRC; else why not.
+fn checked_batch(
+    file: &dyn StorageFile,
+    pos: u64,
+    len: u64,
+    expected: i64,
+    verify_crc: bool,
+) -> io::Result<Result<BatchHeader, String>> {
+    if len - pos < HEADER_LEN as u64 {
+        return Ok(Err(format!("{} bytes, less than a header", len - pos)));
+    }
+    let mut head = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut head, pos)?;
+    let header = match BatchHeader::read(&head) {
+        Ok(header) => header,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let total = header.total_len() as u64;
+    if pos + total > len {
+        return Ok(Err(format!(
+            "batch of {total} bytes, {} left in the file",
+            len - pos
+        )));
+    }
+    if header.base_offset != expected {
+        return Ok(Err(format!(
+            "batch at offset {}, expected {expected}",
+            header.base_offset
+        )));
+    }
+    if header.record_count == 0 {
+        return Ok(Err("empty batch".to_owned()));
+    }
+    if verify_crc {
+        let mut bytes = vec![0u8; total as usize];
+        file.read_exact_at(&mut bytes, pos)?;
+        if let Err(e) = Batch::parse(Bytes::from(bytes), &STORED) {
+            return Ok(Err(e.to_string()));
+        }
+    }
+    Ok(Ok(header))
+}
+
+/// Whether a valid batch continuing the log follows the failed batch at `pos`: then the failure
+/// is damage inside the log, not the end of what was written.
+fn valid_batch_follows(file: &dyn StorageFile, pos: u64, expected: i64) -> io::Result<bool> {
+    let len = file.len()?;
+    if len - pos < HEADER_LEN as u64 {
+        return Ok(false);
+    }
+    let mut head = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut head, pos)?;
+    let Ok(failed) = BatchHeader::read(&head) else {
+        return Ok(false);
+    };
+    if failed.base_offset != expected {
+        return Ok(false);
+    }
+    let next = pos + failed.total_len() as u64;
+    if next >= len {
+        return Ok(false);
+    }
+    Ok(checked_batch(file, next, len, failed.last_offset() + 1, true)?.is_ok())
 }

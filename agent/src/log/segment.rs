@@ -6,9 +6,9 @@
 //! in memory: a fetch seeks to the entry at or below the wanted offset and scans batch headers
 //! from there. It is rebuilt from the batch headers when the segment is opened.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use super::storage::{Storage, StorageFile};
+use std::io::{self, IoSlice};
+use std::path::Path;
 use std::sync::Arc;
 
 /// The file name of the segment starting at `base_offset`.
@@ -28,8 +28,8 @@ pub(crate) fn parse_file_name(name: &str) -> Option<i64> {
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) base_offset: i64,
-    /// Shared with readers, which use positional reads (`read_at`) that need no lock.
-    pub(crate) file: Arc<File>,
+    /// Shared with readers, which use positional reads that need no lock.
+    pub(crate) file: Arc<dyn StorageFile>,
     /// Bytes of whole, valid batches.
     pub(crate) size: u64,
     /// Offset after the last record in the segment.
@@ -39,27 +39,29 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// Creates an empty segment file.
-    pub(crate) fn create(dir: &Path, base_offset: i64) -> io::Result<Segment> {
-        let path = dir.join(file_name(base_offset));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+    /// Creates an empty segment file (its directory entry needs a directory fsync).
+    pub(crate) fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: i64,
+    ) -> io::Result<Segment> {
+        let file = storage.create_new(&dir.join(file_name(base_offset)))?;
         Ok(Segment::new(file, base_offset))
     }
 
     /// Opens an existing segment file; the caller recovers it (see `recovery`).
-    pub(crate) fn open(path: PathBuf, base_offset: i64) -> io::Result<Segment> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Segment::new(file, base_offset))
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        path: &Path,
+        base_offset: i64,
+    ) -> io::Result<Segment> {
+        Ok(Segment::new(storage.open(path)?, base_offset))
     }
 
-    fn new(file: File, base_offset: i64) -> Segment {
+    fn new(file: Arc<dyn StorageFile>, base_offset: i64) -> Segment {
         Segment {
             base_offset,
-            file: Arc::new(file),
+            file,
             size: 0,
             next_offset: base_offset,
             index: Vec::new(),
@@ -93,36 +95,16 @@ impl Segment {
         }
     }
 
-    /// Writes `slices` at the end of the segment with as few `writev` calls as the kernel
-    /// allows, no copying (the caller then notes the batches). The file cursor is kept at the
-    /// end of the valid data; readers use positional reads and never move it.
-    pub(crate) fn write_end(&self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-        // writev takes at most IOV_MAX (1024 on Linux) slices per call.
-        const IOV_MAX: usize = 1024;
-        while !slices.is_empty() {
-            let take = slices.len().min(IOV_MAX);
-            let written = (&*self.file).write_vectored(&slices[..take])?;
-            if written == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "segment write returned 0",
-                ));
-            }
-            IoSlice::advance_slices(&mut slices, written);
-        }
-        Ok(())
+    /// Writes `slices` at the end of the segment's valid data, no copying (the caller then
+    /// notes the batches).
+    pub(crate) fn write_end(&self, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+        self.file.write_all_at(slices, self.size)
     }
 
-    /// Puts the file cursor at the end of the valid data (after opening or recovery).
-    pub(crate) fn seek_end(&self) -> io::Result<()> {
-        (&*self.file).seek(SeekFrom::Start(self.size)).map(|_| ())
-    }
-
-    /// Cuts the file back to `size` bytes (recovery of a torn or corrupt tail).
+    /// Cuts the file back to `size` bytes and makes the cut durable.
     pub(crate) fn truncate(&mut self, size: u64) -> io::Result<()> {
         self.file.set_len(size)?;
-        self.file.sync_data()?;
-        (&*self.file).seek(SeekFrom::Start(size)).map(|_| ())
+        self.file.sync_data()
     }
 
     /// Forces written data to disk.
@@ -147,7 +129,7 @@ mod tests {
     #[test]
     fn sparse_index_lookup() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Segment::create(dir.path(), 100).unwrap();
+        let mut s = Segment::create(&super::super::storage::Disk, dir.path(), 100).unwrap();
         // Batches of 10 records, 1000 bytes each; an entry every 2500 bytes.
         for i in 0..10 {
             let base = 100 + i * 10;

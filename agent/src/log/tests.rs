@@ -1,6 +1,7 @@
 //! Partition log: appends, reads, segment rolls, and recovery from torn and corrupt tails.
 
 use super::*;
+use streamhouse::batch::DecodeLimits;
 use streamhouse::batch::{BatchBuilder, ProducerStamp};
 use streamhouse::codec::{Codecs, NoCompression};
 
@@ -8,12 +9,12 @@ fn config(segment_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes,
         index_interval: 256,
-        limits: DecodeLimits::default(),
+        storage: Arc::new(storage::Disk),
     }
 }
 
 /// A batch of `records` records whose values name their batch and position.
-fn batch(n: usize, records: usize, stamp: ProducerStamp) -> Batch {
+pub(super) fn batch(n: usize, records: usize, stamp: ProducerStamp) -> Batch {
     let mut b = BatchBuilder::new();
     for r in 0..records {
         let value = format!("batch-{n}-record-{r}-{}", "x".repeat(30));
@@ -44,12 +45,22 @@ fn append_all(log: &PartitionLog, batches: &[Batch]) -> Vec<i64> {
 
 /// Every record readable from offset 0, as (offset, value).
 fn read_all(log: &PartitionLog) -> Vec<(i64, String)> {
+    let (records, error) = read_until_error(log);
+    assert!(error.is_none(), "{error:?}");
+    records
+}
+
+/// Every record readable from offset 0, up to the end or the first refused read.
+pub(super) fn read_until_error(log: &PartitionLog) -> (Vec<(i64, String)>, Option<Rejection>) {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
-        let read = log.read(offset, 4096).unwrap();
+        let read = match log.read(offset, 4096) {
+            Ok(read) => read,
+            Err(e) => return (out, Some(e)),
+        };
         if read.batches.is_empty() {
-            return out;
+            return (out, None);
         }
         for bytes in read.batches {
             let batch =
@@ -220,8 +231,25 @@ fn recovery_cuts_at_every_truncation_point_of_the_last_three_batches() {
     }
 }
 
+/// The bytes of every file under `dir` (recursively), for "nothing was deleted" checks.
+fn bytes_under(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                bytes_under(&e.path())
+            } else if e.file_name() == recovery::BROKEN {
+                0
+            } else {
+                e.metadata().unwrap().len()
+            }
+        })
+        .sum()
+}
+
 #[test]
-fn recovery_never_serves_a_flipped_bit() {
+fn recovery_never_serves_a_flipped_bit_and_deletes_nothing() {
     let (dir, file, last3) = written_log();
     let original = std::fs::read(&file).unwrap();
     for bit in (last3[0].start * 8)..(last3[2].end * 8) {
@@ -229,9 +257,142 @@ fn recovery_never_serves_a_flipped_bit() {
         let mut bytes = original.clone();
         bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
         std::fs::write(copy.path().join(file.file_name().unwrap()), &bytes).unwrap();
-        let (log, _) = PartitionLog::open(copy.path(), config(1 << 20)).unwrap();
-        // The batch holding the flip and everything after it are gone; all before it intact.
+        let (log, report) = PartitionLog::open(copy.path(), config(1 << 20)).unwrap();
+        // All before the batch holding the flip is served; the flipped batch never is.
         let hit = last3.iter().position(|r| r.contains(&(bit / 8))).unwrap();
-        assert_eq!(read_all(&log), expected(5 + hit), "bit {bit}");
+        let (records, error) = read_until_error(&log);
+        assert_eq!(records, expected(5 + hit), "bit {bit}");
+        // Every byte is still on disk, in the log or in the quarantine.
+        assert_eq!(bytes_under(copy.path()), original.len() as u64, "bit {bit}");
+        if report.broken.is_some() {
+            // Valid batches follow the damage: not a torn tail, the partition is fenced.
+            assert_eq!(error.unwrap().code, ErrorCode::CorruptBatch, "bit {bit}");
+            let refused = log.append(&[&batch(99, 1, ProducerStamp::NONE)]);
+            assert_eq!(
+                refused[0].as_ref().unwrap_err().code,
+                ErrorCode::Unavailable
+            );
+        } else {
+            // Nothing valid follows (the last batch, or a flipped length): a torn tail, cut.
+            assert!(error.is_none(), "bit {bit}");
+            assert!(report.truncated_bytes > 0, "bit {bit}");
+        }
     }
+}
+
+/// A log of `batches` 4-record batches in ~2,000-byte segments; returns its directory and
+/// the segment files in offset order.
+fn rolled_log(batches: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (log, _) = PartitionLog::open(dir.path(), config(2_000)).unwrap();
+        for n in 0..batches {
+            append_all(&log, &[batch(n, 4, ProducerStamp::NONE)]);
+        }
+        log.sync().unwrap();
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    (dir, files)
+}
+
+/// Issue 11, defect 2: a corrupt middle segment used to end the log there and every later
+/// segment — fsynced, acknowledged data — was deleted. Now the rest is quarantined, the
+/// partition fenced, and an operator's move of the quarantine lets it go on.
+#[test]
+fn a_break_in_a_middle_segment_is_quarantined_and_fences_the_partition() {
+    let (dir, files) = rolled_log(20);
+    assert!(files.len() >= 3, "{files:?}");
+    let total = bytes_under(dir.path());
+    // Damage the header of the second segment's first batch (its stamped base offset).
+    let mut bytes = std::fs::read(&files[1]).unwrap();
+    bytes[3] ^= 0x10;
+    std::fs::write(&files[1], &bytes).unwrap();
+    let break_offset = segment_base(&files[1]);
+
+    let (log, report) = PartitionLog::open(dir.path(), config(2_000)).unwrap();
+    let note = report.broken.clone().expect("fenced");
+    assert!(note.contains(&format!("offset {break_offset}")), "{note}");
+    assert_eq!(report.quarantined_bytes, total - segment_len(&files[0]));
+    assert_eq!(bytes_under(dir.path()), total, "nothing deleted");
+    let (records, error) = read_until_error(&log);
+    assert_eq!(records.len() as i64, break_offset);
+    assert_eq!(error.unwrap().code, ErrorCode::CorruptBatch);
+    let refused = log.append(&[&batch(99, 1, ProducerStamp::NONE)]);
+    assert_eq!(
+        refused[0].as_ref().unwrap_err().code,
+        ErrorCode::Unavailable
+    );
+    drop(log);
+
+    // Still fenced after a restart: the note in the quarantine says so.
+    let (log, report) = PartitionLog::open(dir.path(), config(2_000)).unwrap();
+    assert!(report.broken.is_some());
+    assert_eq!(report.quarantined_bytes, 0, "nothing more to move");
+    drop(log);
+
+    // The operator accepts the loss: the quarantine moves away, the partition goes on.
+    let quarantine = dir.path().join(recovery::QUARANTINE);
+    let kept = tempfile::tempdir().unwrap();
+    std::fs::rename(&quarantine, kept.path().join("q")).unwrap();
+    let (log, report) = PartitionLog::open(dir.path(), config(2_000)).unwrap();
+    assert_eq!(report.broken, None);
+    assert_eq!(
+        append_all(&log, &[batch(99, 1, ProducerStamp::NONE)]),
+        [break_offset]
+    );
+}
+
+/// Issue 11, defect 2: a segment that does not start where the log before it ends (a lost
+/// segment file) used to take every later segment with it.
+#[test]
+fn a_missing_segment_quarantines_the_later_ones_instead_of_deleting_them() {
+    let (dir, files) = rolled_log(20);
+    let total = bytes_under(dir.path());
+    let lost = segment_len(&files[1]);
+    let lens: Vec<u64> = files.iter().map(|f| segment_len(f)).collect();
+    std::fs::remove_file(&files[1]).unwrap();
+    let (log, report) = PartitionLog::open(dir.path(), config(2_000)).unwrap();
+    assert!(report.broken.is_some());
+    assert_eq!(bytes_under(dir.path()), total - lost);
+    assert_eq!(log.next_offset(), segment_base(&files[1]));
+    for (file, len) in files.iter().zip(&lens).skip(2) {
+        let moved = dir
+            .path()
+            .join(recovery::QUARANTINE)
+            .join(file.file_name().unwrap());
+        assert_eq!(std::fs::read(moved).unwrap().len() as u64, *len);
+    }
+}
+
+/// Issue 11, defect 2: only the last segment was CRC-checked at start, so a flipped bit in an
+/// older segment was served to readers. Reads check every batch.
+#[test]
+fn reads_check_the_crc_of_every_segment() {
+    let (dir, files) = rolled_log(20);
+    let (log, _) = PartitionLog::open(dir.path(), config(2_000)).unwrap();
+    // Damage the first segment's second batch while the agent runs (bit rot).
+    let first = batch(0, 4, ProducerStamp::NONE).as_bytes().len();
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    bytes[first + HEADER_LEN + 5] ^= 1;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let read = log.read(0, 1 << 20).unwrap();
+    assert_eq!(read.batches.len(), 1, "stops before the damaged batch");
+    let error = log.read(4, 1 << 20).unwrap_err();
+    assert_eq!(error.code, ErrorCode::CorruptBatch);
+    assert!(
+        log.read(8, 1 << 20).is_ok(),
+        "later batches are still served"
+    );
+}
+
+fn segment_base(path: &Path) -> i64 {
+    segment::parse_file_name(path.file_name().unwrap().to_str().unwrap()).unwrap()
+}
+
+fn segment_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
 }

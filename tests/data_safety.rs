@@ -1,0 +1,158 @@
+//! Issue 11's data-safety defects at the agent's edge: each test drives the reference agent
+//! through its service (the same one every transport serves) and failed on the code before
+//! its fix.
+
+use bytes::Bytes;
+use streamhouse::batch::{Batch, BatchBuilder, DecodeLimits, ProducerStamp};
+use streamhouse::codec::{Codecs, NoCompression};
+use streamhouse::transport::{AgentService, Request, RequestMessage, Response};
+use streamhouse_agent::{Agent, AgentConfig, AgentError};
+use streamhouse_proto::v1::{
+    Acks, ErrorCode, FetchRequest, FetchResponse, PartitionBatch, PartitionResult, ProduceRequest,
+};
+use tower::ServiceExt;
+
+/// A batch of `records` values of `value_len` bytes, tagged with `n`.
+fn batch(n: usize, records: usize, value_len: usize, stamp: ProducerStamp) -> Bytes {
+    let mut b = BatchBuilder::new();
+    for r in 0..records {
+        let mut value = format!("{n}-{r}-").into_bytes();
+        value.resize(value_len, b'v');
+        b.append(1_700_000_000_000, None, Some(&value), &[])
+            .unwrap();
+    }
+    b.finish(stamp, &NoCompression).unwrap()
+}
+
+async fn produce(service: &AgentService, acks: Acks, batches: Vec<Bytes>) -> Vec<PartitionResult> {
+    let request = ProduceRequest {
+        acks: acks as i32,
+        timeout_ms: 10_000,
+        batches: batches
+            .into_iter()
+            .map(|batch| PartitionBatch {
+                topic: "t".into(),
+                partition: 0,
+                batch,
+            })
+            .collect(),
+    };
+    match service
+        .clone()
+        .oneshot(Request::new(RequestMessage::Produce(request)))
+        .await
+        .unwrap()
+    {
+        Response::Produce(r) => r.results,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn fetch(service: &AgentService, offset: i64) -> FetchResponse {
+    let request = FetchRequest {
+        topic: "t".into(),
+        partition: 0,
+        offset,
+        max_bytes: 1 << 20,
+        max_wait_ms: 0,
+    };
+    match service
+        .clone()
+        .oneshot(Request::new(RequestMessage::Fetch(request)))
+        .await
+        .unwrap()
+    {
+        Response::Fetch(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every record value of partition t-0, in offset order, checking offsets are contiguous.
+async fn read_all(service: &AgentService) -> Vec<Bytes> {
+    let mut values = Vec::new();
+    let mut offset = 0;
+    loop {
+        let response = fetch(service, offset).await;
+        assert_eq!(response.error_code, 0, "{}", response.error_message);
+        if response.batches.is_empty() {
+            return values;
+        }
+        for bytes in response.batches {
+            let batch = Batch::parse(bytes, &DecodeLimits::default()).unwrap();
+            for record in batch.records(&Codecs::new()).unwrap() {
+                let record = record.unwrap();
+                if record.offset >= offset {
+                    assert_eq!(record.offset, values.len() as i64);
+                    values.push(record.value.unwrap());
+                }
+            }
+            offset = batch.header().last_offset() + 1;
+        }
+    }
+}
+
+/// Defect 1: recovery applied the *new* `--max-batch-bytes` to stored batches, called the
+/// larger ones corrupt and cut the log there (seen: 60,000 acknowledged records → 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_lower_batch_limit_keeps_every_stored_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = AgentConfig::new(dir.path()).topic("t", 1);
+    config.segment_bytes = 64 << 10;
+    let agent = Agent::open(config.clone()).await.unwrap();
+    let service = agent.service();
+    for n in 0..30 {
+        let results = produce(
+            &service,
+            Acks::Durable,
+            vec![batch(n, 20, 1000, ProducerStamp::NONE)],
+        )
+        .await;
+        assert_eq!(results[0].error_code, 0, "{}", results[0].error_message);
+    }
+    agent.shutdown().await;
+    drop((agent, service));
+
+    config.max_batch_bytes = 8 << 10;
+    let agent = Agent::open(config).await.unwrap();
+    let service = agent.service();
+    assert_eq!(agent.recovery()[0].report.truncated_bytes, 0);
+    assert_eq!(agent.next_offset("t", 0), Some(600));
+    assert_eq!(read_all(&service).await.len(), 600);
+    // The lower limit applies to new traffic.
+    let results = produce(
+        &service,
+        Acks::Durable,
+        vec![batch(99, 20, 1000, ProducerStamp::NONE)],
+    )
+    .await;
+    assert_eq!(results[0].error_code, ErrorCode::BatchTooLarge as i32);
+    agent.shutdown().await;
+}
+
+/// Defect 3: nothing stopped a second agent on the same data directory; both handed out
+/// offsets 0..N and a restart kept 500 of 2,000 acknowledged records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AgentConfig::new(dir.path()).topic("t", 1);
+    let first = Agent::open(config.clone()).await.unwrap();
+    let second = Agent::open(config.clone()).await.unwrap_err();
+    assert!(matches!(second, AgentError::Locked { .. }), "{second:?}");
+    assert!(
+        second.to_string().contains("in use by another agent"),
+        "{second}"
+    );
+    // The first one goes on serving.
+    let results = produce(
+        &first.service(),
+        Acks::Durable,
+        vec![batch(0, 1, 10, ProducerStamp::NONE)],
+    )
+    .await;
+    assert_eq!(results[0].base_offset, 0);
+    // Once it has shut down, the directory is free.
+    first.shutdown().await;
+    let again = Agent::open(config).await.unwrap();
+    assert_eq!(again.next_offset("t", 0), Some(1));
+    again.shutdown().await;
+}
