@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 use streamhouse::batch::DecodeLimits;
+use streamhouse::serve::ProducerLimits;
 use streamhouse::transport::Endpoint;
 
 /// How an agent runs. `data_dir` is the only field without a default.
@@ -31,6 +32,9 @@ pub struct AgentConfig {
     pub io_threads: usize,
     /// Endpoints this agent tells clients to use, one per transport (`grpc://…`, `quic://…`).
     pub endpoints: Vec<Endpoint>,
+    /// Idempotent-producer state kept per partition. Default: 10,000 producers, forgotten only
+    /// after 15 minutes idle.
+    pub producer_limits: ProducerLimits,
 }
 
 impl AgentConfig {
@@ -48,6 +52,7 @@ impl AgentConfig {
             index_interval: 4096,
             io_threads: std::thread::available_parallelism().map_or(2, usize::from),
             endpoints: Vec::new(),
+            producer_limits: ProducerLimits::default(),
         }
     }
 

@@ -148,6 +148,7 @@ impl Agent {
             segment_bytes: config.segment_bytes,
             index_interval: config.index_interval,
             storage: Arc::new(log::storage::Disk),
+            producers: config.producer_limits,
         };
         let dir = config.data_dir.clone();
         // Recovery reads files: off the async threads.

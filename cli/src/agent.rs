@@ -66,6 +66,14 @@ pub(crate) struct Args {
     /// Refuse records larger than this many bytes.
     #[arg(long, value_name = "BYTES")]
     max_record_bytes: Option<usize>,
+    /// Idempotent producers tracked per partition (default 10000); a new one past this is
+    /// refused with PRODUCER_STATE_FULL until one has been idle for --producer-idle-expiry-secs.
+    #[arg(long, value_name = "N")]
+    max_producers_per_partition: Option<usize>,
+    /// Seconds a producer must be idle before its state may be forgotten to make room (default
+    /// 900; keep it above producers' delivery timeout).
+    #[arg(long, value_name = "SECONDS")]
+    producer_idle_expiry_secs: Option<u64>,
 }
 
 /// The agent's certificate, from files or the development directory.
@@ -124,6 +132,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(bytes) = args.max_record_bytes {
         config.max_record_bytes = bytes;
+    }
+    if let Some(n) = args.max_producers_per_partition {
+        config.producer_limits.max_producers = n;
+    }
+    if let Some(secs) = args.producer_idle_expiry_secs {
+        config.producer_limits.idle_expiry = std::time::Duration::from_secs(secs);
     }
     if let Some(addr) = args.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()

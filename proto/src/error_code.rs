@@ -22,7 +22,23 @@ impl ErrorCode {
                 | ErrorCode::Unavailable
                 | ErrorCode::Throttled
                 | ErrorCode::RequestTimedOut
+                | ErrorCode::StorageError
+                | ErrorCode::ProducerStateFull
         )
+    }
+
+    /// Whether a batch refused with this code may be in the log all the same: the agent gave
+    /// up waiting for it ([`ErrorCode::RequestTimedOut`]: it may still be appended) or wrote it
+    /// without making it durable ([`ErrorCode::StorageError`]). A client that finally fails
+    /// such a batch must report it as possibly persisted.
+    ///
+    /// ```
+    /// use streamhouse_proto::v1::ErrorCode;
+    /// assert!(ErrorCode::RequestTimedOut.may_have_been_appended());
+    /// assert!(!ErrorCode::NotLeader.may_have_been_appended());
+    /// ```
+    pub fn may_have_been_appended(self) -> bool {
+        matches!(self, ErrorCode::RequestTimedOut | ErrorCode::StorageError)
     }
 
     /// Whether the client should refresh its metadata before retrying.
@@ -54,7 +70,7 @@ mod tests {
 
     #[test]
     fn only_transient_codes_are_retriable() {
-        let retriable: Vec<_> = (0..=20)
+        let retriable: Vec<_> = (0..=22)
             .map(ErrorCode::from_wire)
             .filter(|c| c.is_retriable())
             .collect();
@@ -65,7 +81,9 @@ mod tests {
                 ErrorCode::NotLeader,
                 ErrorCode::Unavailable,
                 ErrorCode::Throttled,
-                ErrorCode::RequestTimedOut
+                ErrorCode::RequestTimedOut,
+                ErrorCode::StorageError,
+                ErrorCode::ProducerStateFull,
             ]
         );
     }

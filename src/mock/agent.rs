@@ -4,7 +4,9 @@ use super::MockTransport;
 use crate::batch::{Batch, DecodeLimits, Record, set_base_offset};
 use crate::codec::Codecs;
 use crate::discovery::{PartitionLeader, StaticDiscovery, TopicMetadata};
-use crate::serve::{Admission, PartitionState, Rejection, validate_batch, validate_topic_name};
+use crate::serve::{
+    Admission, PartitionState, ProducerLimits, Rejection, validate_batch, validate_topic_name,
+};
 use crate::transport::{AgentService, Endpoint, Request, RequestMessage, Response, TransportError};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +30,7 @@ struct Shared {
     endpoint: Endpoint,
     codecs: Codecs,
     limits: DecodeLimits,
+    producer_limits: ProducerLimits,
     /// One lock over all logs: appends are short and a test agent needs no more.
     topics: Mutex<HashMap<String, Vec<MockPartition>>>,
     stalled: AtomicBool,
@@ -105,6 +108,7 @@ impl MockAgent {
                 endpoint: Endpoint::mock(id),
                 codecs: Codecs::new(),
                 limits: DecodeLimits::default(),
+                producer_limits: ProducerLimits::default(),
                 topics: Mutex::new(HashMap::new()),
                 stalled: AtomicBool::new(false),
                 fail_next: Mutex::new(VecDeque::new()),
@@ -124,6 +128,13 @@ impl MockAgent {
     #[must_use]
     pub fn with_limits(self, limits: DecodeLimits) -> MockAgent {
         self.rebuild(|shared| shared.limits = limits)
+    }
+
+    /// Keeps idempotent-producer state within `limits` (see [`ProducerLimits`]), as the
+    /// reference agent's `producer_limits` does. Call before creating topics.
+    #[must_use]
+    pub fn with_producer_limits(self, limits: ProducerLimits) -> MockAgent {
+        self.rebuild(|shared| shared.producer_limits = limits)
     }
 
     fn rebuild(self, change: impl FnOnce(&mut Shared)) -> MockAgent {
@@ -148,10 +159,14 @@ impl MockAgent {
 
     /// Creates a topic with `partitions` partitions (at least 1); existing topics keep theirs.
     pub fn create_topic(&self, name: &str, partitions: u32) {
+        let limits = self.inner.producer_limits;
         let mut topics = self.topics();
         topics.entry(name.to_owned()).or_insert_with(|| {
             (0..partitions.max(1))
-                .map(|_| MockPartition::default())
+                .map(|_| MockPartition {
+                    state: PartitionState::with_limits(0, limits),
+                    ..MockPartition::default()
+                })
                 .collect()
         });
     }
@@ -250,7 +265,7 @@ impl MockAgent {
             for log in partitions.iter_mut() {
                 lost += (log.batches.len() - log.synced) as u64;
                 log.batches.truncate(log.synced);
-                let mut state = PartitionState::new(0);
+                let mut state = PartitionState::with_limits(0, self.inner.producer_limits);
                 for (base, bytes) in &log.batches {
                     if let Ok(batch) = Batch::parse(bytes.clone(), &self.inner.limits) {
                         // Stored unstamped: the offset the batch was given is kept beside it.
@@ -371,7 +386,15 @@ impl MockAgent {
                         )
                     })?;
                     let header = *batch.header();
-                    let admitted = log.state.admit(&header);
+                    // The clock of the test (paused or simulated time moves it).
+                    let now = tokio::time::Instant::now().into_std();
+                    let admitted = log.state.admit_at(&header, now);
+                    if acks_none && admitted.is_err() {
+                        // As the reference agent: with acks=none the answer does not wait for
+                        // the log, so a refusal there is never seen by the producer.
+                        self.inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        return Ok((ErrorCode::None, -1));
+                    }
                     if durable {
                         // Group commit: this answer waits for the partition's fsync, which
                         // covers every batch appended before it (a duplicate's first copy too).
@@ -384,7 +407,7 @@ impl MockAgent {
                             Ok((ErrorCode::DuplicateSequence, base_offset))
                         }
                         Admission::Append => {
-                            let base_offset = log.state.append(&header);
+                            let base_offset = log.state.append_at(&header, now);
                             log.batches.push((base_offset, batch.into_bytes()));
                             let stats = &self.inner.stats;
                             stats.batches_appended.fetch_add(1, Ordering::Relaxed);

@@ -45,6 +45,8 @@ pub struct ProducerBuilder {
     layers: Vec<LayerFn>,
     producer_id: Option<i64>,
     seed: Option<u64>,
+    /// [`idempotence`](Self::idempotence) was called (not just the default).
+    idempotence_set: bool,
 }
 
 impl ProducerBuilder {
@@ -61,6 +63,7 @@ impl ProducerBuilder {
             layers: Vec::new(),
             producer_id: None,
             seed: None,
+            idempotence_set: false,
         }
     }
 
@@ -134,6 +137,7 @@ impl ProducerBuilder {
     /// See [`ProducerConfig::idempotence`].
     pub fn idempotence(mut self, on: bool) -> ProducerBuilder {
         self.config.idempotence = on;
+        self.idempotence_set = true;
         self
     }
 
@@ -191,7 +195,16 @@ impl ProducerBuilder {
     }
 
     /// Checks the options and starts the sender task on the current tokio runtime.
-    pub fn build(self) -> Result<Producer, ConfigError> {
+    pub fn build(mut self) -> Result<Producer, ConfigError> {
+        if self.config.acks == Acks::None && self.config.idempotence {
+            // An acks=none answer does not wait for the log, so the agent's sequence checks are
+            // never heard: a gap would silently drop every later batch. Kafka's rule: off by
+            // default with acks=0, an error when asked for.
+            if self.idempotence_set {
+                return Err(ConfigError::IdempotenceWithoutAcks);
+            }
+            self.config.idempotence = false;
+        }
         self.config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let rng = match self.seed {

@@ -55,7 +55,10 @@ pub struct ProducerConfig {
     /// Largest produce request in bytes. Default 1 MiB.
     pub max_request_size: usize,
     /// Producer id, epoch and sequence numbers so that retries never duplicate or reorder.
-    /// Default on.
+    /// Default on, except with [`Acks::None`], which turns it off (an acks=none answer never
+    /// reports the agent's sequence checks); asking for both with
+    /// [`ProducerBuilder::idempotence`](super::ProducerBuilder::idempotence) is a
+    /// [`ConfigError::IdempotenceWithoutAcks`](super::ConfigError::IdempotenceWithoutAcks).
     pub idempotence: bool,
     /// Topic metadata is asked again this often even without a "not leader" answer (Kafka's
     /// `metadata.max.age.ms`). Default 5 min.

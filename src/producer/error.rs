@@ -57,13 +57,17 @@ pub enum ProduceError {
     /// The topic could not be looked up.
     #[error("metadata lookup failed")]
     Discovery(#[from] DiscoveryError),
-    /// The agent refused the batch with a non-retriable code; nothing was appended.
-    #[error("agent refused the batch: {code:?}: {message}")]
+    /// The agent refused the batch with a non-retriable code. That attempt appended nothing;
+    /// `persistence` says whether an earlier attempt of the same batch may have (it went
+    /// unanswered, or the agent lost track of the producer since).
+    #[error("agent refused the batch: {code:?}: {message} ({persistence:?})")]
     Rejected {
         /// The agent's code.
         code: ErrorCode,
         /// The agent's message.
         message: String,
+        /// Whether it may be in the log anyway.
+        persistence: Persistence,
     },
     /// The batch could not be encoded (compression failure).
     #[error("batch could not be encoded")]
@@ -105,6 +109,7 @@ impl ProduceError {
     pub fn persistence(&self) -> Persistence {
         match self {
             ProduceError::DeliveryTimeout { persistence, .. }
+            | ProduceError::Rejected { persistence, .. }
             | ProduceError::Transport { persistence, .. }
             | ProduceError::Closed { persistence } => *persistence,
             _ => Persistence::NotPersisted,
@@ -151,6 +156,10 @@ pub enum ConfigError {
     /// may be unacknowledged.
     #[error("max_in_flight {0} exceeds 5, the most idempotence allows")]
     TooManyInFlightForIdempotence(usize),
+    /// Idempotence was asked for with [`Acks::None`](super::Acks::None): the agent answers such
+    /// requests before it checks sequences, so the producer could never learn of a refusal.
+    #[error("idempotence needs acks=leader or acks=durable (acks=none never reports refusals)")]
+    IdempotenceWithoutAcks,
     /// Retry backoff bounds in the wrong order.
     #[error("retry_backoff ({min:?}) must not exceed retry_backoff_max ({max:?})")]
     BackoffOrder {

@@ -82,7 +82,8 @@ enum Conn {
 
 struct InFlight {
     endpoint: Endpoint,
-    batches: Vec<(u64, Arc<Completion>, TopicPartition)>,
+    /// Batch id, completion, partition and record count of each batch.
+    batches: Vec<(u64, Arc<Completion>, TopicPartition, u32)>,
 }
 
 enum Event {
@@ -215,25 +216,35 @@ impl Sender {
         ready.sort_by_key(|r| r.since);
         let mut routes: FxHashMap<Endpoint, Vec<Ready>> = FxHashMap::default();
         let mut missing = FxHashSet::default();
+        let mut gone = Vec::new();
         {
-            let state = self.inner.lock();
+            let mut state = self.inner.lock();
             for ready in ready {
                 let (topic, partition) = (ready.topic.clone(), ready.partition);
-                match state
-                    .metadata
-                    .get(&topic)
-                    .and_then(|t| t.metadata.leader(partition))
+                let metadata = state.metadata.get(&topic).map(|t| t.metadata.clone());
+                match metadata
+                    .as_ref()
+                    .map(|m| (m.partition_count(), m.leader(partition)))
                 {
-                    Some(leader) => routes
+                    Some((_, Some(leader))) => routes
                         .entry(leader.endpoint.clone())
                         .or_default()
                         .push(ready),
-                    None => {
+                    Some((count, None)) if partition >= count.get() => {
+                        // The topic shrank below this partition: no refresh will bring it back.
+                        let error = ProduceError::UnknownPartition {
+                            partition,
+                            partitions: count.get(),
+                        };
+                        gone.extend(state.acc.fail_partition(&topic, partition, &error));
+                    }
+                    _ => {
                         missing.insert(topic);
                     }
                 }
             }
         }
+        self.settle_failures(gone);
         for topic in missing {
             self.refresh(topic, now);
         }
@@ -434,7 +445,8 @@ impl Sender {
         let mut outcomes = Vec::new();
         {
             let mut state = self.inner.lock();
-            for (batch_id, completion, (topic, partition)) in lost.batches {
+            for (batch_id, completion, (topic, partition), records) in lost.batches {
+                Counters::add(&self.inner.counters.records_failed, u64::from(records));
                 state.acc.complete(batch_id);
                 state.acc.unmute(&topic, partition);
                 outcomes.push((
@@ -464,7 +476,8 @@ impl Sender {
                 outcomes.push((failure.completion, Outcome::Failed(failure.error)));
             }
             for (_, in_flight) in self.requests.drain() {
-                for (batch_id, completion, _) in in_flight.batches {
+                for (batch_id, completion, _, records) in in_flight.batches {
+                    Counters::add(&self.inner.counters.records_failed, u64::from(records));
                     state.acc.complete(batch_id);
                     outcomes.push((
                         completion,
@@ -551,7 +564,10 @@ fn spawn_request(
         .unwrap_or_else(|| Instant::now() + config.delivery_timeout);
     let refs = batches
         .iter()
-        .map(|b| (b.id, b.completion.clone(), (b.topic.clone(), b.partition)))
+        .map(|b| {
+            let key = (b.topic.clone(), b.partition);
+            (b.id, b.completion.clone(), key, b.record_count)
+        })
         .collect();
     let request = ProduceRequest {
         acks: config.acks.to_wire() as i32,
@@ -740,11 +756,7 @@ impl<'a> Settlement<'a> {
     fn retry(&mut self, batch: QueuedBatch, backoff: bool) {
         let timeout = self.inner.config.delivery_timeout;
         if Instant::from_std(batch.created + timeout) <= self.now {
-            let persistence = if batch.maybe_applied {
-                Persistence::PossiblyPersisted
-            } else {
-                Persistence::NotPersisted
-            };
+            let persistence = batch.persistence();
             return self.fail(
                 batch,
                 ProduceError::DeliveryTimeout {
@@ -766,10 +778,31 @@ impl<'a> Settlement<'a> {
         }
     }
 
-    fn answer(&mut self, batch: QueuedBatch, code: i32, base_offset: i64, message: String) {
+    fn answer(&mut self, mut batch: QueuedBatch, code: i32, base_offset: i64, message: String) {
         let key = Self::key(&batch);
-        match ErrorCode::from_wire(code) {
+        let code = ErrorCode::from_wire(code);
+        if code.may_have_been_appended() {
+            // The agent gave up on it or could not make it durable: it may be in the log.
+            batch.maybe_applied = true;
+        }
+        match code {
             ErrorCode::None | ErrorCode::DuplicateSequence => self.succeed(batch, base_offset),
+            ErrorCode::UnknownProducerId if batch.maybe_applied => {
+                // An earlier attempt may have been appended and the agent has since lost this
+                // producer's state: sent again under a new epoch it could be appended twice.
+                if !self.behind_failure.contains(&key) {
+                    self.reset.insert(key);
+                }
+                let persistence = batch.persistence();
+                self.fail(
+                    batch,
+                    ProduceError::Rejected {
+                        code,
+                        message,
+                        persistence,
+                    },
+                );
+            }
             ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId => {
                 // First unsettled batch of its partition: the agent lost or never had the
                 // batches before it, so start a new epoch. Behind an earlier failure it only
@@ -785,7 +818,17 @@ impl<'a> Settlement<'a> {
                 }
                 self.retry(batch, true);
             }
-            code => self.fail(batch, ProduceError::Rejected { code, message }),
+            code => {
+                let persistence = batch.persistence();
+                self.fail(
+                    batch,
+                    ProduceError::Rejected {
+                        code,
+                        message,
+                        persistence,
+                    },
+                );
+            }
         }
     }
 
@@ -828,13 +871,20 @@ impl<'a> Settlement<'a> {
             });
             state.acc.requeue(batches, retry_at, self.now.into_std());
         }
+        let mut outcomes = self.outcomes;
         for (topic, partition) in &self.reset {
-            state.acc.reset_sequence(topic, *partition);
+            for failure in state.acc.reset_sequence(topic, *partition) {
+                Counters::add(
+                    &self.inner.counters.records_failed,
+                    u64::from(failure.records),
+                );
+                outcomes.push((failure.completion, Outcome::Failed(failure.error)));
+            }
         }
         for (topic, partition) in &self.partitions {
             state.acc.unmute(topic, *partition);
         }
-        (self.outcomes, self.stale_topics)
+        (outcomes, self.stale_topics)
     }
 }
 

@@ -16,7 +16,7 @@
 mod partition;
 mod validate;
 
-pub use partition::{Admission, DEDUP_WINDOW, PartitionState};
+pub use partition::{Admission, DEDUP_WINDOW, PartitionState, ProducerLimits};
 pub use validate::{MAX_TOPIC_NAME_LEN, validate_batch, validate_topic_name};
 
 use crate::batch::BatchError;

@@ -3,14 +3,47 @@
 use super::Rejection;
 use crate::batch::{BatchHeader, sequence_add};
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 use streamhouse_proto::v1::ErrorCode;
 
 /// Batches remembered per producer and partition to answer retried duplicates with their
 /// original offset (Kafka keeps 5, which is why a producer keeps at most 5 batches unacked).
 pub const DEDUP_WINDOW: usize = 5;
 
-/// Producers remembered per partition before the least recently active is forgotten.
-const MAX_PRODUCERS: usize = 4096;
+/// Bounds on the idempotent-producer state one partition keeps.
+///
+/// State is never forgotten under pressure: a producer is only forgotten once it has been
+/// idle for `idle_expiry`, and a new producer arriving when `max_producers` are tracked and none
+/// is that idle is refused with [`ErrorCode::ProducerStateFull`] (retriable later). Forgetting an
+/// active producer would let its retry be appended a second time.
+///
+/// `idle_expiry` must exceed the longest time a producer keeps retrying a batch (its delivery
+/// timeout, 120 s by default), so no retry can reach a partition that forgot it.
+///
+/// ```
+/// use std::time::Duration;
+/// use streamhouse::serve::{PartitionState, ProducerLimits};
+/// let limits = ProducerLimits { max_producers: 100, idle_expiry: Duration::from_secs(60) };
+/// let state = PartitionState::with_limits(0, limits);
+/// assert_eq!(state.producer_count(), 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerLimits {
+    /// Most producer ids tracked per partition. Default 10,000 (about 2 MB of state).
+    pub max_producers: usize,
+    /// How long a producer must have sent nothing before it may be forgotten to make room.
+    /// Default 15 minutes.
+    pub idle_expiry: Duration,
+}
+
+impl Default for ProducerLimits {
+    fn default() -> ProducerLimits {
+        ProducerLimits {
+            max_producers: 10_000,
+            idle_expiry: Duration::from_secs(15 * 60),
+        }
+    }
+}
 
 /// What to do with a batch that passed validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,16 +69,18 @@ struct Remembered {
 struct ProducerWindow {
     epoch: i16,
     recent: VecDeque<Remembered>,
-    last_offset: i64,
+    /// When its last batch was appended (or the state was restored).
+    last_active: Instant,
 }
 
 /// The next offset of a partition and, per idempotent producer, its epoch and last
-/// [`DEDUP_WINDOW`] batches.
+/// [`DEDUP_WINDOW`] batches, within [`ProducerLimits`].
 ///
 /// Rules (Kafka KIP-98, with per-partition epochs):
 /// - no producer id (-1): always appended;
-/// - unknown producer: sequence 0 is appended, anything else is
-///   [`ErrorCode::UnknownProducerId`] (the producer restarts its sequence);
+/// - unknown producer: sequence 0 is appended (or refused with [`ErrorCode::ProducerStateFull`]
+///   when the partition tracks as many producers as its limits allow, none idle), anything else
+///   is [`ErrorCode::UnknownProducerId`];
 /// - an epoch older than the one seen: [`ErrorCode::InvalidProducerEpoch`];
 /// - a newer epoch: must start at sequence 0, and fences the older one;
 /// - same epoch: an exact repeat of a remembered batch is a [`Admission::Duplicate`] with its
@@ -70,15 +105,27 @@ struct ProducerWindow {
 pub struct PartitionState {
     next_offset: i64,
     producers: HashMap<i64, ProducerWindow>,
+    limits: ProducerLimits,
 }
 
 impl PartitionState {
-    /// A partition whose next record gets `next_offset`.
+    /// A partition whose next record gets `next_offset`, with the default [`ProducerLimits`].
     pub fn new(next_offset: i64) -> PartitionState {
+        PartitionState::with_limits(next_offset, ProducerLimits::default())
+    }
+
+    /// A partition whose next record gets `next_offset`, keeping producer state within `limits`.
+    pub fn with_limits(next_offset: i64, limits: ProducerLimits) -> PartitionState {
         PartitionState {
             next_offset,
             producers: HashMap::new(),
+            limits,
         }
+    }
+
+    /// Producer ids tracked.
+    pub fn producer_count(&self) -> usize {
+        self.producers.len()
     }
 
     /// The offset the next appended record gets (the log end offset).
@@ -88,20 +135,34 @@ impl PartitionState {
 
     /// Decides about a validated batch without changing anything.
     pub fn admit(&self, header: &BatchHeader) -> Result<Admission, Rejection> {
+        self.admit_at(header, Instant::now())
+    }
+
+    /// [`admit`](Self::admit) at a given instant (idle expiry is judged against it).
+    pub fn admit_at(&self, header: &BatchHeader, now: Instant) -> Result<Admission, Rejection> {
         let p = header.producer;
         if p.producer_id < 0 {
             return Ok(Admission::Append);
         }
         let last_sequence = last_sequence(header);
         let Some(window) = self.producers.get(&p.producer_id) else {
-            return if p.base_sequence == 0 {
-                Ok(Admission::Append)
-            } else {
+            return if p.base_sequence != 0 {
                 Err(Rejection::new(
                     ErrorCode::UnknownProducerId,
                     format!(
                         "no state for producer {} (sequence {} is not a start)",
                         p.producer_id, p.base_sequence
+                    ),
+                ))
+            } else if self.has_room(now) {
+                Ok(Admission::Append)
+            } else {
+                Err(Rejection::new(
+                    ErrorCode::ProducerStateFull,
+                    format!(
+                        "the partition tracks {} producers, none idle for {:?}; retry later",
+                        self.producers.len(),
+                        self.limits.idle_expiry
                     ),
                 ))
             };
@@ -150,25 +211,36 @@ impl PartitionState {
     /// Assigns the batch its base offset and remembers its sequence. Call only after
     /// [`admit`](Self::admit) answered [`Admission::Append`] and the batch was stored.
     pub fn append(&mut self, header: &BatchHeader) -> i64 {
+        self.append_at(header, Instant::now())
+    }
+
+    /// [`append`](Self::append) at a given instant (the producer's last activity).
+    pub fn append_at(&mut self, header: &BatchHeader, now: Instant) -> i64 {
         let base_offset = self.next_offset;
-        self.remember(header, base_offset);
+        self.remember(header, base_offset, now);
         self.next_offset = base_offset + i64::from(header.record_count);
         base_offset
     }
 
     /// Replays a batch read back from the log on recovery (its base offset is in the header).
+    /// Restored producers count as active now, and are kept even past `max_producers`: what
+    /// the log holds is never forgotten by a restart.
     pub fn restore(&mut self, header: &BatchHeader) {
-        self.remember(header, header.base_offset);
+        self.remember(header, header.base_offset, Instant::now());
         self.next_offset = self.next_offset.max(header.last_offset() + 1);
     }
 
-    fn remember(&mut self, header: &BatchHeader, base_offset: i64) {
+    fn remember(&mut self, header: &BatchHeader, base_offset: i64, now: Instant) {
         let p = header.producer;
         if p.producer_id < 0 {
             return;
         }
-        if !self.producers.contains_key(&p.producer_id) && self.producers.len() >= MAX_PRODUCERS {
-            self.forget_least_recent();
+        if !self.producers.contains_key(&p.producer_id)
+            && self.producers.len() >= self.limits.max_producers
+        {
+            // Only an idle producer makes room (admit checked there is one); with none, the
+            // bound is exceeded rather than an active producer's state lost.
+            self.forget_idle(now);
         }
         let window = self
             .producers
@@ -176,7 +248,7 @@ impl PartitionState {
             .or_insert_with(|| ProducerWindow {
                 epoch: p.producer_epoch,
                 recent: VecDeque::with_capacity(DEDUP_WINDOW),
-                last_offset: base_offset,
+                last_active: now,
             });
         if p.producer_epoch != window.epoch {
             window.epoch = p.producer_epoch;
@@ -190,17 +262,29 @@ impl PartitionState {
             last_sequence: last_sequence(header),
             base_offset,
         });
-        window.last_offset = header.last_offset().max(base_offset);
+        window.last_active = window.last_active.max(now);
     }
 
-    fn forget_least_recent(&mut self) {
-        if let Some(oldest) = self
+    fn is_idle(&self, window: &ProducerWindow, now: Instant) -> bool {
+        now.saturating_duration_since(window.last_active) >= self.limits.idle_expiry
+    }
+
+    /// Whether a new producer can be tracked: below the bound, or someone is idle.
+    fn has_room(&self, now: Instant) -> bool {
+        self.producers.len() < self.limits.max_producers
+            || self.producers.values().any(|w| self.is_idle(w, now))
+    }
+
+    /// Forgets the longest-idle producer, if it has been idle for `idle_expiry`.
+    fn forget_idle(&mut self, now: Instant) {
+        let idlest = self
             .producers
             .iter()
-            .min_by_key(|(_, w)| w.last_offset)
-            .map(|(id, _)| *id)
-        {
-            self.producers.remove(&oldest);
+            .min_by_key(|(_, w)| w.last_active)
+            .filter(|(_, w)| self.is_idle(w, now))
+            .map(|(id, _)| *id);
+        if let Some(id) = idlest {
+            self.producers.remove(&id);
         }
     }
 }
@@ -229,6 +313,7 @@ mod tests {
     use super::*;
     use crate::batch::{Batch, BatchBuilder, DecodeLimits, ProducerStamp};
     use crate::codec::NoCompression;
+    use std::time::Duration;
 
     fn header(pid: i64, epoch: i16, seq: i32, records: usize) -> BatchHeader {
         let mut b = BatchBuilder::new();
@@ -335,6 +420,52 @@ mod tests {
         assert_eq!(
             code(s.admit(&header(1, 0, 1, 2))),
             ErrorCode::OutOfOrderSequence
+        );
+    }
+
+    /// Issue 11, defect 5: past 4,096 producers the least recent one was forgotten, and its
+    /// retries were appended a second time. Now an active producer is never forgotten: a new
+    /// one is refused until someone has been idle for the expiry.
+    #[test]
+    fn producer_state_is_never_forgotten_under_pressure() {
+        let limits = ProducerLimits {
+            max_producers: 100,
+            idle_expiry: Duration::from_secs(60),
+        };
+        let t0 = Instant::now();
+        let mut s = PartitionState::with_limits(0, limits);
+        let a = [header(1, 0, 0, 2), header(1, 0, 2, 3)];
+        for h in &a {
+            s.append_at(h, t0);
+        }
+        for pid in 2..101 {
+            let h = header(pid, 0, 0, 1);
+            assert_eq!(s.admit_at(&h, t0), Ok(Admission::Append));
+            s.append_at(&h, t0);
+        }
+        // Full, nobody idle: producer 101 waits, and producer 1's retries are still duplicates.
+        let late = header(101, 0, 0, 1);
+        let refused = s.admit_at(&late, t0 + Duration::from_secs(59)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::ProducerStateFull);
+        assert!(refused.code.is_retriable());
+        assert_eq!(
+            s.admit_at(&a[0], t0),
+            Ok(Admission::Duplicate { base_offset: 0 })
+        );
+        assert_eq!(
+            s.admit_at(&a[1], t0),
+            Ok(Admission::Duplicate { base_offset: 2 })
+        );
+        // Producer 1 stays active; the others go idle; the expiry makes room for 101.
+        let t1 = t0 + Duration::from_secs(61);
+        let kept = s.append_at(&header(1, 0, 5, 1), t1 - Duration::from_secs(30));
+        assert_eq!(s.admit_at(&late, t1), Ok(Admission::Append));
+        s.append_at(&late, t1);
+        assert_eq!(s.producer_count(), 100);
+        assert_eq!(
+            s.admit_at(&header(1, 0, 5, 1), t1),
+            Ok(Admission::Duplicate { base_offset: kept }),
+            "the active producer was kept, an idle one forgotten"
         );
     }
 

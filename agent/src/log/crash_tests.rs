@@ -23,6 +23,7 @@ fn config(fs: &SimFs) -> LogConfig {
         segment_bytes: 2_000,
         index_interval: 256,
         storage: Arc::new(fs.clone()),
+        producers: ProducerLimits::default(),
     }
 }
 

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use storage::StorageFile;
 use streamhouse::batch::{Batch, BatchHeader, HEADER_LEN};
-use streamhouse::serve::{Admission, PartitionState, Rejection};
+use streamhouse::serve::{Admission, PartitionState, ProducerLimits, Rejection};
 use streamhouse_proto::v1::ErrorCode;
 
 /// Settings of every partition log.
@@ -43,12 +43,14 @@ pub(crate) struct LogConfig {
     pub(crate) index_interval: u64,
     /// Where the files are.
     pub(crate) storage: Arc<dyn storage::Storage>,
+    /// Idempotent-producer state kept per partition.
+    pub(crate) producers: ProducerLimits,
 }
 
 impl LogConfig {
     /// The idempotence state of a partition whose next offset is `next_offset`.
     pub(crate) fn new_state(&self, next_offset: i64) -> PartitionState {
-        PartitionState::new(next_offset)
+        PartitionState::with_limits(next_offset, self.producers)
     }
 }
 
@@ -234,10 +236,12 @@ impl PartitionLog {
         let reason = format!("write to {} failed: {error}", self.dir.display());
         tracing::error!(%reason, "partition log offline");
         let rejection = offline(&reason);
+        // Batches of this call already handed to a write may be in the file in part or whole.
+        let unsure = Rejection::new(ErrorCode::StorageError, rejection.message.clone());
         inner.offline = Some(reason);
         for result in &mut results {
             if let Ok(Appended::New { .. }) = result {
-                *result = Err(rejection.clone());
+                *result = Err(unsure.clone());
             }
         }
         results.resize(total, Err(rejection));
@@ -260,11 +264,15 @@ impl PartitionLog {
             inner.unsynced = false;
             (file, std::mem::take(&mut inner.dir_unsynced))
         };
+        // Written but not known to be durable: the batches may or may not survive.
         let fail = |what: &str, e: io::Error| {
             let reason = format!("fsync of {what} {} failed: {e}", self.dir.display());
             tracing::error!(%reason, "partition log offline");
             self.lock().offline = Some(reason.clone());
-            offline(&reason)
+            Rejection::new(
+                ErrorCode::StorageError,
+                format!("partition offline: {reason}"),
+            )
         };
         // Outside the lock: appends of the next round and fetches go on meanwhile.
         if let Some(file) = file {

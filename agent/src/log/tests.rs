@@ -10,6 +10,7 @@ fn config(segment_bytes: u64) -> LogConfig {
         segment_bytes,
         index_interval: 256,
         storage: Arc::new(storage::Disk),
+        producers: ProducerLimits::default(),
     }
 }
 

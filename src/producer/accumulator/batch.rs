@@ -1,5 +1,6 @@
 //! A batch on its way: open, sealed and queued, in flight, or queued again for a retry.
 
+use super::super::Persistence;
 use super::super::delivery::Completion;
 use crate::batch::{BatchBuilder, ProducerStamp};
 use bytes::Bytes;
@@ -48,6 +49,17 @@ pub(crate) struct QueuedBatch {
     pub(crate) maybe_applied: bool,
     /// Not to be sent before this instant (retry backoff).
     pub(crate) retry_at: Option<Instant>,
+}
+
+impl QueuedBatch {
+    /// Whether the batch may be in the log should it fail now: the one place that says so.
+    pub(crate) fn persistence(&self) -> Persistence {
+        if self.maybe_applied {
+            Persistence::PossiblyPersisted
+        } else {
+            Persistence::NotPersisted
+        }
+    }
 }
 
 /// The batch a partition is appending to.

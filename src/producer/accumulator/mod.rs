@@ -30,11 +30,12 @@ use crate::batch::{
 use crate::partitioner::Partitioner;
 use crate::serve::DEDUP_WINDOW;
 use batch::OpenBatch;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use streamhouse_proto::v1::ErrorCode;
 
 /// The options the accumulator needs.
 #[derive(Debug, Clone)]
@@ -102,6 +103,8 @@ struct PartitionQueue {
     muted: bool,
     next_sequence: i32,
     epoch: i16,
+    /// Replaces the producer's id for this partition once its epochs ran out.
+    producer_id: Option<i64>,
 }
 
 /// A topic's index in the accumulator: the per-record path finds its queues without hashing.
@@ -367,11 +370,7 @@ impl Accumulator {
                 queue.sealed.retain(|b| {
                     let expired = b.created + timeout <= now;
                     if expired {
-                        let persistence = if b.maybe_applied {
-                            Persistence::PossiblyPersisted
-                        } else {
-                            Persistence::NotPersisted
-                        };
+                        let persistence = b.persistence();
                         failures.push((
                             b.id,
                             Failure {
@@ -462,9 +461,10 @@ impl Accumulator {
         max_bytes: usize,
         now: Instant,
     ) -> Vec<QueuedBatch> {
-        let producer_id = self.config.producer_id;
+        let base_id = self.config.producer_id;
         let topic = self.topic_id(topic);
         let queue = self.queue(topic, partition);
+        let producer_id = base_id.map(|id| queue.producer_id.unwrap_or(id));
         let mut drained = Vec::new();
         let mut bytes = 0;
         if queue.muted {
@@ -522,14 +522,27 @@ impl Accumulator {
     /// already carry a sequence are restamped in order. Used when the agent reports a gap
     /// before the partition's first unsettled batch (a batch before it failed for good, or the
     /// agent lost its state), which it would otherwise refuse forever.
-    pub(crate) fn reset_sequence(&mut self, topic: &str, partition: u32) {
-        let Some(producer_id) = self.config.producer_id else {
-            return;
+    ///
+    /// After 32,767 resets the epoch cannot grow: the partition then goes on under a new
+    /// producer id (derived from the old one, 63 bits like a drawn one) at epoch 0. Returns the
+    /// batches that could not be restamped (never expected: an encoded batch always has a
+    /// header), failed rather than sent with a stale stamp.
+    pub(crate) fn reset_sequence(&mut self, topic: &str, partition: u32) -> Vec<Failure> {
+        let Some(base_id) = self.config.producer_id else {
+            return Vec::new();
         };
         let topic = self.topic_id(topic);
         let queue = self.queue(topic, partition);
-        queue.epoch = queue.epoch.saturating_add(1);
+        if queue.epoch == i16::MAX {
+            let old = queue.producer_id.unwrap_or(base_id);
+            queue.producer_id = Some(next_producer_id(old, partition));
+            queue.epoch = 0;
+        } else {
+            queue.epoch += 1;
+        }
+        let producer_id = queue.producer_id.unwrap_or(base_id);
         queue.next_sequence = 0;
+        let mut unstampable = Vec::new();
         for batch in queue.sealed.iter_mut().filter(|b| b.stamp.is_some()) {
             let stamp = ProducerStamp {
                 producer_id,
@@ -538,13 +551,35 @@ impl Accumulator {
             };
             queue.next_sequence = sequence_add(queue.next_sequence, batch.record_count);
             batch.stamp = Some(stamp);
-            if let Payload::Encoded(bytes) = &batch.payload {
-                let mut copy = bytes.to_vec();
-                if set_producer_stamp(&mut copy, stamp).is_ok() {
-                    batch.payload = Payload::Encoded(Bytes::from(copy));
+            if !matches!(batch.payload, Payload::Encoded(_)) {
+                continue;
+            }
+            if let Payload::Encoded(bytes) = std::mem::replace(&mut batch.payload, Payload::Taken) {
+                // In place when the request that carried it is gone (the usual case); else a
+                // copy that replaces the shared bytes (the reservation covers one of them).
+                let mut owned = bytes
+                    .try_into_mut()
+                    .unwrap_or_else(|b| BytesMut::from(&b[..]));
+                match set_producer_stamp(&mut owned, stamp) {
+                    Ok(()) => batch.payload = Payload::Encoded(owned.freeze()),
+                    Err(e) => unstampable.push((batch.id, e)),
                 }
             }
         }
+        let mut failed = Vec::new();
+        for (id, error) in unstampable {
+            let queue = self.queue(topic, partition);
+            if let Some(at) = queue.sealed.iter().position(|b| b.id == id) {
+                let batch = queue.sealed.remove(at).expect("position is in range");
+                self.complete(id);
+                failed.push(Failure {
+                    completion: batch.completion,
+                    error: ProduceError::Encoding(Arc::new(error)),
+                    records: batch.record_count,
+                });
+            }
+        }
+        failed
     }
 
     /// A builder for a new batch of `reserve` bytes (already counted in `used`): in a pooled
@@ -585,6 +620,47 @@ impl Accumulator {
         }
     }
 
+    /// Fails every batch of a partition that is not in flight, with `error` (the partition no
+    /// longer exists); one that may have been appended by an earlier attempt says so.
+    pub(crate) fn fail_partition(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        error: &ProduceError,
+    ) -> Vec<Failure> {
+        let id = self.topic_id(topic);
+        let queue = self.queue(id, partition);
+        let mut failed = Vec::new();
+        if let Some(open) = queue.open.take() {
+            let records = open.builder.record_count();
+            failed.push((open.id, open.completion, false, records));
+        }
+        for b in queue.sealed.drain(..) {
+            failed.push((b.id, b.completion, b.maybe_applied, b.record_count));
+        }
+        failed
+            .into_iter()
+            .map(|(id, completion, maybe_applied, records)| {
+                self.complete(id);
+                let error = if maybe_applied {
+                    // Sent before the topic shrank, and maybe appended then.
+                    ProduceError::Rejected {
+                        code: ErrorCode::UnknownPartition,
+                        message: error.to_string(),
+                        persistence: Persistence::PossiblyPersisted,
+                    }
+                } else {
+                    error.clone()
+                };
+                Failure {
+                    completion,
+                    error,
+                    records,
+                }
+            })
+            .collect()
+    }
+
     /// Fails every batch not in flight (for `close`). In-flight batches are the sender's.
     pub(crate) fn abort(&mut self) -> Vec<Failure> {
         let mut failed = Vec::new();
@@ -595,11 +671,7 @@ impl Accumulator {
                     failed.push((open.id, open.completion, Persistence::NotPersisted, records));
                 }
                 for b in queue.sealed.drain(..) {
-                    let persistence = if b.maybe_applied {
-                        Persistence::PossiblyPersisted
-                    } else {
-                        Persistence::NotPersisted
-                    };
+                    let persistence = b.persistence();
                     failed.push((b.id, b.completion, persistence, b.record_count));
                 }
             }
@@ -616,4 +688,12 @@ impl Accumulator {
             })
             .collect()
     }
+}
+
+/// A fresh producer id for a partition whose epochs ran out: splitmix64 of the old one, 63 bits.
+fn next_producer_id(old: i64, partition: u32) -> i64 {
+    let mut z = (old as u64) ^ (u64::from(partition) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
 }

@@ -266,6 +266,81 @@ fn reset_sequence_restamps_queued_batches_in_a_new_epoch() {
     assert!(headers.iter().all(|h| h.producer.producer_id == 77));
 }
 
+/// Issue 11, defect 8: the epoch saturated at `i16::MAX`, so every later reset restamped the
+/// same epoch from sequence 0, which the agent refuses forever (a livelocked partition). Past
+/// the last epoch the partition now goes on under a new producer id.
+#[test]
+fn epoch_exhaustion_moves_the_partition_to_a_new_producer_id() {
+    let (mut acc, _) = accumulator(config());
+    let t0 = Instant::now();
+    push(&mut acc, 0, 10, t0).unwrap();
+    acc.seal_all(t0);
+    for _ in 0..i16::MAX {
+        assert!(acc.reset_sequence("t", 0).is_empty());
+    }
+    let at_max = acc.drain("t", 0, usize::MAX, t0);
+    let stamp = at_max[0].stamp.unwrap();
+    assert_eq!((stamp.producer_id, stamp.producer_epoch), (77, i16::MAX));
+    acc.unmute("t", 0);
+    acc.requeue(at_max, None, t0);
+    acc.reset_sequence("t", 0);
+    let moved = acc.drain("t", 0, usize::MAX, t0);
+    let stamp = moved[0].stamp.unwrap();
+    assert!(
+        stamp.producer_id >= 0 && stamp.producer_id != 77,
+        "{stamp:?}"
+    );
+    assert_eq!((stamp.producer_epoch, stamp.base_sequence), (0, 0));
+    // Later batches of the partition follow under the new id; other partitions keep theirs.
+    acc.unmute("t", 0);
+    push(&mut acc, 0, 10, t0).unwrap();
+    push(&mut acc, 1, 10, t0).unwrap();
+    acc.seal_all(t0);
+    let next = acc.drain("t", 0, usize::MAX, t0)[0].stamp.unwrap();
+    assert_eq!(
+        (next.producer_id, next.base_sequence),
+        (stamp.producer_id, 1)
+    );
+    assert_eq!(
+        acc.drain("t", 1, usize::MAX, t0)[0]
+            .stamp
+            .unwrap()
+            .producer_id,
+        77
+    );
+}
+
+/// Issue 11, defect 8: restamping an encoded batch ignored a failed stamp and always copied
+/// the bytes. Now it stamps in place when nothing else holds them (and the CRC stays valid).
+#[test]
+fn restamping_an_encoded_batch_stamps_in_place() {
+    let (mut acc, _) = accumulator(config());
+    let t0 = Instant::now();
+    push(&mut acc, 0, 10, t0).unwrap();
+    acc.seal_all(t0);
+    let mut sent = acc.drain("t", 0, usize::MAX, t0);
+    let Payload::Built(builder) = std::mem::replace(&mut sent[0].payload, Payload::Taken) else {
+        panic!("not a builder")
+    };
+    let wire = builder
+        .finish(sent[0].stamp.unwrap(), &NoCompression)
+        .unwrap();
+    let before = wire.as_ptr();
+    sent[0].payload = Payload::Encoded(wire);
+    acc.unmute("t", 0);
+    acc.requeue(sent, None, t0);
+    assert!(acc.reset_sequence("t", 0).is_empty());
+    let again = acc.drain("t", 0, usize::MAX, t0);
+    let Payload::Encoded(bytes) = &again[0].payload else {
+        panic!("not encoded")
+    };
+    assert_eq!(bytes.as_ptr(), before, "stamped in place, not copied");
+    let header = *Batch::parse(bytes.clone(), &DecodeLimits::default())
+        .unwrap()
+        .header();
+    assert_eq!(header.producer.producer_epoch, 1);
+}
+
 #[test]
 fn delivery_timeout_fails_queued_batches_with_their_persistence() {
     let (mut acc, _) = accumulator(config());
