@@ -156,3 +156,76 @@ async fn a_second_agent_on_the_same_data_dir_is_refused() {
     assert_eq!(again.next_offset("t", 0), Some(1));
     again.shutdown().await;
 }
+
+/// Defect 5, from outside: producer A writes two batches, then 5,000 other producers write one
+/// batch each, then A's retries of both arrive. Past 4,096 producers the agent forgot A and
+/// appended both retries a second time; now it still knows them as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_5000_other_producers_is_still_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::open(AgentConfig::new(dir.path()).topic("t", 1))
+        .await
+        .unwrap();
+    let service = agent.service();
+    let stamp = |pid: i64, seq: i32| ProducerStamp {
+        producer_id: pid,
+        producer_epoch: 0,
+        base_sequence: seq,
+    };
+    let a = vec![batch(0, 2, 10, stamp(1, 0)), batch(1, 3, 10, stamp(1, 2))];
+    let first = produce(&service, Acks::Leader, a.clone()).await;
+    assert_eq!((first[0].base_offset, first[1].base_offset), (0, 2));
+    for chunk in (2..5_002).collect::<Vec<i64>>().chunks(500) {
+        let batches = chunk
+            .iter()
+            .map(|&pid| batch(pid as usize, 1, 10, stamp(pid, 0)))
+            .collect();
+        for r in produce(&service, Acks::Leader, batches).await {
+            assert_eq!(r.error_code, 0, "{}", r.error_message);
+        }
+    }
+    let retried = produce(&service, Acks::Leader, a).await;
+    for (r, offset) in retried.iter().zip([0, 2]) {
+        assert_eq!(
+            r.error_code,
+            ErrorCode::DuplicateSequence as i32,
+            "{}",
+            r.error_message
+        );
+        assert_eq!(r.base_offset, offset);
+    }
+    assert_eq!(agent.next_offset("t", 0), Some(5 + 5_000));
+    agent.shutdown().await;
+}
+
+/// Defect 4: the mock answered acks=none requests with the log's real codes while the
+/// reference agent answers before the log, so no test saw what an acks=none producer sees.
+/// Both now answer a gap the same way: NONE, offset unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_none_is_answered_alike_by_the_mock_and_the_reference_agent() {
+    let gap = || {
+        batch(
+            0,
+            1,
+            10,
+            ProducerStamp {
+                producer_id: 5,
+                producer_epoch: 0,
+                base_sequence: 7,
+            },
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::open(AgentConfig::new(dir.path()).topic("t", 1))
+        .await
+        .unwrap();
+    let mock = streamhouse::mock::MockAgent::new().with_topic("t", 1);
+    for service in [agent.service(), mock.service()] {
+        let answer = &produce(&service, Acks::None, vec![gap()]).await[0];
+        assert_eq!((answer.error_code, answer.base_offset), (0, -1));
+        // acks=leader shows what acks=none hides.
+        let answer = &produce(&service, Acks::Leader, vec![gap()]).await[0];
+        assert_eq!(answer.error_code, ErrorCode::UnknownProducerId as i32);
+    }
+    agent.shutdown().await;
+}

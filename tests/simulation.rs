@@ -43,6 +43,7 @@ use streamhouse::layers::{FaultConfig, FaultLayer};
 use streamhouse::mock::{MockAgent, MockStats, MockTransport};
 use streamhouse::producer::{Acks, Producer, ProducerRecord, ProducerStats};
 use streamhouse::reader::PartitionReader;
+use streamhouse::serve::ProducerLimits;
 use streamhouse::transport::{BoxFuture, Endpoint, Transport};
 use streamhouse_grpc::{Connected, DialedIo, Dialer, GrpcConfig, GrpcTransport, serve_incoming};
 use streamhouse_quic::{
@@ -300,19 +301,34 @@ type Finished = Arc<Mutex<Option<(History, Vec<(u32, Vec<Record>)>, ProducerStat
 struct Settings {
     acks: Acks,
     idempotence: bool,
+    /// More producers beside the main one, each sending [`CROWD_RECORDS`] records.
+    crowd: u32,
+    /// The agent's bound on producer state per partition (default: the agent's default).
+    limits: Option<ProducerLimits>,
+    delivery_timeout: Duration,
 }
 
 const GUARANTEED: Settings = Settings {
     acks: Acks::Durable,
     idempotence: true,
+    crowd: 0,
+    limits: None,
+    delivery_timeout: Duration::from_secs(300),
 };
+
+/// Records each producer of a crowd sends, spread over the sending window.
+const CROWD_RECORDS: u64 = 60;
 
 fn simulate(seed: u64, net: Net) -> Run {
     simulate_with(seed, net, GUARANTEED)
 }
 
 fn simulate_with(seed: u64, net: Net, settings: Settings) -> Run {
-    let agent = MockAgent::new().with_topic(TOPIC, PARTITIONS);
+    let agent = match settings.limits {
+        Some(limits) => MockAgent::new().with_producer_limits(limits),
+        None => MockAgent::new(),
+    }
+    .with_topic(TOPIC, PARTITIONS);
     let mock = MockTransport::new().with_agent(agent.clone());
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -396,13 +412,47 @@ fn simulate_with(seed: u64, net: Net, settings: Settings) -> Run {
         .batch_size(16 * 1024)
         .linger(Duration::from_millis(5))
         .request_timeout(Duration::from_secs(2))
-        .delivery_timeout(Duration::from_secs(300))
+        .delivery_timeout(settings.delivery_timeout)
         .retry_backoff(Duration::from_millis(50), Duration::from_secs(1))
         .producer_id((seed % (1 << 40)) as i64)
         .seed(seed)
         .layer(faults)
         .build()?;
         let start = tokio::time::Instant::now();
+        let mut crowd = Vec::new();
+        for k in 1..=settings.crowd {
+            let producer = Producer::builder(
+                transport.clone(),
+                StaticDiscovery::new().with_topic(TOPIC, PARTITIONS, &endpoint),
+            )
+            .acks(settings.acks)
+            .idempotence(settings.idempotence)
+            .linger(Duration::from_millis(5))
+            .request_timeout(Duration::from_secs(2))
+            .delivery_timeout(settings.delivery_timeout)
+            .retry_backoff(Duration::from_millis(50), Duration::from_secs(1))
+            .producer_id((seed % (1 << 40)) as i64 + i64::from(k) * (1 << 41))
+            .seed(seed ^ u64::from(k))
+            .layer(FaultLayer::new(FaultConfig {
+                drop_request_rate: MESSAGE_LOSS / 2.0,
+                drop_response_rate: MESSAGE_LOSS / 2.0,
+                ..FaultConfig::new(seed ^ (u64::from(k) << 32))
+            }))
+            .build()?;
+            crowd.push(tokio::spawn(async move {
+                let mut deliveries = Vec::new();
+                for i in 0..CROWD_RECORDS {
+                    let due = start + SENDING.mul_f64(i as f64 / CROWD_RECORDS as f64);
+                    tokio::time::sleep_until(due).await;
+                    let id = RecordId::new(k, i);
+                    let value = id.value(64);
+                    let key = format!("c{k}-{}", i % 7);
+                    let record = ProducerRecord::new(TOPIC, &value).key(key.as_bytes());
+                    deliveries.push((id, producer.send(record).await.unwrap()));
+                }
+                (producer, deliveries)
+            }));
+        }
         let mut deliveries = Vec::with_capacity(RECORDS as usize);
         for i in 0..RECORDS {
             let due = start + SENDING.mul_f64(i as f64 / RECORDS as f64);
@@ -418,6 +468,13 @@ fn simulate_with(seed: u64, net: Net, settings: Settings) -> Run {
         let mut history = History::new();
         for (id, delivery) in deliveries {
             history.record_delivery(id, delivery).await;
+        }
+        for task in crowd {
+            let (producer, deliveries) = task.await?;
+            for (id, delivery) in deliveries {
+                history.record_delivery(id, delivery).await;
+            }
+            producer.close(Duration::from_secs(10)).await?;
         }
         let stats = producer.stats();
         producer.close(Duration::from_secs(10)).await?;
@@ -659,14 +716,14 @@ fn without_fsync_or_idempotence_the_checker_sees_loss_and_duplicates() {
     for seed in 1..=3 {
         let leader = Settings {
             acks: Acks::Leader,
-            idempotence: true,
+            ..GUARANTEED
         };
         let run = simulate_with(seed, Net::Mock, leader);
         lost += run.report.total().lost;
         unsynced += run.agent.unsynced_lost;
         let sloppy = Settings {
-            acks: Acks::Durable,
             idempotence: false,
+            ..GUARANTEED
         };
         duplicated += simulate_with(seed, Net::Mock, sloppy)
             .report
@@ -684,6 +741,97 @@ fn without_fsync_or_idempotence_the_checker_sees_loss_and_duplicates() {
         duplicated > 0,
         "retries without idempotence must show up as duplicates"
     );
+}
+
+/// Issue 11, defect 4: with `acks=none` the agent answers before its sequence checks, and an
+/// idempotent producer then silently dropped a partition for good after any gap, reporting
+/// success. acks=none now turns idempotence off and is at most once: under crashes, cuts and
+/// lost messages nothing is duplicated and nothing reported "not persisted" is in the log
+/// (acknowledged records may be lost: nothing waits for the log).
+#[test]
+fn simulated_acks_none_never_duplicates_nor_misreports() {
+    let settings = Settings {
+        acks: Acks::None,
+        idempotence: false,
+        ..GUARANTEED
+    };
+    let (mut acked, mut unknown) = (0, 0);
+    for seed in 1..=4 {
+        for net in [Net::Mock, Net::Grpc] {
+            let run = simulate_with(seed, net, settings);
+            let total = run.report.total();
+            assert_eq!(total.duplicated, 0, "seed {seed} {net:?}:\n{}", run.report);
+            assert_eq!(
+                total.failed_but_present, 0,
+                "seed {seed} {net:?}:\n{}",
+                run.report
+            );
+            assert_eq!(total.phantom, 0, "seed {seed} {net:?}:\n{}", run.report);
+            acked += total.acked;
+            unknown += total.unknown_present + total.unseen_after_heal;
+        }
+    }
+    println!("acks=none: {acked} acknowledged, {unknown} unknown, 0 duplicated");
+    assert!(
+        unknown > 0,
+        "lost messages left outcomes unknown (the faults bit)"
+    );
+}
+
+/// Issue 11, defect 5: past its bound on producer state a partition forgot the least recent
+/// producer, whose retries were then appended twice. Here seven producers share partitions
+/// that track at most three, under the usual faults, with the idle expiry above the delivery
+/// timeout as the agent requires: new producers are refused (retriable) while the others are
+/// active, and nothing is duplicated, lost or misreported.
+#[test]
+fn simulated_producer_state_pressure_never_duplicates() {
+    let settings = pressure(Duration::from_secs(11));
+    let mut refused = 0;
+    for seed in 1..=3 {
+        for net in [Net::Mock, Net::Grpc] {
+            let run = simulate_with(seed, net, settings);
+            assert!(
+                run.report.is_clean(),
+                "seed {seed} {net:?}:\n{}",
+                run.report
+            );
+            refused += run.agent.rejected;
+        }
+    }
+    println!("producer-state pressure: {refused} batches refused, 0 duplicated");
+    assert!(refused > 0, "the bound was reached");
+}
+
+/// The control: an idle expiry shorter than the delivery timeout (what the agent's
+/// documentation forbids) lets a producer cut off for a few seconds be forgotten while its
+/// retry is pending, and the checker sees the duplicate.
+#[test]
+fn an_idle_expiry_below_the_delivery_timeout_duplicates() {
+    let settings = Settings {
+        delivery_timeout: Duration::from_secs(300),
+        ..pressure(Duration::from_secs(1))
+    };
+    let duplicated: u64 = (1..=3)
+        .map(|seed| {
+            simulate_with(seed, Net::Grpc, settings)
+                .report
+                .total()
+                .duplicated
+        })
+        .sum();
+    assert!(duplicated > 0, "the control must show the hazard");
+}
+
+fn pressure(idle_expiry: Duration) -> Settings {
+    Settings {
+        crowd: 6,
+        limits: Some(ProducerLimits {
+            max_producers: 3,
+            idle_expiry,
+        }),
+        delivery_timeout: Duration::from_secs(10),
+        ..GUARANTEED
+    }
 }
 
 #[test]

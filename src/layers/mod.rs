@@ -22,8 +22,8 @@ mod fault;
 mod retry;
 
 pub use fault::{FaultConfig, FaultLayer, FaultService, FaultStats};
-pub(crate) use retry::is_retriable;
 pub use retry::{Backoff, RetryPolicy};
+pub(crate) use retry::{is_retriable, may_have_been_applied};
 
 use crate::transport::{Connection, Request, Response};
 use std::sync::Arc;

@@ -64,6 +64,7 @@ pub struct RetryPolicy {
     max_retries: u32,
     rng: Arc<Rng>,
     retried: Option<Arc<AtomicU64>>,
+    at_most_once: bool,
 }
 
 impl RetryPolicy {
@@ -75,6 +76,7 @@ impl RetryPolicy {
             max_retries: 10,
             rng: Arc::new(Rng::from_entropy()),
             retried: None,
+            at_most_once: false,
         }
     }
 
@@ -89,6 +91,15 @@ impl RetryPolicy {
     #[must_use]
     pub fn with_counter(mut self, counter: Arc<AtomicU64>) -> RetryPolicy {
         self.retried = Some(counter);
+        self
+    }
+
+    /// Never retries a request the agent may have applied (a lost connection, a timeout): only
+    /// failures that say nothing was sent. For producers without idempotence that must not
+    /// duplicate (`acks=none` is at most once).
+    #[must_use]
+    pub fn at_most_once(mut self) -> RetryPolicy {
+        self.at_most_once = true;
         self
     }
 
@@ -109,7 +120,9 @@ impl Policy<Request, Response, BoxError> for RetryPolicy {
         result: &mut Result<Response, BoxError>,
     ) -> Option<Sleep> {
         let error = result.as_ref().err()?;
-        if !is_retriable(error.as_ref()) {
+        if !is_retriable(error.as_ref())
+            || (self.at_most_once && may_have_been_applied(error.as_ref()))
+        {
             return None;
         }
         let delay = self.backoff.jittered(self.attempt, self.rng.unit());
@@ -137,6 +150,14 @@ pub(crate) fn is_retriable(error: &(dyn std::error::Error + 'static)) -> bool {
         return e.is_retriable();
     }
     error.is::<tower::timeout::error::Elapsed>()
+}
+
+/// Whether a layered connection's error leaves open that the agent applied the request
+/// (anything not known to have stopped before sending).
+pub(crate) fn may_have_been_applied(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<TransportError>()
+        .is_none_or(TransportError::may_have_been_applied)
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ struct Shared {
     topics: Mutex<HashMap<String, Vec<MockPartition>>>,
     stalled: AtomicBool,
     fail_next: Mutex<VecDeque<ErrorCode>>,
+    fail_after_append: Mutex<VecDeque<ErrorCode>>,
     stats: Counters,
 }
 
@@ -112,6 +113,7 @@ impl MockAgent {
                 topics: Mutex::new(HashMap::new()),
                 stalled: AtomicBool::new(false),
                 fail_next: Mutex::new(VecDeque::new()),
+                fail_after_append: Mutex::new(VecDeque::new()),
                 stats: Counters::default(),
             }),
         }
@@ -239,6 +241,19 @@ impl MockAgent {
         queue.extend(std::iter::repeat_n(code, count));
     }
 
+    /// Handles the next `count` produce requests as usual — their batches are appended — but
+    /// answers each appended batch with `code` (before any [`fail_next`](Self::fail_next)
+    /// refusals take effect), as an agent that gave up waiting
+    /// ([`ErrorCode::RequestTimedOut`]) or failed to fsync ([`ErrorCode::StorageError`]) does.
+    pub fn fail_after_append(&self, count: usize, code: ErrorCode) {
+        let mut queue = self
+            .inner
+            .fail_after_append
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.extend(std::iter::repeat_n(code, count));
+    }
+
     /// Counters of what the agent has seen.
     pub fn stats(&self) -> MockStats {
         let c = &self.inner.stats;
@@ -346,12 +361,23 @@ impl MockAgent {
     }
 
     fn produce(&self, request: ProduceRequest) -> ProduceResponse {
-        let injected = self
+        // Injected failures after the append go first: they model the request before the
+        // refusals that follow it.
+        let after_append = self
             .inner
-            .fail_next
+            .fail_after_append
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
+        let injected = match after_append {
+            Some(_) => None,
+            None => self
+                .inner
+                .fail_next
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front(),
+        };
         let acks_none = request.acks == Acks::None as i32;
         let durable = request.acks == Acks::Durable as i32;
         let now = SystemTime::now()
@@ -418,10 +444,13 @@ impl MockAgent {
                         }
                     }
                 });
-                let (error_code, error_message, base_offset) = match outcome {
+                let (error_code, error_message, base_offset) = match (outcome, after_append) {
+                    (Ok((ErrorCode::None, _)), Some(code)) => {
+                        (code, "failure injected after the append".to_owned(), -1)
+                    }
                     // A duplicate is success, at the offset the batch got the first time.
-                    Ok((code, offset)) => (code, String::new(), offset),
-                    Err(r) => {
+                    (Ok((code, offset)), _) => (code, String::new(), offset),
+                    (Err(r), _) => {
                         self.inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
                         (r.code, r.message, -1)
                     }

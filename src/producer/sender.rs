@@ -121,9 +121,12 @@ impl Sender {
         rng: Rng,
     ) -> Sender {
         let backoff = Backoff::new(inner.config.retry_backoff, inner.config.retry_backoff_max);
-        let retry = RetryPolicy::new(backoff)
+        let mut retry = RetryPolicy::new(backoff)
             .with_seed(rng.next_u64())
             .with_counter(inner.counters.request_retries.clone());
+        if at_most_once(&inner) {
+            retry = retry.at_most_once();
+        }
         Sender {
             transport,
             codec,
@@ -417,9 +420,21 @@ impl Sender {
                 }
             }
             RequestOutcome::DeadlinePassed => {
+                let at_most_once = at_most_once(&self.inner);
                 for mut batch in sent {
                     batch.maybe_applied = true;
-                    settle.retry(batch, false);
+                    if at_most_once {
+                        let persistence = batch.persistence();
+                        settle.fail(
+                            batch,
+                            ProduceError::DeliveryTimeout {
+                                timeout: self.inner.config.delivery_timeout,
+                                persistence,
+                            },
+                        );
+                    } else {
+                        settle.retry(batch, false);
+                    }
                 }
             }
         }
@@ -662,7 +677,8 @@ async fn produce(
                 retriable: false,
             },
             Ok(Err(error)) => RequestOutcome::Failed {
-                retriable: layers::is_retriable(error.as_ref()),
+                retriable: layers::is_retriable(error.as_ref())
+                    && !(at_most_once(inner) && layers::may_have_been_applied(error.as_ref())),
                 error: Arc::from(error),
             },
         }
@@ -886,6 +902,13 @@ impl<'a> Settlement<'a> {
         }
         (outcomes, self.stale_topics)
     }
+}
+
+/// Without idempotence and with `acks=none`, a request the agent may have applied is never
+/// sent again: such a producer is at most once, as Kafka's `acks=0` (a retry could only add a
+/// second copy, and the answer would not say).
+fn at_most_once(inner: &Inner) -> bool {
+    inner.config.acks == super::Acks::None && !inner.config.idempotence
 }
 
 fn far_future() -> Instant {
