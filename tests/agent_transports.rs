@@ -28,7 +28,7 @@ async fn produce(
     endpoint: &Endpoint,
     topic: &str,
     acks: Acks,
-) -> (HashMap<(u32, i64), u64>, f64) {
+) -> (HashMap<(u32, i64), u64>, f64, u64) {
     let producer = Producer::builder(
         transport,
         StaticDiscovery::new().with_topic(topic, PARTITIONS, endpoint),
@@ -57,8 +57,9 @@ async fn produce(
         );
     }
     let rate = RECORDS as f64 / start.elapsed().as_secs_f64();
+    let batches = producer.stats().batches;
     producer.close(Duration::from_secs(10)).await.unwrap();
-    (acked, rate)
+    (acked, rate, batches)
 }
 
 async fn check(agent: &RunningAgent, kind: Kind, topic: &str, acked: &HashMap<(u32, i64), u64>) {
@@ -83,7 +84,7 @@ async fn check(agent: &RunningAgent, kind: Kind, topic: &str, acked: &HashMap<(u
 
 /// The whole scenario over one transport: produce (acks leader and durable), read back,
 /// restart, read back.
-async fn scenario(kind: Kind) -> (f64, f64, u64, f64) {
+async fn scenario(kind: Kind) -> (f64, f64, u64, f64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let config = || {
         AgentConfig::new(dir.path())
@@ -92,11 +93,11 @@ async fn scenario(kind: Kind) -> (f64, f64, u64, f64) {
     };
     let agent = RunningAgent::start(config()).await;
     let endpoint = agent.endpoint(kind);
-    let (leader, leader_rate) =
+    let (leader, leader_rate, _) =
         produce(agent.transport(kind), &endpoint, "leader", Acks::Leader).await;
     let fsyncs_before = agent.agent.fsyncs();
     let start = Instant::now();
-    let (durable, durable_rate) =
+    let (durable, durable_rate, durable_batches) =
         produce(agent.transport(kind), &endpoint, "durable", Acks::Durable).await;
     let fsyncs = agent.agent.fsyncs() - fsyncs_before;
     let fsync_rate = fsyncs as f64 / start.elapsed().as_secs_f64();
@@ -115,16 +116,29 @@ async fn scenario(kind: Kind) -> (f64, f64, u64, f64) {
     check(&agent, kind, "leader", &leader).await;
     check(&agent, kind, "durable", &durable).await;
     agent.stop().await;
-    (leader_rate, durable_rate, fsyncs, fsync_rate)
+    (
+        leader_rate,
+        durable_rate,
+        fsyncs,
+        fsync_rate,
+        durable_batches,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_land_at_their_offsets_and_survive_a_restart() {
     for kind in [Kind::Grpc, Kind::Quic] {
-        let (leader, durable, fsyncs, fsync_rate) = scenario(kind).await;
+        let (leader, durable, fsyncs, fsync_rate, batches) = scenario(kind).await;
         println!(
             "{kind:?}, 100-B values: acks=leader {leader:.0} records/s; acks=durable \
-             {durable:.0} records/s with {fsyncs} fsyncs ({fsync_rate:.0}/s)"
+             {durable:.0} records/s with {fsyncs} fsyncs for {batches} batches ({fsync_rate:.0}/s)"
+        );
+        // Durable answers wait for an fsync, and one fsync covers every batch written before
+        // it (group commit): at least one, never more than one per batch.
+        assert!(fsyncs >= 1, "{kind:?}: durable acks without an fsync");
+        assert!(
+            fsyncs <= batches,
+            "{kind:?}: {fsyncs} fsyncs for {batches} batches"
         );
     }
 }

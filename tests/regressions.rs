@@ -334,11 +334,13 @@ async fn disconnect_with_1_to_5_batches_in_flight() {
     }
 }
 
-/// The reference agent fsyncs a durable append and dies before its answer leaves. On restart
-/// it rebuilds its idempotence state from the log, so the producer's retry is answered as a
-/// duplicate with the original offsets, and nothing is appended twice.
+/// The reference agent fsyncs a durable append and, before its answer leaves, shuts down
+/// (gracefully: `Agent::shutdown`, the process's page cache kept) and restarts. It rebuilds its
+/// idempotence state from the log, so the producer's retry is answered as a duplicate with the
+/// original offsets, and nothing is appended twice. (Power cuts of the real log code are
+/// `log::crash_tests` in the agent crate.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_crash_after_fsync_before_the_ack() {
+async fn agent_restart_after_the_fsync_before_the_ack_answers_the_retry_as_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let config = AgentConfig::new(dir.path()).topic("t", 1);
     let endpoint: Endpoint = "mock://agent-crash".parse().unwrap();

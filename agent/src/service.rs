@@ -18,6 +18,35 @@ use tokio::sync::oneshot;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest fetch answer, whatever the request asks (below the transports' message limits).
 const MAX_FETCH_BYTES: usize = 8 << 20;
+/// Longest a fetch waits for data, whatever its `max_wait_ms`.
+const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads from `offset`; when nothing is there yet, waits up to `wait` for an append and reads
+/// again (a consumer at the end of the log waits here instead of spinning).
+async fn long_poll(
+    log: Arc<crate::log::PartitionLog>,
+    offset: i64,
+    max_bytes: usize,
+    wait: Duration,
+) -> Result<crate::log::ReadResult, Rejection> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let appended = log.appended();
+        tokio::pin!(appended);
+        // Registered before the read: an append between the read and the wait still wakes it.
+        appended.as_mut().enable();
+        let reader = log.clone();
+        let read = tokio::task::spawn_blocking(move || reader.read(offset, max_bytes))
+            .await
+            .unwrap_or_else(|_| Err(Rejection::new(ErrorCode::Internal, "read task failed")))?;
+        if !read.batches.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(read);
+        }
+        if tokio::time::timeout_at(deadline, appended).await.is_err() {
+            return Ok(read);
+        }
+    }
+}
 
 enum Slot {
     Done(ErrorCode, String, i64),
@@ -229,10 +258,9 @@ impl Shared {
             0 => 1 << 20,
             n => n.min(MAX_FETCH_BYTES),
         };
+        let wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_FETCH_WAIT);
         let read = match log {
-            Ok(log) => tokio::task::spawn_blocking(move || log.read(request.offset, max_bytes))
-                .await
-                .unwrap_or_else(|_| Err(Rejection::new(ErrorCode::Internal, "read task failed"))),
+            Ok(log) => long_poll(log, request.offset, max_bytes, wait).await,
             Err(r) => Err(r),
         };
         match read {

@@ -2,7 +2,7 @@
 //!
 //! A batch is a fixed 57-byte header followed by a records block, modelled on Kafka's record
 //! batch v2. The producer's accumulator fills one [`BatchBuilder`] per partition; the sender seals
-//! it ([`BatchBuilder::finish`]: producer stamp, compression, CRC32C) into [`Bytes`] that travel
+//! it ([`BatchBuilder::finish`]: producer stamp, compression, CRC32C) into [`Bytes`](bytes::Bytes) that travel
 //! inside a `ProduceRequest` untouched; the agent checks it ([`Batch::parse`]), stamps the base
 //! offset ([`set_base_offset`], outside the CRC) and appends the bytes as they are. Readers get
 //! [`Record`]s back from [`Batch::records`].

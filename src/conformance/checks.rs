@@ -312,9 +312,20 @@ async fn connection_drop(
 ) -> CheckResult {
     let connection = connect(harness, endpoint).await?;
     agent.set_stalled(true);
+    let seen = agent.stats().produce_requests;
     let in_flight =
         tokio::spawn(async move { connection.oneshot(produce(vec![batch(1, 10)])).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Stop the server once the request has reached the (stalled) agent: it is in flight.
+    let reached = tokio::time::timeout(Duration::from_secs(10), async {
+        while agent.stats().produce_requests == seen {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    if reached.is_err() {
+        agent.set_stalled(false);
+        return Err("the request never reached the agent".into());
+    }
     harness.stop().await;
     let outcome = tokio::time::timeout(Duration::from_secs(10), in_flight).await;
     agent.set_stalled(false);

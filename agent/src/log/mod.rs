@@ -81,6 +81,8 @@ pub(crate) struct PartitionLog {
     inner: Mutex<Inner>,
     /// Directory fsyncs done (tests check that a roll is followed by one).
     dir_syncs: std::sync::atomic::AtomicU64,
+    /// Woken after every append, for fetches waiting for data (`max_wait_ms`).
+    appended: tokio::sync::Notify,
 }
 
 struct Inner {
@@ -120,6 +122,7 @@ impl PartitionLog {
                 dir_unsynced: true,
             }),
             dir_syncs: std::sync::atomic::AtomicU64::new(0),
+            appended: tokio::sync::Notify::new(),
         };
         Ok((log, recovered.report))
     }
@@ -180,7 +183,14 @@ impl PartitionLog {
         if let Err(e) = self.flush(&mut inner, &mut pending) {
             return self.fail(inner, results, batches.len(), &e);
         }
+        drop(inner);
+        self.appended.notify_waiters();
         results
+    }
+
+    /// Completes after the next append (create it before reading, so none is missed).
+    pub(crate) fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
     }
 
     /// Writes the pending batches at the end of the active segment: each as its stamped base
