@@ -36,6 +36,13 @@
 //! | `streamhouse_fsyncs_total` | | fsyncs (one per partition per group commit) |
 //! | `streamhouse_fsync_seconds` | | fsync latency histogram |
 //! | `streamhouse_produce_requests_total` | | produce requests |
+//! | `streamhouse_corrupt_reads_total` | | fetches refused for a corrupt stored batch |
+//! | `streamhouse_recovery_truncated_bytes_total` | | torn-tail bytes cut at start (kept in `quarantine/`) |
+//! | `streamhouse_recovery_quarantined_bytes_total` | | bytes moved into `quarantine/` after a break |
+//! | `streamhouse_partitions_fenced_total` | | partitions that started fenced (a `BROKEN` note) |
+//!
+//! `PRODUCER_STATE_FULL` refusals (a partition tracking `producer_limits.max_producers`
+//! producers, none idle) show in `streamhouse_errors_total{code="ERROR_CODE_PRODUCER_STATE_FULL"}`.
 //!
 //! # Example
 //!
