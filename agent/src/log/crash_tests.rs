@@ -179,3 +179,24 @@ fn every_power_cut_keeps_every_durable_acknowledgement_exactly_once() {
         "{points} crash points, {checked_records} acknowledged records checked, 0 lost, 0 duplicated"
     );
 }
+
+/// Issue 11, defect 6 (agent side): a failed fsync answered the waiting durable batches
+/// `UNAVAILABLE`, which says "not appended", although they were written and may survive. They
+/// are answered `STORAGE_ERROR` (possibly stored) now, also when an earlier failure already took
+/// the partition offline; new appends are refused `UNAVAILABLE` (not written).
+#[test]
+fn a_failed_fsync_answers_storage_error() {
+    let fs = SimFs::new();
+    let (log, _) = PartitionLog::open(Path::new(DIR), config(&fs)).unwrap();
+    assert!(log.append(&[&batch(0, 2, ProducerStamp::NONE)])[0].is_ok());
+    fs.fail_syncs(true);
+    assert_eq!(log.sync().unwrap_err().code, ErrorCode::StorageError);
+    // Offline now: what was written before answers STORAGE_ERROR at its fsync...
+    assert_eq!(log.sync().unwrap_err().code, ErrorCode::StorageError);
+    // ...and nothing new is written.
+    let refused = log.append(&[&batch(1, 1, ProducerStamp::NONE)]);
+    assert_eq!(
+        refused[0].as_ref().unwrap_err().code,
+        ErrorCode::Unavailable
+    );
+}

@@ -261,11 +261,18 @@ impl PartitionLog {
     /// Forces everything appended so far to disk: the active segment's data, and the
     /// directory when a segment file was created since its last sync (a file's data is only
     /// as durable as its directory entry).
+    ///
+    /// Its callers hold batches already written, so every failure is [`ErrorCode::StorageError`]
+    /// (written, not known to be durable), also when a later write took the partition offline
+    /// before this fsync.
     pub(crate) fn sync(&self) -> Result<(), Rejection> {
         let (file, dir) = {
             let mut inner = self.lock();
             if let Some(reason) = &inner.offline {
-                return Err(offline(reason));
+                return Err(Rejection::new(
+                    ErrorCode::StorageError,
+                    format!("partition offline before the fsync: {reason}"),
+                ));
             }
             let file = match inner.segments.last() {
                 Some(active) if inner.unsynced => Some(active.file.clone()),

@@ -49,6 +49,8 @@ struct State {
     /// Crash images taken so far (when capturing): the sync count at the cut, and the image.
     images: Vec<(u64, State)>,
     capture: Option<Capture>,
+    /// Every fsync fails (a dying disk).
+    failing: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +217,11 @@ impl SimFs {
         self.lock().capture = Some(Capture { seed, between });
     }
 
+    /// From now on every fsync (file or directory) fails with an I/O error, or works again.
+    pub(crate) fn fail_syncs(&self, failing: bool) {
+        self.lock().failing = failing;
+    }
+
     /// fsyncs (file and directory) so far.
     pub(crate) fn syncs(&self) -> u64 {
         self.lock().syncs
@@ -329,6 +336,9 @@ impl Storage for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.lock();
+        if state.failing {
+            return Err(io::Error::other("injected fsync failure"));
+        }
         let d = state.dirs.get_mut(dir).ok_or_else(|| not_found(dir))?;
         d.synced = d.entries.clone();
         state.syncs += 1;
@@ -380,6 +390,9 @@ impl StorageFile for SimFile {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut state = self.lock();
+        if state.failing {
+            return Err(io::Error::other("injected fsync failure"));
+        }
         let inode = &mut state.inodes[self.ino];
         inode.synced = inode.data.clone();
         inode.pending.clear();
