@@ -15,7 +15,7 @@
 //! <data>/<topic>-<partition>/<base offset>.log   segments, rolled by size, sparse index
 //! ```
 //!
-//! On start the agent takes an exclusive lock on `<data>/.lock` ([`AgentError::Locked`] if
+//! On start the agent takes an exclusive lock on the data directory ([`AgentError::Locked`] if
 //! another agent holds it) and recovers every partition log: the index and the producers'
 //! sequence windows are rebuilt from the batch headers, a torn tail of the last segment is cut,
 //! and a break anywhere else fences the partition with its data kept in a quarantine directory
@@ -92,16 +92,14 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    /// Another agent (or another process) holds the data directory.
+    /// Another agent (or another process) holds the data directory's lock.
     #[error(
-        "data directory {path} is in use by another agent (lock file {lock} is held); \
+        "data directory {path} is in use by another agent (it holds the directory's lock); \
          two agents on one directory would hand out the same offsets"
     )]
     Locked {
         /// The directory.
         path: std::path::PathBuf,
-        /// The lock file.
-        lock: std::path::PathBuf,
     },
     /// A configured topic is invalid.
     #[error("topic {name:?}: {rejection}")]
@@ -249,11 +247,9 @@ impl Agent {
     }
 }
 
-/// The name of the lock file in a data directory.
-pub const LOCK_FILE: &str = ".lock";
-
-/// Takes the exclusive lock (`flock`) on `<dir>/.lock`, creating the directory if needed.
-/// The kernel drops the lock when the process dies, so a crash never leaves it behind.
+/// Takes the exclusive lock (`flock`) on the data directory itself, creating it if needed.
+/// Locking the directory, not a file in it, means no file can be deleted to fool a second
+/// agent; the kernel drops the lock when the process dies, so a crash never leaves it behind.
 fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, AgentError> {
     let io_error = |source| AgentError::Io {
         path: dir.to_owned(),
@@ -263,18 +259,11 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, AgentError> {
     log::storage::Disk
         .create_dir_durable(dir)
         .map_err(io_error)?;
-    let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_error)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
+    let handle = std::fs::File::open(dir).map_err(io_error)?;
+    match handle.try_lock() {
+        Ok(()) => Ok(handle),
         Err(std::fs::TryLockError::WouldBlock) => Err(AgentError::Locked {
             path: dir.to_owned(),
-            lock: path,
         }),
         Err(std::fs::TryLockError::Error(e)) => Err(io_error(e)),
     }

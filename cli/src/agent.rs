@@ -57,21 +57,24 @@ pub(crate) struct Args {
     /// This agent's id in metadata.
     #[arg(long, default_value_t = 0)]
     id: u32,
-    /// Roll segment files at this size in bytes.
+    /// Roll segment files at this size in bytes [default: 268435456, 256 MiB].
     #[arg(long, value_name = "BYTES")]
     segment_bytes: Option<u64>,
-    /// Refuse batches larger than this many bytes.
+    /// Refuse new batches larger than this many bytes [default: 4194304, 4 MiB]. Batches
+    /// already stored are kept whatever this says.
     #[arg(long, value_name = "BYTES")]
     max_batch_bytes: Option<usize>,
-    /// Refuse records larger than this many bytes.
+    /// Refuse new records larger than this many bytes [default: 1048576, 1 MiB].
     #[arg(long, value_name = "BYTES")]
     max_record_bytes: Option<usize>,
-    /// Idempotent producers tracked per partition (default 10000); a new one past this is
-    /// refused with PRODUCER_STATE_FULL until one has been idle for --producer-idle-expiry-secs.
-    #[arg(long, value_name = "N")]
-    max_producers_per_partition: Option<usize>,
-    /// Seconds a producer must be idle before its state may be forgotten to make room (default
-    /// 900; keep it above producers' delivery timeout).
+    /// Idempotent producers tracked per partition; a new one past this is refused with
+    /// PRODUCER_STATE_FULL until one has been idle for --producer-idle-expiry-secs
+    /// [default: 10000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_producers_per_partition: Option<u32>,
+    /// Seconds a producer must be idle before its state may be forgotten to make room. Keep it
+    /// above the producers' delivery timeout (120 s by default), or a late retry may be
+    /// appended twice [default: 900].
     #[arg(long, value_name = "SECONDS")]
     producer_idle_expiry_secs: Option<u64>,
 }
@@ -134,9 +137,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         config.max_record_bytes = bytes;
     }
     if let Some(n) = args.max_producers_per_partition {
-        config.producer_limits.max_producers = n;
+        config.producer_limits.max_producers = n as usize;
     }
     if let Some(secs) = args.producer_idle_expiry_secs {
+        if secs < 120 {
+            eprintln!(
+                "warning: --producer-idle-expiry-secs {secs} is below the producers' default \
+                 delivery timeout (120 s): a producer idle that long may be forgotten while its \
+                 retry is pending, and the retry appended twice"
+            );
+        }
         config.producer_limits.idle_expiry = std::time::Duration::from_secs(secs);
     }
     if let Some(addr) = args.metrics {

@@ -854,17 +854,23 @@ impl<'a> Settlement<'a> {
         error: &Arc<dyn StdError + Send + Sync>,
         retriable: bool,
     ) {
-        // Sent, no answer: whatever the error says about the last attempt, the batch may
-        // have been appended by this one or an earlier one.
-        batch.maybe_applied = true;
+        // Sent, no answer: whatever the error says about the last attempt, an earlier one
+        // inside the retry layer may have been appended — unless that layer is at most once,
+        // where it only retries failures that say nothing was sent.
+        let at_most_once = at_most_once(self.inner);
+        let error_ref: &(dyn StdError + 'static) = error.as_ref();
+        if !at_most_once || layers::may_have_been_applied(error_ref) {
+            batch.maybe_applied = true;
+        }
         if retriable {
             self.retry(batch, true);
         } else {
+            let persistence = batch.persistence();
             self.fail(
                 batch,
                 ProduceError::Transport {
                     source: error.clone(),
-                    persistence: Persistence::PossiblyPersisted,
+                    persistence,
                 },
             );
         }

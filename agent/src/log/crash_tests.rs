@@ -200,3 +200,29 @@ fn a_failed_fsync_answers_storage_error() {
         ErrorCode::Unavailable
     );
 }
+
+/// Found by an outside review: a failed write left the high watermark at the offsets handed
+/// out, above what the files hold, so fetches below it answered nothing and a consumer stopped
+/// early thinking it was done. The high watermark is what was written.
+#[test]
+fn a_failed_write_does_not_advance_the_high_watermark() {
+    let fs = SimFs::new();
+    let (log, _) = PartitionLog::open(Path::new(DIR), config(&fs)).unwrap();
+    assert!(log.append(&[&batch(0, 3, ProducerStamp::NONE)])[0].is_ok());
+    fs.fail_writes(true);
+    let failed = log.append(&[
+        &batch(1, 4, ProducerStamp::NONE),
+        &batch(2, 1, ProducerStamp::NONE),
+    ]);
+    assert!(
+        failed
+            .iter()
+            .all(|r| r.as_ref().unwrap_err().code == ErrorCode::StorageError)
+    );
+    let read = log.read(0, 1 << 20).unwrap();
+    assert_eq!((read.high_watermark, read.batches.len()), (3, 1));
+    assert_eq!(
+        log.read(4, 1 << 20).unwrap_err().code,
+        ErrorCode::OffsetOutOfRange
+    );
+}

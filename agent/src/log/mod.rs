@@ -15,6 +15,7 @@
 //! All file I/O goes through [`Storage`](storage::Storage), so the crash tests can run this code
 //! on a filesystem that loses what was not fsynced.
 
+mod checkpoint;
 mod recovery;
 mod segment;
 pub(crate) mod storage;
@@ -83,6 +84,8 @@ pub(crate) struct PartitionLog {
     dir_syncs: std::sync::atomic::AtomicU64,
     /// Woken after every append, for fetches waiting for data (`max_wait_ms`).
     appended: tokio::sync::Notify,
+    /// The recovery point, rewritten after every fsync (see `checkpoint`).
+    checkpoint: Arc<dyn StorageFile>,
 }
 
 struct Inner {
@@ -109,6 +112,7 @@ impl PartitionLog {
     ) -> io::Result<(PartitionLog, RecoveryReport)> {
         config.storage.create_dir_durable(dir)?;
         let recovered = recovery::recover(dir, &config)?;
+        let checkpoint = checkpoint::open(config.storage.as_ref(), dir)?;
         let log = PartitionLog {
             config,
             dir: dir.to_owned(),
@@ -123,6 +127,7 @@ impl PartitionLog {
             }),
             dir_syncs: std::sync::atomic::AtomicU64::new(0),
             appended: tokio::sync::Notify::new(),
+            checkpoint,
         };
         Ok((log, recovered.report))
     }
@@ -278,8 +283,17 @@ impl PartitionLog {
                 Some(active) if inner.unsynced => Some(active.file.clone()),
                 _ => None,
             };
+            // What this fsync makes durable: at least the active segment's bytes up to here.
+            let point = match (inner.segments.first(), inner.segments.last()) {
+                (Some(first), Some(active)) => Some(checkpoint::Checkpoint {
+                    log_start: first.base_offset,
+                    segment: active.base_offset,
+                    synced: active.size,
+                }),
+                _ => None,
+            };
             inner.unsynced = false;
-            (file, std::mem::take(&mut inner.dir_unsynced))
+            (file.zip(point), std::mem::take(&mut inner.dir_unsynced))
         };
         // Written but not known to be durable: the batches may or may not survive.
         let fail = |what: &str, e: io::Error| {
@@ -292,7 +306,7 @@ impl PartitionLog {
             )
         };
         // Outside the lock: appends of the next round and fetches go on meanwhile.
-        if let Some(file) = file {
+        if let Some((file, _)) = &file {
             file.sync_data().map_err(|e| fail("the segment in", e))?;
         }
         if dir {
@@ -302,6 +316,13 @@ impl PartitionLog {
                 .map_err(|e| fail("directory", e))?;
             self.dir_syncs
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Only now, with the data and its directory entry durable, may the recovery point say
+        // so. Failing to write it costs nothing but precision at the next recovery.
+        if let Some((_, point)) = file
+            && let Err(e) = checkpoint::write(self.checkpoint.as_ref(), point)
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "checkpoint not written");
         }
         Ok(())
     }
@@ -313,7 +334,8 @@ impl PartitionLog {
         let (files, log_start_offset, high_watermark) = {
             let inner = self.lock();
             let start = inner.segments.first().map_or(0, |s| s.base_offset);
-            let end = inner.state.next_offset();
+            // What is in the files: after a failed write the offsets handed out run ahead.
+            let end = inner.segments.last().map_or(start, |s| s.next_offset);
             if offset < start || offset > end {
                 return Err(Rejection::new(
                     ErrorCode::OffsetOutOfRange,

@@ -20,7 +20,8 @@
 //!   segments back) and restarts the agent.
 
 use super::LogConfig;
-use super::segment::{Segment, parse_file_name};
+use super::checkpoint;
+use super::segment::{Segment, file_name, parse_file_name};
 use super::storage::{Storage, StorageFile};
 use bytes::Bytes;
 use std::io;
@@ -82,21 +83,33 @@ pub(super) const STORED: DecodeLimits = DecodeLimits {
 
 pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
     let storage = config.storage.as_ref();
-    let mut files: Vec<(i64, String)> = storage
-        .list(dir)?
-        .into_iter()
-        .filter_map(|name| Some((parse_file_name(&name)?, name)))
-        .collect();
+    let mut files: Vec<(i64, String)> = Vec::new();
+    for name in storage.list(dir)? {
+        match parse_file_name(&name) {
+            Some(base) => files.push((base, name)),
+            None if name == QUARANTINE || name == checkpoint::FILE => {}
+            None => tracing::warn!(dir = %dir.display(), file = %name, "not a segment: ignored"),
+        }
+    }
     files.sort();
     let quarantine = dir.join(QUARANTINE);
+    let point = checkpoint::read(storage, dir);
     let mut report = RecoveryReport {
         broken: read_note(storage, &quarantine),
         ..RecoveryReport::default()
     };
     if files.is_empty() {
-        let segment = Segment::create(storage, dir, 0)?;
+        let mut segments = vec![Segment::create(storage, dir, 0)?];
+        if let Some(point) = point.filter(|p| p.synced > 0) {
+            let why = format!(
+                "every segment file is missing, though segment {} held {} fsynced bytes",
+                file_name(point.segment),
+                point.synced
+            );
+            fence(storage, dir, &mut segments, &why, 0, &mut report)?;
+        }
         return Ok(Recovered {
-            segments: vec![segment],
+            segments,
             state: config.new_state(0),
             report,
         });
@@ -142,48 +155,94 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
     }
 
     if let Some(found) = found {
-        let (_, name) = &files[found.index];
+        let (base, name) = &files[found.index];
+        // Bytes of this segment known fsynced: damage below that is not a torn write.
+        let synced = match point {
+            Some(p) if p.segment == *base => p.synced,
+            Some(p) if p.segment > *base => u64::MAX,
+            _ => 0,
+        };
         let torn = found.index == last
             && found.index < segments.len()
+            && found.pos >= synced
             && !valid_batch_follows(segments[found.index].file.as_ref(), found.pos, expected)?;
-        storage.create_dir_all(&quarantine)?;
+        let in_quarantine = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("moving damaged data into {}: {e}", quarantine.display()),
+            )
+        };
+        storage.create_dir_all(&quarantine).map_err(in_quarantine)?;
         if torn {
             let segment = &mut segments[found.index];
             let cut = segment.file.len()? - found.pos;
-            move_tail(storage, segment, found.pos, &quarantine, name, "tail")?;
+            move_tail(storage, segment, found.pos, &quarantine, name, "tail")
+                .map_err(in_quarantine)?;
             report.truncated_bytes = cut;
             tracing::warn!(
                 dir = %dir.display(), bytes = cut, reason = %found.reason,
                 "cut a torn tail (unsynced writes of a crash); a copy is in the quarantine"
             );
             metrics::counter!("streamhouse_recovery_truncated_bytes_total").increment(cut);
+            storage.sync_dir(&quarantine).map_err(in_quarantine)?;
         } else {
             let mut moved = 0;
             if let Some(segment) = segments.get_mut(found.index) {
                 moved += segment.file.len()? - found.pos;
-                move_tail(storage, segment, found.pos, &quarantine, name, "from")?;
+                move_tail(storage, segment, found.pos, &quarantine, name, "from")
+                    .map_err(in_quarantine)?;
             }
             let first_whole = found.index + usize::from(found.index < segments.len());
             for (_, name) in &files[first_whole..] {
                 let from = dir.join(name);
                 moved += storage.open(&from)?.len()?;
-                storage.rename(&from, &unique(storage, &quarantine, name))?;
+                storage
+                    .rename(&from, &unique(storage, &quarantine, name))
+                    .map_err(in_quarantine)?;
             }
-            let note = format!(
-                "log broken at offset {expected}: {}. Records from offset {expected} on are \
-                 in {}; the partition refuses appends until this directory is moved away and \
-                 the agent restarted.\n",
-                found.reason,
-                quarantine.display()
-            );
-            storage.write_new(&unique(storage, &quarantine, BROKEN), note.as_bytes())?;
-            tracing::error!(dir = %dir.display(), bytes = moved, %note, "partition fenced");
             metrics::counter!("streamhouse_recovery_quarantined_bytes_total").increment(moved);
             report.quarantined_bytes = moved;
-            report.broken = Some(note);
+            fence(
+                storage,
+                dir,
+                &mut segments,
+                &found.reason,
+                expected,
+                &mut report,
+            )?;
         }
-        storage.sync_dir(&quarantine)?;
-        storage.sync_dir(dir)?;
+    } else if let Some(point) = point {
+        // The log follows; does it still hold everything the last fsync covered?
+        let first = files[0].0;
+        let active = segments
+            .last()
+            .map_or((first, 0), |s| (s.base_offset, s.size));
+        let why = if first > point.log_start {
+            Some(format!(
+                "the log starts at offset {first}, but offsets from {} were written (segment \
+                 files before {} are missing)",
+                point.log_start,
+                file_name(first)
+            ))
+        } else if point.segment > active.0 {
+            Some(format!(
+                "segment {} held {} fsynced bytes and is missing",
+                file_name(point.segment),
+                point.synced
+            ))
+        } else if point.segment == active.0 && active.1 < point.synced {
+            Some(format!(
+                "segment {} holds {} bytes, {} were fsynced",
+                file_name(point.segment),
+                active.1,
+                point.synced
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            fence(storage, dir, &mut segments, &why, expected, &mut report)?;
+        }
     }
     if report.broken.is_some() {
         metrics::counter!("streamhouse_partitions_fenced_total").increment(1);
@@ -193,6 +252,49 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
         state,
         report,
     })
+}
+
+/// Fences the partition: a `BROKEN` note in the quarantine says why, and a new recovery point
+/// describes the log as kept, so that once an operator moves the quarantine away the log is
+/// taken as it is.
+fn fence(
+    storage: &dyn Storage,
+    dir: &Path,
+    segments: &mut [Segment],
+    why: &str,
+    at: i64,
+    report: &mut RecoveryReport,
+) -> io::Result<()> {
+    let quarantine = dir.join(QUARANTINE);
+    let context =
+        |e: io::Error| io::Error::new(e.kind(), format!("fencing {}: {e}", dir.display()));
+    storage.create_dir_all(&quarantine).map_err(context)?;
+    let note = format!(
+        "log broken at offset {at}: {why}. Whatever recovery moved aside is in {}; the \
+         partition refuses appends until that directory (or this note) is moved away and the \
+         agent restarted.\n",
+        quarantine.display()
+    );
+    storage
+        .write_new(&unique(storage, &quarantine, BROKEN), note.as_bytes())
+        .map_err(context)?;
+    if let (Some(first), Some(kept)) = (segments.first(), segments.last()) {
+        kept.sync().map_err(context)?;
+        let point = checkpoint::Checkpoint {
+            log_start: first.base_offset,
+            segment: kept.base_offset,
+            synced: kept.size,
+        };
+        let file = checkpoint::open(storage, dir).map_err(context)?;
+        checkpoint::write(file.as_ref(), point)
+            .and_then(|()| file.sync_data())
+            .map_err(context)?;
+    }
+    storage.sync_dir(&quarantine).map_err(context)?;
+    storage.sync_dir(dir).map_err(context)?;
+    tracing::error!(dir = %dir.display(), %note, "partition fenced");
+    report.broken = Some(note);
+    Ok(())
 }
 
 /// The `BROKEN` note of an earlier recovery, if the quarantine holds one.
@@ -309,24 +411,34 @@ fn checked_batch(
     Ok(Ok(header))
 }
 
-/// Whether a valid batch continuing the log follows the failed batch at `pos`: then the failure
-/// is damage inside the log, not the end of what was written.
+/// Whether a valid batch continuing the log lies anywhere after the failed batch at `pos`:
+/// then the failure is damage inside the log, not the end of what was written. The bytes after
+/// it are searched at every position (its own length field may be the damage) for a whole
+/// batch with a later base offset and a good CRC.
 fn valid_batch_follows(file: &dyn StorageFile, pos: u64, expected: i64) -> io::Result<bool> {
     let len = file.len()?;
-    if len - pos < HEADER_LEN as u64 {
+    if len <= pos + 1 {
         return Ok(false);
     }
-    let mut head = [0u8; HEADER_LEN];
-    file.read_exact_at(&mut head, pos)?;
-    let Ok(failed) = BatchHeader::read(&head) else {
-        return Ok(false);
-    };
-    if failed.base_offset != expected {
-        return Ok(false);
+    let mut tail = vec![0u8; usize::try_from(len - pos - 1).map_err(io::Error::other)?];
+    file.read_exact_at(&mut tail, pos + 1)?;
+    let most = expected.saturating_add(tail.len() as i64);
+    for at in 0..tail.len().saturating_sub(HEADER_LEN - 1) {
+        let base = i64::from_be_bytes(tail[at..at + 8].try_into().unwrap_or_default());
+        // Cheap filters first: a later offset, magic 1.
+        if base <= expected || base > most || tail[at + 12] != 1 {
+            continue;
+        }
+        let Ok(header) = BatchHeader::read(&tail[at..]) else {
+            continue;
+        };
+        let end = at + header.total_len();
+        if end <= tail.len()
+            && header.record_count > 0
+            && Batch::parse(Bytes::copy_from_slice(&tail[at..end]), &STORED).is_ok()
+        {
+            return Ok(true);
+        }
     }
-    let next = pos + failed.total_len() as u64;
-    if next >= len {
-        return Ok(false);
-    }
-    Ok(checked_batch(file, next, len, failed.last_offset() + 1, true)?.is_ok())
+    Ok(false)
 }

@@ -51,6 +51,8 @@ struct State {
     capture: Option<Capture>,
     /// Every fsync fails (a dying disk).
     failing: bool,
+    /// Every write fails (a full disk).
+    full: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -222,6 +224,11 @@ impl SimFs {
         self.lock().failing = failing;
     }
 
+    /// From now on every write fails with "no space left", or works again.
+    pub(crate) fn fail_writes(&self, full: bool) {
+        self.lock().full = full;
+    }
+
     /// fsyncs (file and directory) so far.
     pub(crate) fn syncs(&self) -> u64 {
         self.lock().syncs
@@ -372,6 +379,12 @@ impl StorageFile for SimFile {
     fn write_all_at(&self, slices: &mut [IoSlice<'_>], pos: u64) -> io::Result<()> {
         let bytes: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
         let mut state = self.lock();
+        if state.full {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "injected: disk full",
+            ));
+        }
         let inode = &mut state.inodes[self.ino];
         write_at(&mut inode.data, pos, &bytes);
         inode.pending.push(Op::Write { pos, bytes });

@@ -171,20 +171,23 @@ fn idempotence_state_survives_a_restart() {
     assert_eq!(log.next_offset(), 4);
 }
 
-/// Writes 8 batches, returns the directory, the segment file and the byte ranges of the last 3.
+/// Writes 8 batches, the first 5 fsynced (the recovery point), the last 3 not; returns the
+/// directory, the segment file and the byte ranges of the last 3 (what a crash may tear).
 fn written_log() -> (tempfile::TempDir, PathBuf, Vec<std::ops::Range<u64>>) {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = PartitionLog::open(dir.path(), config(1 << 20)).unwrap();
     let mut ranges = Vec::new();
     let mut pos = 0u64;
     for n in 0..8 {
+        if n == 5 {
+            log.sync().unwrap();
+        }
         let b = batch(n, 2, ProducerStamp::NONE);
         let len = b.as_bytes().len() as u64;
         append_all(&log, &[b]);
         ranges.push(pos..pos + len);
         pos += len;
     }
-    log.sync().unwrap();
     drop(log);
     let file = dir.path().join(segment::file_name(0));
     (dir, file, ranges[5..].to_vec())
@@ -240,7 +243,7 @@ fn bytes_under(dir: &Path) -> u64 {
             let e = e.unwrap();
             if e.file_type().unwrap().is_dir() {
                 bytes_under(&e.path())
-            } else if e.file_name() == recovery::BROKEN {
+            } else if e.file_name() == recovery::BROKEN || e.file_name() == checkpoint::FILE {
                 0
             } else {
                 e.metadata().unwrap().len()
@@ -295,6 +298,7 @@ fn rolled_log(batches: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
     files.sort();
     (dir, files)
@@ -396,4 +400,78 @@ fn segment_base(path: &Path) -> i64 {
 
 fn segment_len(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().len()
+}
+
+/// Found by an outside review: a damaged length field in the last segment, with intact
+/// batches after it, was cut as a torn tail (its own length hid the batches behind it). The
+/// bytes after the damage are now searched for a valid batch: found, so the partition fences.
+#[test]
+fn a_damaged_length_with_valid_batches_behind_it_fences() {
+    let (dir, file, last3) = written_log();
+    let mut bytes = std::fs::read(&file).unwrap();
+    // batch_length of the first unsynced batch: far too long, then too short.
+    for length in [100_000i32, 60] {
+        let copy = copy_dir(dir.path());
+        let at = last3[0].start as usize + 8;
+        bytes[at..at + 4].copy_from_slice(&length.to_be_bytes());
+        std::fs::write(copy.path().join(file.file_name().unwrap()), &bytes).unwrap();
+        let (log, report) = PartitionLog::open(copy.path(), config(1 << 20)).unwrap();
+        assert!(report.broken.is_some(), "length {length}: {report:?}");
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(read_until_error(&log).0, expected(5));
+    }
+}
+
+/// Found by an outside review: damage to the last batch of the log was cut as a torn tail
+/// although the batch had been fsynced (and acknowledged), and its offsets were handed out
+/// again. The recovery point says what was fsynced; damage below it fences.
+#[test]
+fn damage_below_the_recovery_point_fences_even_in_the_last_batch() {
+    let (dir, file, last3) = written_log();
+    {
+        // Make all 8 batches durable: the recovery point moves to the end.
+        let (log, _) = PartitionLog::open(dir.path(), config(1 << 20)).unwrap();
+        assert!(log.append(&[&batch(8, 1, ProducerStamp::NONE)])[0].is_ok());
+        log.sync().unwrap();
+    }
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let (log, report) = PartitionLog::open(dir.path(), config(1 << 20)).unwrap();
+    assert!(report.broken.is_some(), "{report:?}");
+    assert_eq!(report.truncated_bytes, 0);
+    assert_eq!(read_until_error(&log).0, expected(8));
+    let _ = last3;
+}
+
+/// Found by an outside review: a missing first or last segment file went unnoticed (the log
+/// simply started later, or ended earlier and handed its offsets out again).
+#[test]
+fn a_missing_first_or_last_segment_fences() {
+    for which in ["first", "last"] {
+        let (dir, files) = rolled_log(20);
+        let gone = if which == "first" {
+            &files[0]
+        } else {
+            &files[files.len() - 1]
+        };
+        std::fs::remove_file(gone).unwrap();
+        let (log, report) = PartitionLog::open(dir.path(), config(2_000)).unwrap();
+        let note = report
+            .broken
+            .unwrap_or_else(|| panic!("{which}: not fenced"));
+        assert!(note.contains("missing"), "{which}: {note}");
+        let refused = log.append(&[&batch(99, 1, ProducerStamp::NONE)]);
+        assert_eq!(
+            refused[0].as_ref().unwrap_err().code,
+            ErrorCode::Unavailable
+        );
+        drop(log);
+        // Accepting the loss: the quarantine goes, the log is taken as it is.
+        std::fs::remove_dir_all(dir.path().join(recovery::QUARANTINE)).unwrap();
+        let (log, report) = PartitionLog::open(dir.path(), config(2_000)).unwrap();
+        assert_eq!(report.broken, None, "{which}");
+        assert!(log.append(&[&batch(99, 1, ProducerStamp::NONE)])[0].is_ok());
+    }
 }
