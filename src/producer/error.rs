@@ -57,6 +57,15 @@ pub enum ProduceError {
     /// The topic could not be looked up.
     #[error("metadata lookup failed")]
     Discovery(#[from] DiscoveryError),
+    /// Discovery did not answer about the topic within `max_block` (Kafka's "topic not present
+    /// in metadata after max.block.ms"). Nothing was sent.
+    #[error("no metadata for topic {topic:?} within max_block ({max_block:?})")]
+    MetadataTimeout {
+        /// The topic.
+        topic: String,
+        /// The configured bound.
+        max_block: Duration,
+    },
     /// The agent refused the batch with a non-retriable code. That attempt appended nothing;
     /// `persistence` says whether an earlier attempt of the same batch may have (it went
     /// unanswered, or the agent lost track of the producer since).

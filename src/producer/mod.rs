@@ -289,7 +289,18 @@ impl Producer {
                 Attempt::Pushed(pushed) => pushed,
                 Attempt::Invalid(error) => return Err(error),
                 Attempt::NeedMetadata => {
-                    let metadata = self.inner.discovery.topic(record.topic).await?;
+                    // `max_block` bounds everything `send` waits for: metadata too.
+                    let max_block = self.inner.config.max_block;
+                    let deadline =
+                        *block_deadline.get_or_insert_with(|| Instant::now() + max_block);
+                    let lookup = self.inner.discovery.topic(record.topic);
+                    let metadata =
+                        tokio::time::timeout_at(deadline, lookup)
+                            .await
+                            .map_err(|_| ProduceError::MetadataTimeout {
+                                topic: record.topic.to_owned(),
+                                max_block,
+                            })??;
                     self.inner.lock().set_metadata(metadata);
                     continue;
                 }
@@ -419,9 +430,19 @@ impl Producer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(sender) = sender {
-            // The sender never panics by design; if it did, there is nothing left to stop.
-            let _ = sender.await;
+        if let Some(mut sender) = sender {
+            // The sender ends once nothing is unsettled; should it still wait on something
+            // (a hanging dial or metadata lookup) at the deadline, it is told to abort, which
+            // it does at once. The sender never panics by design; if it did, there is nothing
+            // left to stop.
+            if tokio::time::timeout_at(deadline, &mut sender)
+                .await
+                .is_err()
+            {
+                self.inner.lock().phase = Phase::Abort;
+                self.inner.wake_sender.notify_one();
+                let _ = sender.await;
+            }
         }
         if unfinished > 0 {
             Err(ProduceError::CloseTimedOut {

@@ -160,7 +160,12 @@ impl Sender {
             self.settle_failures(failures);
             match phase {
                 Phase::Abort => return self.abort().await,
-                Phase::Closing if idle && self.tasks.is_empty() => return,
+                // Nothing unsettled: dials and metadata lookups still running serve nobody.
+                Phase::Closing if idle && self.requests.is_empty() => {
+                    self.tasks.abort_all();
+                    while self.tasks.join_next().await.is_some() {}
+                    return;
+                }
                 _ => {}
             }
             self.dispatch(ready, now);

@@ -28,8 +28,9 @@ struct Inner {
     /// Client endpoints (UDP sockets), one per address family, bound on first use.
     sockets: tokio::sync::Mutex<(Option<quinn::Endpoint>, Option<quinn::Endpoint>)>,
     connections: Mutex<HashMap<Endpoint, quinn::Connection>>,
-    /// Held while dialling, so requests finding a connection lost dial it once.
-    dialing: tokio::sync::Mutex<()>,
+    /// Per endpoint, held while dialling it, so requests finding a connection lost dial it
+    /// once — and an unreachable agent's handshake never delays dialling another.
+    dialing: Mutex<HashMap<Endpoint, Arc<tokio::sync::Mutex<()>>>>,
     /// Where sockets and addresses come from; `None`: the operating system.
     network: Option<Arc<dyn QuicNetwork>>,
 }
@@ -74,7 +75,7 @@ impl QuicTransport {
                 server_name: tls.server_name.clone(),
                 sockets: tokio::sync::Mutex::new((None, None)),
                 connections: Mutex::new(HashMap::new()),
-                dialing: tokio::sync::Mutex::new(()),
+                dialing: Mutex::new(HashMap::new()),
                 network,
             }),
         })
@@ -149,7 +150,15 @@ impl QuicTransport {
         if let Some(connection) = self.cached(endpoint) {
             return Ok(connection);
         }
-        let _dialing = self.inner.dialing.lock().await;
+        let lock = self
+            .inner
+            .dialing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(endpoint.clone())
+            .or_default()
+            .clone();
+        let _dialing = lock.lock().await;
         // Another request may have dialled while this one waited.
         if let Some(connection) = self.cached(endpoint) {
             return Ok(connection);

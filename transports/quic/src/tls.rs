@@ -79,7 +79,7 @@ pub(crate) fn server_config(tls: &ServerTls) -> Result<rustls::ServerConfig, Qui
 pub struct DevCertificate {
     /// `DIR/cert.pem`: give it to clients as their CA (`--ca`).
     pub cert: PathBuf,
-    /// `DIR/key.pem`.
+    /// `DIR/key.pem`, readable by its owner only (0600).
     pub key: PathBuf,
 }
 
@@ -98,7 +98,24 @@ pub fn dev_certificate(dir: &Path) -> Result<DevCertificate, QuicError> {
         let generated = rcgen::generate_simple_self_signed(names)
             .map_err(|e| QuicError::Tls(format!("cannot generate a certificate: {e}")))?;
         std::fs::write(&cert, generated.cert.pem())?;
-        std::fs::write(&key, generated.signing_key.serialize_pem())?;
+        write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
     }
     Ok(DevCertificate { cert, key })
+}
+
+/// Writes a private key readable by its owner only (0600), replacing any older file: the
+/// permissions are set when the file is created, so the key is never world-readable.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
 }
