@@ -16,8 +16,11 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Topics to create at start if missing (existing ones keep their partitions, or grow).
     pub topics: Vec<TopicSpec>,
-    /// Create unknown topics on first use with this many partitions. Default off.
+    /// Create unknown topics on first use with this many partitions (at least 1). Default off.
     pub auto_create_partitions: Option<u32>,
+    /// Most topics the agent holds: auto-creation past it is refused with
+    /// `LIMIT_EXCEEDED`. Default 1,000.
+    pub max_topics: usize,
     /// Largest batch accepted (encoded, header included). Default 4 MiB.
     pub max_batch_bytes: usize,
     /// Largest record accepted (encoded). Default 1 MiB.
@@ -45,6 +48,7 @@ impl AgentConfig {
             data_dir: data_dir.into(),
             topics: Vec::new(),
             auto_create_partitions: None,
+            max_topics: 1_000,
             max_batch_bytes: 4 << 20,
             max_record_bytes: 1 << 20,
             max_uncompressed_bytes: 32 << 20,

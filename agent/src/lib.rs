@@ -101,6 +101,9 @@ pub enum AgentError {
         /// The directory.
         path: std::path::PathBuf,
     },
+    /// A setting cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// A configured topic is invalid.
     #[error("topic {name:?}: {rejection}")]
     Topic {
@@ -148,6 +151,11 @@ impl Agent {
             path: path.clone(),
             source,
         };
+        if config.auto_create_partitions == Some(0) {
+            return Err(AgentError::Config(
+                "auto-created topics need at least one partition".into(),
+            ));
+        }
         let lock = lock_data_dir(&config.data_dir)?;
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,
@@ -199,7 +207,7 @@ impl Agent {
             async move {
                 Ok::<_, BoxError>(match request.message {
                     RequestMessage::Produce(r) => Response::Produce(shared.produce(r).await),
-                    RequestMessage::Metadata(r) => Response::Metadata(shared.metadata(&r)),
+                    RequestMessage::Metadata(r) => Response::Metadata(shared.metadata(&r).await),
                     RequestMessage::Fetch(r) => Response::Fetch(shared.fetch(r).await),
                     _ => {
                         return Err(BoxError::from("unsupported request"));

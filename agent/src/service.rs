@@ -66,7 +66,7 @@ impl Shared {
         let mut keys = Vec::with_capacity(request.batches.len());
         for batch in request.batches {
             keys.push((batch.topic.clone(), batch.partition));
-            slots.push(match self.submit(batch, durable) {
+            slots.push(match self.submit(batch, durable).await {
                 Ok(rx) => Slot::Waiting(rx),
                 Err(r) => Slot::Done(r.code, r.message, -1),
             });
@@ -118,8 +118,8 @@ impl Shared {
     }
 
     /// Validates one batch and queues it on its partition's I/O thread.
-    fn submit(
-        &self,
+    async fn submit(
+        self: &Arc<Self>,
         batch: PartitionBatch,
         durable: bool,
     ) -> Result<oneshot::Receiver<crate::io::AppendReply>, Rejection> {
@@ -129,7 +129,7 @@ impl Shared {
                 "agent is shutting down",
             ));
         }
-        let topic = self.topic(&batch.topic)?;
+        let topic = self.topic(&batch.topic).await?;
         let (log, shard) = topic
             .partitions
             .get(batch.partition as usize)
@@ -160,22 +160,30 @@ impl Shared {
         Ok(rx)
     }
 
-    /// The topic, created if auto-creation is on.
-    fn topic(&self, name: &str) -> Result<Arc<crate::topics::Topic>, Rejection> {
+    /// The topic, created if auto-creation is on (within `max_topics`, off the runtime:
+    /// creation does directory IO).
+    async fn topic(self: &Arc<Self>, name: &str) -> Result<Arc<crate::topics::Topic>, Rejection> {
         if let Some(topic) = self.topics.get(name) {
             return Ok(topic);
         }
         validate_topic_name(name)?;
-        match self.config.auto_create_partitions {
-            Some(partitions) => Ok(self.topics.ensure(name, partitions)?.0),
-            None => Err(Rejection::new(
+        let Some(partitions) = self.config.auto_create_partitions else {
+            return Err(Rejection::new(
                 ErrorCode::UnknownTopic,
                 format!("no topic {name:?} (auto-creation is off)"),
-            )),
-        }
+            ));
+        };
+        let (shared, name) = (self.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let max = shared.config.max_topics;
+            shared.topics.ensure_within(&name, partitions, max)
+        })
+        .await
+        .unwrap_or_else(|_| Err(Rejection::new(ErrorCode::Internal, "topic creation failed")))
+        .map(|(topic, _)| topic)
     }
 
-    pub(crate) fn metadata(&self, request: &MetadataRequest) -> MetadataResponse {
+    pub(crate) async fn metadata(self: &Arc<Self>, request: &MetadataRequest) -> MetadataResponse {
         let topics: Vec<TopicMetadata> = if request.topics.is_empty() {
             self.topics
                 .all()
@@ -183,11 +191,11 @@ impl Shared {
                 .map(|t| self.describe(&t.name, Ok(t.clone())))
                 .collect()
         } else {
-            request
-                .topics
-                .iter()
-                .map(|name| self.describe(name, self.topic(name)))
-                .collect()
+            let mut described = Vec::with_capacity(request.topics.len());
+            for name in &request.topics {
+                described.push(self.describe(name, self.topic(name).await));
+            }
+            described
         };
         MetadataResponse {
             agents: vec![AgentInfo {

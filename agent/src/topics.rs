@@ -18,6 +18,9 @@ pub(crate) struct Topics {
     dir: PathBuf,
     config: LogConfig,
     map: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Held while creating topics or partitions (directory IO), never while reading `map`: a
+    /// produce to an existing topic does not wait for another topic's creation.
+    creating: std::sync::Mutex<()>,
     next_shard: AtomicUsize,
 }
 
@@ -56,6 +59,7 @@ impl Topics {
             dir,
             config,
             map: RwLock::new(HashMap::new()),
+            creating: std::sync::Mutex::new(()),
             next_shard: AtomicUsize::new(0),
         };
         let mut reports = Vec::new();
@@ -90,24 +94,59 @@ impl Topics {
         all
     }
 
-    /// The topic with at least `partitions` partitions, creating it or adding partitions.
+    /// Topics held.
+    pub(crate) fn count(&self) -> usize {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// The topic with at least `partitions` partitions, creating it or adding partitions. Does
+    /// directory IO: call it off the async runtime.
     pub(crate) fn ensure(
         &self,
         name: &str,
         partitions: u32,
     ) -> Result<(Arc<Topic>, Vec<PartitionRecovery>), Rejection> {
+        self.ensure_within(name, partitions, usize::MAX)
+    }
+
+    /// [`ensure`](Self::ensure), refusing to create a new topic when `max_topics` are held.
+    pub(crate) fn ensure_within(
+        &self,
+        name: &str,
+        partitions: u32,
+        max_topics: usize,
+    ) -> Result<(Arc<Topic>, Vec<PartitionRecovery>), Rejection> {
         validate_topic_name(name)?;
-        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        let existing = map.get(name).map_or(0, |t| t.partitions.len() as u32);
-        if let Some(topic) = map.get(name)
+        if partitions == 0 {
+            return Err(Rejection::new(
+                ErrorCode::InvalidRequest,
+                format!("topic {name:?} would have no partition"),
+            ));
+        }
+        if let Some(topic) = self.get(name)
+            && topic.partitions.len() as u32 >= partitions
+        {
+            return Ok((topic, Vec::new()));
+        }
+        let _creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.get(name);
+        let existing = current.as_ref().map_or(0, |t| t.partitions.len() as u32);
+        if let Some(topic) = current.clone()
             && existing >= partitions
         {
-            return Ok((topic.clone(), Vec::new()));
+            return Ok((topic, Vec::new()));
         }
-        let mut logs = map
-            .get(name)
-            .map(|t| t.partitions.clone())
-            .unwrap_or_default();
+        if current.is_none() && self.count() >= max_topics {
+            metrics::counter!("streamhouse_limit_hits_total", "limit" => "topics").increment(1);
+            return Err(Rejection::new(
+                ErrorCode::LimitExceeded,
+                format!("the agent holds {max_topics} topics, its limit (--max-topics)"),
+            ));
+        }
+        let mut logs = current.map(|t| t.partitions.clone()).unwrap_or_default();
         let mut reports = Vec::new();
         for partition in existing..partitions {
             let dir = self.dir.join(dir_name(name, partition));
@@ -129,7 +168,10 @@ impl Topics {
             name: Arc::from(name),
             partitions: logs,
         });
-        map.insert(name.to_owned(), topic.clone());
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), topic.clone());
         Ok((topic, reports))
     }
 }

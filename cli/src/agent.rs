@@ -46,8 +46,12 @@ pub(crate) struct Args {
     #[arg(long = "topic", value_name = "NAME:PARTITIONS")]
     topics: Vec<TopicSpec>,
     /// Create unknown topics on first use with this many partitions.
-    #[arg(long, value_name = "PARTITIONS")]
+    #[arg(long, value_name = "PARTITIONS", value_parser = clap::value_parser!(u32).range(1..))]
     auto_create: Option<u32>,
+    /// Most topics this agent holds; auto-creation past it is refused (LIMIT_EXCEEDED)
+    /// [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_topics: Option<usize>,
     /// Serve Prometheus metrics on this address (`/metrics`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -122,6 +126,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     config.id = args.id;
     config.topics = args.topics;
     config.auto_create_partitions = args.auto_create;
+    if let Some(n) = args.max_topics {
+        config.max_topics = n;
+    }
     config.endpoints = if args.advertise.is_empty() {
         listeners.endpoints().to_vec()
     } else {

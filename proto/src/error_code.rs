@@ -70,7 +70,7 @@ mod tests {
 
     #[test]
     fn only_transient_codes_are_retriable() {
-        let retriable: Vec<_> = (0..=22)
+        let retriable: Vec<_> = (0..=23)
             .map(ErrorCode::from_wire)
             .filter(|c| c.is_retriable())
             .collect();

@@ -115,6 +115,12 @@ fn to_metadata(
         ErrorCode::None => {}
         ErrorCode::UnknownTopic => return Err(DiscoveryError::UnknownTopic(topic.name.clone())),
         ErrorCode::InvalidTopic => return Err(DiscoveryError::InvalidTopic(topic.name.clone())),
+        ErrorCode::LimitExceeded => {
+            return Err(DiscoveryError::Refused(format!(
+                "{}: {}",
+                topic.name, topic.error_message
+            )));
+        }
         code => {
             return Err(DiscoveryError::Unavailable(format!(
                 "{}: {code:?} {}",

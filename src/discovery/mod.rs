@@ -89,6 +89,9 @@ pub enum DiscoveryError {
     /// No agent could be asked right now; retriable.
     #[error("metadata unavailable: {0}")]
     Unavailable(String),
+    /// The agent refuses the topic for good (e.g. it would pass the agent's topic limit).
+    #[error("topic refused: {0}")]
+    Refused(String),
 }
 
 impl DiscoveryError {
