@@ -170,6 +170,37 @@ impl Serving {
         self.endpoints.iter().find(|e| e.scheme() == scheme)
     }
 
+    /// Stops accepting and lets requests in flight finish for at most `timeout`; past it the
+    /// listeners are dropped with whatever they still serve (a client that never finishes its
+    /// request cannot hold a shutdown open). Returns whether everything finished in time.
+    /// Shut the agent down afterwards ([`Agent::shutdown`]).
+    pub async fn stop_within(
+        mut self,
+        timeout: std::time::Duration,
+    ) -> Result<bool, streamhouse_grpc::ServeError> {
+        let _ = self.stop.send(());
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut in_time = true;
+        if let Some(mut quic) = self.quic.take()
+            && tokio::time::timeout_at(deadline, &mut quic).await.is_err()
+        {
+            quic.abort();
+            in_time = false;
+        }
+        let served = match self.grpc.take() {
+            Some(mut grpc) => match tokio::time::timeout_at(deadline, &mut grpc).await {
+                Ok(result) => result.unwrap_or(Ok(())),
+                Err(_) => {
+                    grpc.abort();
+                    in_time = false;
+                    Ok(())
+                }
+            },
+            None => Ok(()),
+        };
+        served.map(|()| in_time)
+    }
+
     /// Stops accepting, lets requests in flight finish, and returns once every listener is
     /// closed. Shut the agent down afterwards ([`Agent::shutdown`]).
     pub async fn stop(mut self) -> Result<(), streamhouse_grpc::ServeError> {

@@ -48,6 +48,10 @@ pub(crate) struct Args {
     /// Create unknown topics on first use with this many partitions.
     #[arg(long, value_name = "PARTITIONS", value_parser = clap::value_parser!(u32).range(1..))]
     auto_create: Option<u32>,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for requests in flight before it drops
+    /// them [default: 30].
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    shutdown_timeout: u64,
     /// Most topics this agent holds; auto-creation past it is refused (LIMIT_EXCEEDED)
     /// [default: 1000].
     #[arg(long, value_name = "N")]
@@ -187,9 +191,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let serving = listeners.serve(&agent);
     shutdown_signal().await;
-    let stopped = serving.stop().await;
+    let timeout = std::time::Duration::from_secs(args.shutdown_timeout);
+    let stopped = serving.stop_within(timeout).await;
     agent.shutdown().await;
-    stopped.context("gRPC server failed")?;
+    if !stopped.context("gRPC server failed")? {
+        eprintln!(
+            "requests still in flight after --shutdown-timeout {}s were dropped",
+            args.shutdown_timeout
+        );
+    }
     eprintln!("agent stopped cleanly");
     Ok(())
 }

@@ -207,3 +207,44 @@ fn quic_and_grpc_serve_the_same_logs() {
     assert!(!refused.status.success());
     assert!(agent.terminate());
 }
+
+/// Issue 12, seen: "one unfinished gRPC stream holds a SIGTERM shutdown open indefinitely (40 s
+/// seen) while the listener is already closed". A fetch waiting 30 s for data is cut off at
+/// `--shutdown-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_request_does_not_hold_shutdown_open() {
+    use streamhouse::proto::v1::FetchRequest;
+    use streamhouse::transport::{Endpoint, Request, RequestMessage, Transport};
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(
+        dir.path(),
+        0,
+        &["--topic", "t:1", "--shutdown-timeout", "1"],
+    );
+    let endpoint: Endpoint = agent.url().parse().unwrap();
+    let transport = streamhouse_grpc::GrpcTransport::new(streamhouse_grpc::GrpcConfig::default());
+    let connection = transport.connect(&endpoint).await.unwrap();
+    let waiting = tokio::spawn(connection.oneshot(Request::new(RequestMessage::Fetch(
+        FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+            max_wait_ms: 30_000,
+        },
+    ))));
+    // Let the fetch reach the agent and start waiting.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let start = std::time::Instant::now();
+    let clean = tokio::task::spawn_blocking(move || agent.terminate())
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert!(clean, "the agent exits with success");
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "shutdown took {took:?}"
+    );
+    waiting.abort();
+}
