@@ -93,3 +93,30 @@ async fn close_ends_by_its_timeout_with_a_lookup_hanging() {
         start.elapsed()
     );
 }
+
+/// Seen: "`THROTTLED` / `throttle_ms` are never used": the producer now holds its requests
+/// to an agent that answered with `throttle_ms` for that long, and counts it.
+#[tokio::test(start_paused = true)]
+async fn the_producer_holds_off_for_throttle_ms() {
+    let agent = MockAgent::new().with_topic("t", 1);
+    let producer = Producer::builder(agent.transport(), agent.discovery())
+        .retry_backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .linger(Duration::ZERO)
+        .build()
+        .unwrap();
+    agent.fail_next(1, streamhouse_proto::v1::ErrorCode::Throttled);
+    let start = Instant::now();
+    let meta = producer
+        .send_and_wait(ProducerRecord::new("t", b"x"))
+        .await
+        .unwrap();
+    assert_eq!(meta.offset, 0);
+    // The mock asks for 10 ms; the retry backoff alone would have been 1 ms.
+    assert!(
+        start.elapsed() >= Duration::from_millis(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(producer.stats().throttled, 1);
+    producer.close(Duration::from_secs(1)).await.unwrap();
+}

@@ -18,6 +18,13 @@ pub struct AgentConfig {
     pub topics: Vec<TopicSpec>,
     /// Create unknown topics on first use with this many partitions (at least 1). Default off.
     pub auto_create_partitions: Option<u32>,
+    /// Most bytes the batches of one produce request may decompress to, together; batches past
+    /// it answer `THROTTLED` (sent again in a later request they fit). At least
+    /// `max_uncompressed_bytes`. Default 256 MiB.
+    pub max_request_decompressed_bytes: usize,
+    /// Most batch bytes waiting for the I/O threads; past it batches answer `THROTTLED` with
+    /// a `throttle_ms` the producer honours. Default 64 MiB.
+    pub max_queued_bytes: usize,
     /// Most topics the agent holds: auto-creation past it is refused with
     /// `LIMIT_EXCEEDED`. Default 1,000.
     pub max_topics: usize,
@@ -49,6 +56,8 @@ impl AgentConfig {
             topics: Vec::new(),
             auto_create_partitions: None,
             max_topics: 1_000,
+            max_queued_bytes: 64 << 20,
+            max_request_decompressed_bytes: 256 << 20,
             max_batch_bytes: 4 << 20,
             max_record_bytes: 1 << 20,
             max_uncompressed_bytes: 32 << 20,

@@ -11,7 +11,7 @@
 //! disk.
 
 use crate::log::{Appended, PartitionLog};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -34,6 +34,10 @@ pub(crate) struct AppendJob {
 
 pub(crate) struct Io {
     shards: RwLock<Vec<mpsc::UnboundedSender<AppendJob>>>,
+    /// Batch bytes queued to the I/O threads and not yet taken into a round.
+    queued: Arc<AtomicUsize>,
+    /// Most batch bytes queued before submissions are refused `THROTTLED`.
+    max_queued: usize,
     /// fsyncs done so far, for `Agent::fsyncs` (group commit shows as far fewer fsyncs than
     /// durable batches).
     fsyncs: Arc<AtomicU64>,
@@ -44,15 +48,17 @@ pub(crate) struct Io {
 const MAX_ROUND: usize = 4096;
 
 impl Io {
-    pub(crate) fn start(threads: usize) -> std::io::Result<Io> {
+    pub(crate) fn start(threads: usize, max_queued: usize) -> std::io::Result<Io> {
         let mut shards = Vec::new();
         let mut handles = Vec::new();
         let fsyncs = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
         for i in 0..threads.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
             shards.push(tx);
             let (sync_tx, sync_rx) = std::sync::mpsc::channel();
             let fsyncs = fsyncs.clone();
+            let taken = queued.clone();
             let syncer = std::thread::Builder::new()
                 .name(format!("streamhouse-sync-{i}"))
                 .spawn(move || sync_loop(&sync_rx, &fsyncs))?;
@@ -60,7 +66,7 @@ impl Io {
                 std::thread::Builder::new()
                     .name(format!("streamhouse-io-{i}"))
                     .spawn(move || {
-                        run(rx, &sync_tx);
+                        run(rx, &sync_tx, &taken);
                         // Every durable answer is given before the shard counts as stopped.
                         drop(sync_tx);
                         let _ = syncer.join();
@@ -68,6 +74,8 @@ impl Io {
             );
         }
         Ok(Io {
+            queued,
+            max_queued,
             fsyncs,
             shards: RwLock::new(shards),
             threads: std::sync::Mutex::new(handles),
@@ -78,14 +86,34 @@ impl Io {
         self.fsyncs.load(Ordering::Relaxed)
     }
 
-    /// Queues a job on `shard`'s thread; refused once the agent is stopping.
+    /// Queues a job on `shard`'s thread; refused once the agent is stopping, and with
+    /// `THROTTLED` while the threads are `max_queued` bytes behind (backpressure: the producer
+    /// holds off for the answer's `throttle_ms` and sends the batch again).
     pub(crate) fn submit(&self, shard: usize, job: AppendJob) -> Result<(), Rejection> {
         let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
         let stopping = || Rejection::new(ErrorCode::Unavailable, "agent is shutting down");
         let sender = shards
             .get(shard % shards.len().max(1))
             .ok_or_else(stopping)?;
-        sender.send(job).map_err(|_| stopping())
+        let size = job.batch.as_bytes().len();
+        let before = self.queued.fetch_add(size, Ordering::Relaxed);
+        // One batch always goes in, however large: the queue never refuses everything.
+        if before > 0 && before + size > self.max_queued {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            metrics::counter!("streamhouse_limit_hits_total", "limit" => "queued_bytes")
+                .increment(1);
+            return Err(Rejection::new(
+                ErrorCode::Throttled,
+                format!(
+                    "the write queue holds {before} bytes (limit {})",
+                    self.max_queued
+                ),
+            ));
+        }
+        sender.send(job).map_err(|_| {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            stopping()
+        })
     }
 
     /// Stops taking jobs, lets the threads finish every job already queued, and waits for them.
@@ -103,7 +131,7 @@ impl Io {
     }
 }
 
-fn run(mut rx: mpsc::UnboundedReceiver<AppendJob>, sync: &SyncSender) {
+fn run(mut rx: mpsc::UnboundedReceiver<AppendJob>, sync: &SyncSender, queued: &AtomicUsize) {
     let mut round = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         round.push(first);
@@ -113,6 +141,8 @@ fn run(mut rx: mpsc::UnboundedReceiver<AppendJob>, sync: &SyncSender) {
                 Err(_) => break,
             }
         }
+        let taken: usize = round.iter().map(|j| j.batch.as_bytes().len()).sum();
+        queued.fetch_sub(taken, Ordering::Relaxed);
         process(std::mem::take(&mut round), sync);
     }
 }
@@ -208,5 +238,57 @@ fn record_metrics(topic: &Arc<str>, result: &AppendReply) {
                 .increment(1);
         }
         Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::tests_support::{batch_of, log_on_sim};
+
+    /// Issue 12, seen: "the queue to the I/O threads is unbounded: no backpressure, and
+    /// `THROTTLED` / `throttle_ms` are never used". Past `max_queued` bytes a submission is
+    /// refused `THROTTLED`; one batch always goes in.
+    #[test]
+    fn the_write_queue_is_bounded_and_answers_throttled() {
+        let log = log_on_sim();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let one = batch_of(100);
+        let size = one.as_bytes().len();
+        let io = Io {
+            shards: RwLock::new(vec![tx]),
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_queued: 2 * size,
+            fsyncs: Arc::new(AtomicU64::new(0)),
+            threads: std::sync::Mutex::new(Vec::new()),
+        };
+        let job = |batch| AppendJob {
+            log: log.clone(),
+            topic: Arc::from("t"),
+            batch,
+            durable: false,
+            reply: oneshot::channel().0,
+        };
+        assert!(io.submit(0, job(one.clone())).is_ok());
+        assert!(io.submit(0, job(one.clone())).is_ok());
+        let refused = io.submit(0, job(one.clone())).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Throttled);
+        // The thread takes a round: room again.
+        let mut round = Vec::new();
+        while let Ok(job) = rx.try_recv() {
+            round.push(job);
+        }
+        io.queued.fetch_sub(round.len() * size, Ordering::Relaxed);
+        assert!(io.submit(0, job(one)).is_ok());
+        // A single batch larger than the limit still goes in when the queue is empty.
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let lone = Io {
+            shards: RwLock::new(vec![tx]),
+            queued: Arc::new(AtomicUsize::new(0)),
+            max_queued: 1,
+            fsyncs: Arc::new(AtomicU64::new(0)),
+            threads: std::sync::Mutex::new(Vec::new()),
+        };
+        assert!(lone.submit(0, job(batch_of(100))).is_ok());
     }
 }

@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     io: Io,
     stopping: AtomicBool,
     recovery: Vec<PartitionRecovery>,
+    /// Requests being validated at once (decompression runs on blocking threads): one per core.
+    validating: Arc<tokio::sync::Semaphore>,
     /// The exclusive lock on the data directory, held until shutdown.
     lock: std::sync::Mutex<Option<std::fs::File>>,
 }
@@ -156,6 +158,13 @@ impl Agent {
                 "auto-created topics need at least one partition".into(),
             ));
         }
+        if config.max_request_decompressed_bytes < config.max_uncompressed_bytes {
+            return Err(AgentError::Config(format!(
+                "the decompression budget per request ({}) must hold one batch's largest \
+                 records block ({})",
+                config.max_request_decompressed_bytes, config.max_uncompressed_bytes
+            )));
+        }
         let lock = lock_data_dir(&config.data_dir)?;
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,
@@ -179,7 +188,7 @@ impl Agent {
                 })?;
             recovery.extend(reports);
         }
-        let io = Io::start(config.io_threads).map_err(io_error)?;
+        let io = Io::start(config.io_threads, config.max_queued_bytes).map_err(io_error)?;
         Ok(Agent {
             shared: Arc::new(Shared {
                 limits: config.limits(),
@@ -188,6 +197,9 @@ impl Agent {
                 io,
                 stopping: AtomicBool::new(false),
                 recovery,
+                validating: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, usize::from),
+                )),
                 lock: std::sync::Mutex::new(Some(lock)),
                 config,
             }),

@@ -3,10 +3,12 @@
 use crate::Shared;
 use crate::io::AppendJob;
 use crate::log::Appended;
+use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use streamhouse::serve::{Rejection, validate_batch, validate_topic_name};
+use streamhouse::batch::Batch;
+use streamhouse::serve::{Rejection, validate_batch_within, validate_topic_name};
 use streamhouse_proto::v1::{
     Acks, AgentInfo, ErrorCode, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
     PartitionBatch, PartitionMetadata, PartitionResult, ProduceRequest, ProduceResponse,
@@ -48,6 +50,12 @@ async fn long_poll(
     }
 }
 
+/// A batch's partition log, its I/O shard, and its topic's name.
+type Route = (Arc<crate::log::PartitionLog>, usize, Arc<str>);
+
+/// How long a producer is asked to wait after a refusal for load (`THROTTLED`).
+const THROTTLE_MS: u32 = 10;
+
 enum Slot {
     Done(ErrorCode, String, i64),
     Waiting(oneshot::Receiver<crate::io::AppendReply>),
@@ -62,15 +70,37 @@ impl Shared {
             0 => DEFAULT_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
         };
-        let mut slots = Vec::with_capacity(request.batches.len());
         let mut keys = Vec::with_capacity(request.batches.len());
+        let mut routed = Vec::with_capacity(request.batches.len());
         for batch in request.batches {
             keys.push((batch.topic.clone(), batch.partition));
-            slots.push(match self.submit(batch, durable).await {
-                Ok(rx) => Slot::Waiting(rx),
-                Err(r) => Slot::Done(r.code, r.message, -1),
-            });
+            routed.push(self.route(&batch).await.map(|route| (route, batch.batch)));
         }
+        let validated = self.clone().validate(routed).await;
+        let mut throttled = false;
+        let slots: Vec<Slot> = validated
+            .into_iter()
+            .map(|checked| {
+                let submitted = checked.and_then(|((log, shard, topic), batch)| {
+                    let (reply, rx) = oneshot::channel();
+                    let job = AppendJob {
+                        log,
+                        topic,
+                        batch,
+                        durable,
+                        reply,
+                    };
+                    self.io.submit(shard, job).map(|()| rx)
+                });
+                match submitted {
+                    Ok(rx) => Slot::Waiting(rx),
+                    Err(r) => {
+                        throttled |= r.code == ErrorCode::Throttled;
+                        Slot::Done(r.code, r.message, -1)
+                    }
+                }
+            })
+            .collect();
         let deadline = tokio::time::Instant::now() + timeout;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -113,16 +143,12 @@ impl Shared {
         }
         ProduceResponse {
             results,
-            throttle_ms: 0,
+            throttle_ms: if throttled { THROTTLE_MS } else { 0 },
         }
     }
 
-    /// Validates one batch and queues it on its partition's I/O thread.
-    async fn submit(
-        self: &Arc<Self>,
-        batch: PartitionBatch,
-        durable: bool,
-    ) -> Result<oneshot::Receiver<crate::io::AppendReply>, Rejection> {
+    /// Where a batch goes: its partition's log, I/O shard and topic name.
+    async fn route(self: &Arc<Self>, batch: &PartitionBatch) -> Result<Route, Rejection> {
         if self.stopping.load(Ordering::Acquire) {
             return Err(Rejection::new(
                 ErrorCode::Unavailable,
@@ -145,19 +171,54 @@ impl Shared {
                 )
             })?
             .clone();
-        let batch = validate_batch(batch.batch, &self.limits, &self.codecs)?;
-        let (reply, rx) = oneshot::channel();
-        self.io.submit(
-            shard,
-            AppendJob {
-                log,
-                topic: topic.name.clone(),
-                batch,
-                durable,
-                reply,
-            },
-        )?;
-        Ok(rx)
+        Ok((log, shard, topic.name.clone()))
+    }
+
+    /// Validates a request's batches (every record; decompression) on a blocking thread, at
+    /// most one request per core at a time, within the request's decompression budget: the
+    /// async runtime, and with it every other connection's metadata and fetches, never waits
+    /// behind this work.
+    async fn validate(
+        self: Arc<Self>,
+        routed: Vec<Result<(Route, Bytes), Rejection>>,
+    ) -> Vec<Result<(Route, Batch), Rejection>> {
+        let count = routed.len();
+        let Ok(_permit) = self.validating.clone().acquire_owned().await else {
+            return (0..count)
+                .map(|_| {
+                    Err(Rejection::new(
+                        ErrorCode::Unavailable,
+                        "agent is shutting down",
+                    ))
+                })
+                .collect();
+        };
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut budget = shared.config.max_request_decompressed_bytes;
+            let mut refused = 0u64;
+            let checked = routed
+                .into_iter()
+                .map(|entry| {
+                    let (route, bytes) = entry?;
+                    let batch =
+                        validate_batch_within(bytes, &shared.limits, &shared.codecs, &mut budget)
+                            .inspect_err(|r| refused += u64::from(r.code == ErrorCode::Throttled))?;
+                    Ok((route, batch))
+                })
+                .collect();
+            if refused > 0 {
+                metrics::counter!("streamhouse_limit_hits_total", "limit" => "request_decompressed_bytes")
+                    .increment(refused);
+            }
+            checked
+        })
+        .await
+        .unwrap_or_else(|_| {
+            (0..count)
+                .map(|_| Err(Rejection::new(ErrorCode::Internal, "validation failed")))
+                .collect()
+        })
     }
 
     /// The topic, created if auto-creation is on (within `max_topics`, off the runtime:

@@ -52,6 +52,14 @@ pub(crate) struct Args {
     /// them [default: 30].
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     shutdown_timeout: u64,
+    /// Most bytes the batches of one produce request may decompress to together; the rest
+    /// answer THROTTLED and are sent again [default: 268435456, 256 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_request_decompressed_bytes: Option<usize>,
+    /// Most batch bytes waiting to be written; past it batches answer THROTTLED and the
+    /// producer holds off [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_queued_bytes: Option<usize>,
     /// Most topics this agent holds; auto-creation past it is refused (LIMIT_EXCEEDED)
     /// [default: 1000].
     #[arg(long, value_name = "N")]
@@ -130,6 +138,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     config.id = args.id;
     config.topics = args.topics;
     config.auto_create_partitions = args.auto_create;
+    if let Some(bytes) = args.max_request_decompressed_bytes {
+        config.max_request_decompressed_bytes = bytes;
+    }
+    if let Some(bytes) = args.max_queued_bytes {
+        config.max_queued_bytes = bytes;
+    }
     if let Some(n) = args.max_topics {
         config.max_topics = n;
     }

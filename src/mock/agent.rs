@@ -465,10 +465,14 @@ impl MockAgent {
                     log_start_offset: 0,
                 }
             })
-            .collect();
+            .collect::<Vec<PartitionResult>>();
+        // As the reference agent: a refusal for load asks the producer to hold off a little.
+        let throttled = results
+            .iter()
+            .any(|r| r.error_code == ErrorCode::Throttled as i32);
         ProduceResponse {
             results,
-            throttle_ms: 0,
+            throttle_ms: if throttled { 10 } else { 0 },
         }
     }
 

@@ -44,6 +44,9 @@ type TopicPartition = (Arc<str>, u32);
 /// at once, so light load pays no delay.
 const REQUEST_HOLD: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// The longest an agent's `throttle_ms` holds this producer's requests to it.
+const MAX_THROTTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A batch's completion and how it ended, to resolve outside the lock.
 type Resolution = (Arc<Completion>, Outcome);
 
@@ -71,6 +74,8 @@ struct Agent {
     conn: Conn,
     in_flight: usize,
     failures: u32,
+    /// The agent asked (`throttle_ms`) for no request before this instant.
+    throttled_until: Option<Instant>,
 }
 
 enum Conn {
@@ -204,9 +209,15 @@ impl Sender {
             Conn::Waiting(at) => Some(at),
             _ => None,
         });
+        let throttles = self
+            .agents
+            .values()
+            .filter_map(|a| a.throttled_until)
+            .filter(|until| *until > now);
         let refreshes = self.refreshing.values().filter_map(|at| *at);
         acc.into_iter()
             .chain(agents)
+            .chain(throttles)
             .chain(refreshes)
             .chain(self.hold_until)
             .chain([self.metadata_refresh])
@@ -263,7 +274,11 @@ impl Sender {
                 conn: Conn::Idle,
                 in_flight: 0,
                 failures: 0,
+                throttled_until: None,
             });
+            if agent.throttled_until.is_some_and(|until| until > now) {
+                continue;
+            }
             let service = match &agent.conn {
                 Conn::Ready(service) => service.clone(),
                 Conn::Connecting => continue,
@@ -388,6 +403,14 @@ impl Sender {
         let agent = self.agents.get_mut(&endpoint);
         if let Some(agent) = agent {
             agent.in_flight = agent.in_flight.saturating_sub(1);
+            if let RequestOutcome::Answered(response) = &outcome
+                && response.throttle_ms > 0
+            {
+                // Kafka's quota protocol: the agent says how long to hold off.
+                let pause = std::time::Duration::from_millis(u64::from(response.throttle_ms));
+                agent.throttled_until = Some(now + pause.min(MAX_THROTTLE));
+                Counters::add(&self.inner.counters.throttled, 1);
+            }
             if matches!(outcome, RequestOutcome::Failed { .. }) {
                 // Reconnect before the next request; in-flight clones finish on their own.
                 agent.conn = Conn::Idle;

@@ -13,6 +13,7 @@ pub(crate) struct Counters {
     pub(crate) uncompressed_bytes: AtomicU64,
     pub(crate) wire_bytes: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) throttled: AtomicU64,
     /// Shared with the transport retry layer's policy.
     pub(crate) request_retries: Arc<AtomicU64>,
 }
@@ -32,6 +33,7 @@ impl Counters {
             uncompressed_bytes: get(&self.uncompressed_bytes),
             wire_bytes: get(&self.wire_bytes),
             retries: get(&self.retries),
+            throttled: get(&self.throttled),
             request_retries: get(&self.request_retries),
         }
     }
@@ -57,6 +59,9 @@ pub struct ProducerStats {
     pub wire_bytes: u64,
     /// Batches queued again after a retriable failure.
     pub retries: u64,
+    /// Answers that asked this producer to hold off (`throttle_ms` > 0); it sent nothing more
+    /// to that agent for that long.
+    pub throttled: u64,
     /// Requests sent again by the transport retry layer after a retriable transport error or
     /// a timeout (connection lost, agent unreachable).
     pub request_retries: u64,

@@ -17,7 +17,9 @@ mod partition;
 mod validate;
 
 pub use partition::{Admission, DEDUP_WINDOW, PartitionState, ProducerLimits};
-pub use validate::{MAX_TOPIC_NAME_LEN, validate_batch, validate_topic_name};
+pub use validate::{
+    MAX_TOPIC_NAME_LEN, validate_batch, validate_batch_within, validate_topic_name,
+};
 
 use crate::batch::BatchError;
 use streamhouse_proto::v1::ErrorCode;

@@ -48,16 +48,61 @@ pub fn validate_batch(
     limits: &DecodeLimits,
     codecs: &Codecs,
 ) -> Result<Batch, Rejection> {
-    let batch = Batch::parse(bytes, limits)?;
+    let mut unlimited = usize::MAX;
+    validate_batch_within(bytes, limits, codecs, &mut unlimited)
+}
+
+/// [`validate_batch`] within a decompression budget shared by the batches of one request:
+/// each batch may inflate to at most what is left of `budget` (and its own
+/// `max_uncompressed_bytes`), and what it inflated to is taken from it. A batch refused only
+/// because the budget ran out answers [`ErrorCode::Throttled`]: sent again in a later request
+/// it fits. So one small request cannot buy unbounded decompression work.
+///
+/// ```
+/// use streamhouse::serve::validate_batch_within;
+/// # use streamhouse::batch::*; use streamhouse::codec::{Codecs, NoCompression};
+/// # let mut b = BatchBuilder::new(); b.append(1, None, Some(&[0u8; 1000]), &[]).unwrap();
+/// # let batch = b.finish(ProducerStamp::NONE, &NoCompression).unwrap();
+/// let mut budget = 1_500;
+/// let limits = DecodeLimits::default();
+/// assert!(validate_batch_within(batch.clone(), &limits, &Codecs::new(), &mut budget).is_ok());
+/// let refused = validate_batch_within(batch, &limits, &Codecs::new(), &mut budget).unwrap_err();
+/// assert_eq!(refused.code, streamhouse_proto::v1::ErrorCode::Throttled);
+/// ```
+pub fn validate_batch_within(
+    bytes: Bytes,
+    limits: &DecodeLimits,
+    codecs: &Codecs,
+    budget: &mut usize,
+) -> Result<Batch, Rejection> {
+    let tight = *budget < limits.max_uncompressed_bytes;
+    let mut within = *limits;
+    within.max_uncompressed_bytes = limits.max_uncompressed_bytes.min(*budget);
+    // Parsing checks what `within` shares with `limits`; the budget applies when decoding.
+    let batch = Batch::parse(bytes, &within)?;
     if batch.header().record_count == 0 {
         return Err(Rejection::new(
             ErrorCode::InvalidRequest,
             "batch has no records",
         ));
     }
-    let block = batch.record_block(codecs)?;
+    let block = match batch.record_block(codecs) {
+        Ok(block) => block,
+        Err(e) if tight && e.code() == ErrorCode::BatchTooLarge => {
+            return Err(Rejection::new(
+                ErrorCode::Throttled,
+                format!(
+                    "the request decompresses past its budget ({} bytes left); send this batch \
+                     again in another request",
+                    *budget
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     for view in block.iter() {
         view?;
     }
+    *budget = budget.saturating_sub(block.as_bytes().len());
     Ok(batch)
 }

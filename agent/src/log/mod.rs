@@ -451,4 +451,30 @@ fn offline(reason: &str) -> Rejection {
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+pub(crate) mod tests_support {
+    //! Logs and batches for unit tests elsewhere in the crate.
+    use super::*;
+
+    /// A partition log on a fresh simulated filesystem.
+    pub(crate) fn log_on_sim() -> Arc<PartitionLog> {
+        let fs = super::sim::SimFs::new();
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            index_interval: 4096,
+            storage: Arc::new(fs),
+            producers: ProducerLimits::default(),
+        };
+        Arc::new(
+            PartitionLog::open(Path::new("/data/t-0"), config)
+                .unwrap()
+                .0,
+        )
+    }
+
+    /// A batch of one record of `len` bytes.
+    pub(crate) fn batch_of(len: usize) -> Batch {
+        super::tests::batch_sized(len)
+    }
+}
+#[cfg(test)]
 mod tests;

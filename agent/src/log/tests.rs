@@ -15,6 +15,18 @@ fn config(segment_bytes: u64) -> LogConfig {
 }
 
 /// A batch of `records` records whose values name their batch and position.
+/// A batch of one record of `len` bytes.
+pub(super) fn batch_sized(len: usize) -> Batch {
+    let mut b = BatchBuilder::new();
+    b.append(1_700_000_000_000, None, Some(&vec![b'x'; len]), &[])
+        .unwrap();
+    Batch::parse(
+        b.finish(ProducerStamp::NONE, &NoCompression).unwrap(),
+        &DecodeLimits::default(),
+    )
+    .unwrap()
+}
+
 pub(super) fn batch(n: usize, records: usize, stamp: ProducerStamp) -> Batch {
     let mut b = BatchBuilder::new();
     for r in 0..records {
