@@ -267,6 +267,30 @@ impl Agent {
     }
 }
 
+/// Raises this process's soft limit on open file descriptors to its hard limit (capped at
+/// 1,048,576) and returns `(before, after)`. Every connection holds a descriptor; the default
+/// soft limit of 1,024 is what a flood of idle connections exhausts first. Call once at start.
+///
+/// ```
+/// let (before, after) = streamhouse_agent::raise_fd_limit().unwrap();
+/// assert!(after >= before);
+/// ```
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let before = limit.current.unwrap_or(u64::MAX);
+    let target = limit.maximum.unwrap_or(u64::MAX).min(1 << 20);
+    if before >= target {
+        return Ok((before, before));
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(target),
+        maximum: limit.maximum,
+    };
+    setrlimit(Resource::Nofile, raised).map_err(std::io::Error::from)?;
+    Ok((before, target))
+}
+
 /// Takes the exclusive lock (`flock`) on the data directory itself, creating it if needed.
 /// Locking the directory, not a file in it, means no file can be deleted to fool a second
 /// agent; the kernel drops the lock when the process dies, so a crash never leaves it behind.

@@ -120,6 +120,13 @@ fn certificate(args: &Args) -> anyhow::Result<Option<ServerTls>> {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    match streamhouse_agent::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the open-file limit");
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open-file limit: {e}"),
+    }
     let tls = certificate(&args)?;
     if (args.quic.is_some() || args.grpc_tls) && tls.is_none() {
         bail!(

@@ -229,11 +229,10 @@ impl PartitionLog {
             active.sync()?;
         }
         inner.unsynced = false;
-        let segment = Segment::create(
-            self.config.storage.as_ref(),
-            &self.dir,
-            inner.state.next_offset(),
-        )?;
+        let segment = Segment::create(&self.config.storage, &self.dir, inner.state.next_offset())?;
+        if let Some(previous) = inner.segments.last_mut() {
+            previous.close();
+        }
         inner.segments.push(segment);
         inner.dir_unsynced = true;
         Ok(())
@@ -280,7 +279,7 @@ impl PartitionLog {
                 ));
             }
             let file = match inner.segments.last() {
-                Some(active) if inner.unsynced => Some(active.file.clone()),
+                Some(active) if inner.unsynced => active.file().ok(),
                 _ => None,
             };
             // What this fsync makes durable: at least the active segment's bytes up to here.
@@ -351,12 +350,14 @@ impl PartitionLog {
                 .segments
                 .partition_point(|s| s.base_offset <= offset)
                 .saturating_sub(1);
-            let files: Vec<(Arc<dyn StorageFile>, u64, u64)> = inner.segments[first..]
+            // Handles of open segments, or (closed ones) an opener: opened one at a time below,
+            // outside the lock, and only as far as the read goes.
+            let files: Vec<(segment::Opener, u64, u64)> = inner.segments[first..]
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
                     let from = if i == 0 { s.lookup(offset) } else { 0 };
-                    (s.file.clone(), from, s.size)
+                    (s.opener(), from, s.size)
                 })
                 .collect();
             (files, start, end)
@@ -369,7 +370,8 @@ impl PartitionLog {
         let mut total = 0usize;
         let io_error =
             |e: io::Error| Rejection::new(ErrorCode::Internal, format!("read failed: {e}"));
-        'segments: for (file, mut pos, size) in files {
+        'segments: for (opener, mut pos, size) in files {
+            let file = opener.open().map_err(io_error)?;
             let mut head = [0u8; HEADER_LEN];
             while pos + HEADER_LEN as u64 <= size {
                 file.read_exact_at(&mut head, pos).map_err(io_error)?;

@@ -82,6 +82,7 @@ pub(super) const STORED: DecodeLimits = DecodeLimits {
 };
 
 pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
+    let storage_arc = &config.storage;
     let storage = config.storage.as_ref();
     let mut files: Vec<(i64, String)> = Vec::new();
     for name in storage.list(dir)? {
@@ -99,7 +100,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
         ..RecoveryReport::default()
     };
     if files.is_empty() {
-        let mut segments = vec![Segment::create(storage, dir, 0)?];
+        let mut segments = vec![Segment::create(storage_arc, dir, 0)?];
         if let Some(point) = point.filter(|p| p.synced > 0) {
             let why = format!(
                 "every segment file is missing, though segment {} held {} fsynced bytes",
@@ -131,8 +132,8 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
             });
             break;
         }
-        let mut segment = Segment::open(storage, &dir.join(name), *base)?;
-        let len = segment.file.len()?;
+        let mut segment = Segment::open(storage_arc, &dir.join(name), *base)?;
+        let len = segment.file()?.len()?;
         let stop = scan(
             &mut segment,
             len,
@@ -165,7 +166,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
         let torn = found.index == last
             && found.index < segments.len()
             && found.pos >= synced
-            && !valid_batch_follows(segments[found.index].file.as_ref(), found.pos, expected)?;
+            && !valid_batch_follows(segments[found.index].file()?.as_ref(), found.pos, expected)?;
         let in_quarantine = |e: io::Error| {
             io::Error::new(
                 e.kind(),
@@ -175,7 +176,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
         storage.create_dir_all(&quarantine).map_err(in_quarantine)?;
         if torn {
             let segment = &mut segments[found.index];
-            let cut = segment.file.len()? - found.pos;
+            let cut = segment.file()?.len()? - found.pos;
             move_tail(storage, segment, found.pos, &quarantine, name, "tail")
                 .map_err(in_quarantine)?;
             report.truncated_bytes = cut;
@@ -188,7 +189,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
         } else {
             let mut moved = 0;
             if let Some(segment) = segments.get_mut(found.index) {
-                moved += segment.file.len()? - found.pos;
+                moved += segment.file()?.len()? - found.pos;
                 move_tail(storage, segment, found.pos, &quarantine, name, "from")
                     .map_err(in_quarantine)?;
             }
@@ -246,6 +247,10 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
     }
     if report.broken.is_some() {
         metrics::counter!("streamhouse_partitions_fenced_total").increment(1);
+    }
+    // Only the active segment keeps its file open.
+    if let Some((_, older)) = segments.split_last_mut() {
+        older.iter_mut().for_each(Segment::close);
     }
     Ok(Recovered {
         segments,
@@ -327,12 +332,12 @@ fn move_tail(
     name: &str,
     what: &str,
 ) -> io::Result<()> {
-    let len = segment.file.len()?;
+    let len = segment.file()?.len()?;
     if pos >= len {
         return Ok(());
     }
     let mut tail = vec![0u8; usize::try_from(len - pos).map_err(io::Error::other)?];
-    segment.file.read_exact_at(&mut tail, pos)?;
+    segment.file()?.read_exact_at(&mut tail, pos)?;
     let copy = unique(storage, quarantine, &format!("{name}.{what}-at-{pos}"));
     storage.write_new(&copy, &tail)?;
     storage.sync_dir(quarantine)?;
@@ -352,7 +357,8 @@ fn scan(
 ) -> io::Result<Option<(u64, String)>> {
     let mut pos = 0u64;
     while pos < len {
-        let header = match checked_batch(segment.file.as_ref(), pos, len, *expected, verify_crc)? {
+        let header = match checked_batch(segment.file()?.as_ref(), pos, len, *expected, verify_crc)?
+        {
             Ok(header) => header,
             Err(why) => return Ok(Some((pos, why))),
         };

@@ -8,7 +8,7 @@
 
 use super::storage::{Storage, StorageFile};
 use std::io::{self, IoSlice};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The file name of the segment starting at `base_offset`.
@@ -25,11 +25,30 @@ pub(crate) fn parse_file_name(name: &str) -> Option<i64> {
     digits.parse().ok()
 }
 
+/// A segment's file, open or to be opened.
+pub(crate) enum Opener {
+    Open(Arc<dyn StorageFile>),
+    Closed(Arc<dyn Storage>, PathBuf),
+}
+
+impl Opener {
+    pub(crate) fn open(self) -> io::Result<Arc<dyn StorageFile>> {
+        match self {
+            Opener::Open(file) => Ok(file),
+            Opener::Closed(storage, path) => storage.open(&path),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) base_offset: i64,
-    /// Shared with readers, which use positional reads that need no lock.
-    pub(crate) file: Arc<dyn StorageFile>,
+    /// The open file, shared with readers (positional reads need no lock). Only the active
+    /// segment keeps one: a closed segment is opened for each read, so a log of many segments
+    /// holds one descriptor, not one per segment.
+    handle: Option<Arc<dyn StorageFile>>,
+    path: PathBuf,
+    storage: Arc<dyn Storage>,
     /// Bytes of whole, valid batches.
     pub(crate) size: u64,
     /// Offset after the last record in the segment.
@@ -41,32 +60,63 @@ pub(crate) struct Segment {
 impl Segment {
     /// Creates an empty segment file (its directory entry needs a directory fsync).
     pub(crate) fn create(
-        storage: &dyn Storage,
+        storage: &Arc<dyn Storage>,
         dir: &Path,
         base_offset: i64,
     ) -> io::Result<Segment> {
-        let file = storage.create_new(&dir.join(file_name(base_offset)))?;
-        Ok(Segment::new(file, base_offset))
+        let path = dir.join(file_name(base_offset));
+        let file = storage.create_new(&path)?;
+        Ok(Segment::new(storage, path, file, base_offset))
     }
 
     /// Opens an existing segment file; the caller recovers it (see `recovery`).
     pub(crate) fn open(
-        storage: &dyn Storage,
+        storage: &Arc<dyn Storage>,
         path: &Path,
         base_offset: i64,
     ) -> io::Result<Segment> {
-        Ok(Segment::new(storage.open(path)?, base_offset))
+        let file = storage.open(path)?;
+        Ok(Segment::new(storage, path.to_owned(), file, base_offset))
     }
 
-    fn new(file: Arc<dyn StorageFile>, base_offset: i64) -> Segment {
+    fn new(
+        storage: &Arc<dyn Storage>,
+        path: PathBuf,
+        file: Arc<dyn StorageFile>,
+        base_offset: i64,
+    ) -> Segment {
         Segment {
             base_offset,
-            file,
+            handle: Some(file),
+            path,
+            storage: storage.clone(),
             size: 0,
             next_offset: base_offset,
             index: Vec::new(),
             since_index: u64::MAX, // the first batch always gets an entry
         }
+    }
+
+    /// The segment's file: the open one, or (closed segment) opened again for the caller,
+    /// closed when the caller drops it.
+    pub(crate) fn file(&self) -> io::Result<Arc<dyn StorageFile>> {
+        match &self.handle {
+            Some(file) => Ok(file.clone()),
+            None => self.storage.open(&self.path),
+        }
+    }
+
+    /// What opens this segment's file later, without holding the log's lock.
+    pub(crate) fn opener(&self) -> Opener {
+        match &self.handle {
+            Some(file) => Opener::Open(file.clone()),
+            None => Opener::Closed(self.storage.clone(), self.path.clone()),
+        }
+    }
+
+    /// Lets go of the open file (a segment no longer written): reads open it when they need it.
+    pub(crate) fn close(&mut self) {
+        self.handle = None;
     }
 
     /// Records that a batch of `len` bytes holding `base_offset..next_offset` now ends the
@@ -98,18 +148,19 @@ impl Segment {
     /// Writes `slices` at the end of the segment's valid data, no copying (the caller then
     /// notes the batches).
     pub(crate) fn write_end(&self, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-        self.file.write_all_at(slices, self.size)
+        self.file()?.write_all_at(slices, self.size)
     }
 
     /// Cuts the file back to `size` bytes and makes the cut durable.
     pub(crate) fn truncate(&mut self, size: u64) -> io::Result<()> {
-        self.file.set_len(size)?;
-        self.file.sync_data()
+        let file = self.file()?;
+        file.set_len(size)?;
+        file.sync_data()
     }
 
     /// Forces written data to disk.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.file()?.sync_data()
     }
 }
 
@@ -129,7 +180,8 @@ mod tests {
     #[test]
     fn sparse_index_lookup() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Segment::create(&super::super::storage::Disk, dir.path(), 100).unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(super::super::storage::Disk);
+        let mut s = Segment::create(&storage, dir.path(), 100).unwrap();
         // Batches of 10 records, 1000 bytes each; an entry every 2500 bytes.
         for i in 0..10 {
             let base = 100 + i * 10;
