@@ -24,6 +24,7 @@ impl ErrorCode {
                 | ErrorCode::RequestTimedOut
                 | ErrorCode::StorageError
                 | ErrorCode::ProducerStateFull
+                | ErrorCode::StorageFull
         )
     }
 
@@ -70,7 +71,7 @@ mod tests {
 
     #[test]
     fn only_transient_codes_are_retriable() {
-        let retriable: Vec<_> = (0..=23)
+        let retriable: Vec<_> = (0..=24)
             .map(ErrorCode::from_wire)
             .filter(|c| c.is_retriable())
             .collect();
@@ -84,6 +85,7 @@ mod tests {
                 ErrorCode::RequestTimedOut,
                 ErrorCode::StorageError,
                 ErrorCode::ProducerStateFull,
+                ErrorCode::StorageFull,
             ]
         );
     }

@@ -226,3 +226,44 @@ fn a_failed_write_does_not_advance_the_high_watermark() {
         ErrorCode::OffsetOutOfRange
     );
 }
+
+/// Issue 12, seen: "disk full: the producer sees only the generic 120 s delivery timeout (the
+/// ENOSPC cause is only in the agent's log); freeing space does not help until a restart". A
+/// full disk answers `STORAGE_FULL`, and the partition recovers by itself once there is room.
+#[test]
+fn a_full_disk_answers_storage_full_and_the_partition_resumes_by_itself() {
+    let fs = SimFs::new();
+    let (log, _) = PartitionLog::open(Path::new(DIR), config(&fs)).unwrap();
+    assert!(log.append(&[&batch(0, 2, ProducerStamp::NONE)])[0].is_ok());
+    log.sync().unwrap();
+    fs.fail_writes(true);
+    // The write that hits the full disk: maybe partly written.
+    let hit = log.append(&[&batch(1, 2, ProducerStamp::NONE)]);
+    assert_eq!(hit[0].as_ref().unwrap_err().code, ErrorCode::StorageError);
+    // Then: the cause, as its own retriable code.
+    let refused = log.append(&[&batch(2, 1, ProducerStamp::NONE)]);
+    let code = refused[0].as_ref().unwrap_err().code;
+    assert_eq!(code, ErrorCode::StorageFull);
+    assert!(code.is_retriable());
+    // Still full after the backoff: recovery cannot write either, the partition stays down.
+    std::thread::sleep(REVIVE_FIRST + std::time::Duration::from_millis(20));
+    let refused = log.append(&[&batch(2, 1, ProducerStamp::NONE)]);
+    assert_eq!(
+        refused[0].as_ref().unwrap_err().code,
+        ErrorCode::StorageFull
+    );
+    // Space freed: after the (doubled) backoff the next append recovers the partition.
+    fs.fail_writes(false);
+    std::thread::sleep(2 * REVIVE_FIRST + std::time::Duration::from_millis(20));
+    let resumed = log.append(&[&batch(3, 1, ProducerStamp::NONE)]);
+    assert!(resumed[0].is_ok(), "{resumed:?}");
+    log.sync().unwrap();
+    let (records, error) = read_until_error(&log);
+    assert!(error.is_none());
+    assert_eq!(&records[0].1[..15], "batch-0-record-");
+    assert_eq!(
+        records.len(),
+        3,
+        "the acknowledged 2 and the new one: {records:?}"
+    );
+}

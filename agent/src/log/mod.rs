@@ -88,12 +88,48 @@ pub(crate) struct PartitionLog {
     checkpoint: Arc<dyn StorageFile>,
 }
 
+/// Why and until when a partition is offline.
+struct Offline {
+    reason: String,
+    /// The disk was full: refusals say `STORAGE_FULL`.
+    full: bool,
+    /// No recovery attempt before this.
+    retry_at: std::time::Instant,
+    backoff: std::time::Duration,
+}
+
+/// First and longest wait before an offline partition tries to recover.
+const REVIVE_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const REVIVE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// Free space a partition stopped by a full disk waits for before it writes again.
+const MIN_FREE_BYTES: u64 = 16 << 20;
+
+impl Offline {
+    fn new(reason: String, error: &io::Error, backoff: std::time::Duration) -> Offline {
+        Offline {
+            reason,
+            full: error.kind() == io::ErrorKind::StorageFull,
+            retry_at: std::time::Instant::now() + backoff,
+            backoff,
+        }
+    }
+
+    fn rejection(&self) -> Rejection {
+        let code = if self.full {
+            ErrorCode::StorageFull
+        } else {
+            ErrorCode::Unavailable
+        };
+        Rejection::new(code, format!("partition offline: {}", self.reason))
+    }
+}
+
 struct Inner {
     segments: Vec<Segment>,
     state: PartitionState,
-    /// Set after an I/O error: the log refuses everything until the agent restarts and
-    /// recovery repairs it.
-    offline: Option<String>,
+    /// Set after an I/O error: the log refuses appends until recovery, retried with backoff
+    /// by later appends, has repaired it.
+    offline: Option<Offline>,
     /// Set when recovery found the log broken (see `recovery`): appends are refused and reads
     /// stop at the break, until an operator acts.
     broken: Option<String>,
@@ -148,8 +184,15 @@ impl PartitionLog {
     /// [`sync`](Self::sync) for durability.
     pub(crate) fn append<'b>(&self, batches: &[&'b Batch]) -> Vec<Result<Appended, Rejection>> {
         let mut inner = self.lock();
-        if let Some(reason) = inner.offline.as_ref().or(inner.broken.as_ref()) {
-            let rejection = offline(reason);
+        if inner.offline.is_some() {
+            self.revive(&mut inner);
+        }
+        let refusal = match (&inner.offline, &inner.broken) {
+            (Some(offline), _) => Some(offline.rejection()),
+            (None, Some(note)) => Some(offline(note)),
+            (None, None) => None,
+        };
+        if let Some(rejection) = refusal {
             return batches.iter().map(|_| Err(rejection.clone())).collect();
         }
         let mut results = Vec::with_capacity(batches.len());
@@ -238,6 +281,48 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// An offline partition whose backoff has passed runs recovery again (as at start: the
+    /// files are the truth; a torn write of the failed round is cut) and, if that works, takes
+    /// appends again — without a restart once the disk has room or the error has passed. If it
+    /// fails, the next attempt waits twice as long (at most 30 s).
+    fn revive(&self, inner: &mut Inner) {
+        let Some(down) = &inner.offline else {
+            return;
+        };
+        if std::time::Instant::now() < down.retry_at {
+            return;
+        }
+        let backoff = (down.backoff * 2).min(REVIVE_MAX);
+        if down.full {
+            // Going online on a still-full disk would only fail the next write again, leaving
+            // its batches in doubt: wait for room first.
+            let room = self.config.storage.available(&self.dir).unwrap_or(0);
+            if room < MIN_FREE_BYTES {
+                let reason = format!("{} has {room} bytes free", self.dir.display());
+                let full = io::Error::new(io::ErrorKind::StorageFull, "no space left");
+                inner.offline = Some(Offline::new(reason, &full, backoff));
+                return;
+            }
+        }
+        match recovery::recover(&self.dir, &self.config) {
+            Ok(recovered) => {
+                tracing::info!(dir = %self.dir.display(), "partition back online");
+                metrics::counter!("streamhouse_partitions_revived_total").increment(1);
+                inner.segments = recovered.segments;
+                inner.state = recovered.state;
+                inner.broken = recovered.report.broken;
+                inner.offline = None;
+                inner.unsynced = false;
+                inner.dir_unsynced = true;
+            }
+            Err(e) => {
+                let reason = format!("recovery of {} failed: {e}", self.dir.display());
+                tracing::warn!(%reason, retry_in = ?backoff, "partition still offline");
+                inner.offline = Some(Offline::new(reason, &e, backoff));
+            }
+        }
+    }
+
     /// An I/O error: the partition goes offline, and the batches of this call not yet known
     /// to be on disk are refused.
     fn fail(
@@ -249,10 +334,11 @@ impl PartitionLog {
     ) -> Vec<Result<Appended, Rejection>> {
         let reason = format!("write to {} failed: {error}", self.dir.display());
         tracing::error!(%reason, "partition log offline");
-        let rejection = offline(&reason);
+        let down = Offline::new(reason, error, REVIVE_FIRST);
+        let rejection = down.rejection();
         // Batches of this call already handed to a write may be in the file in part or whole.
         let unsure = Rejection::new(ErrorCode::StorageError, rejection.message.clone());
-        inner.offline = Some(reason);
+        inner.offline = Some(down);
         for result in &mut results {
             if let Ok(Appended::New { .. }) = result {
                 *result = Err(unsure.clone());
@@ -272,10 +358,10 @@ impl PartitionLog {
     pub(crate) fn sync(&self) -> Result<(), Rejection> {
         let (file, dir) = {
             let mut inner = self.lock();
-            if let Some(reason) = &inner.offline {
+            if let Some(down) = &inner.offline {
                 return Err(Rejection::new(
                     ErrorCode::StorageError,
-                    format!("partition offline before the fsync: {reason}"),
+                    format!("partition offline before the fsync: {}", down.reason),
                 ));
             }
             let file = match inner.segments.last() {
@@ -298,7 +384,7 @@ impl PartitionLog {
         let fail = |what: &str, e: io::Error| {
             let reason = format!("fsync of {what} {} failed: {e}", self.dir.display());
             tracing::error!(%reason, "partition log offline");
-            self.lock().offline = Some(reason.clone());
+            self.lock().offline = Some(Offline::new(reason.clone(), &e, REVIVE_FIRST));
             Rejection::new(
                 ErrorCode::StorageError,
                 format!("partition offline: {reason}"),

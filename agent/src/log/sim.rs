@@ -341,6 +341,10 @@ impl Storage for SimFs {
         Ok(())
     }
 
+    fn available(&self, _dir: &Path) -> io::Result<u64> {
+        Ok(if self.lock().full { 0 } else { u64::MAX })
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.lock();
         if state.failing {

@@ -68,6 +68,9 @@ pub(crate) trait Storage: Send + Sync + Debug + 'static {
         Ok(())
     }
 
+    /// Bytes free for an unprivileged writer on the filesystem holding `dir`.
+    fn available(&self, dir: &Path) -> io::Result<u64>;
+
     /// Writes a whole new file and makes its data durable (its entry needs [`sync_dir`]).
     ///
     /// [`sync_dir`]: Storage::sync_dir
@@ -164,5 +167,10 @@ impl Storage for Disk {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn available(&self, dir: &Path) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 }
