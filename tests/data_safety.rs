@@ -270,3 +270,19 @@ async fn a_fetch_at_the_end_of_the_log_waits_for_the_next_append() {
     assert_eq!(answer.high_watermark, 1);
     agent.shutdown().await;
 }
+
+/// Found by an outside review: the data-directory lock did not cover a partition directory
+/// reached through a symlink from a second data directory; two agents both appended to it and
+/// handed out the same offsets. Each partition directory is locked too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_directory_shared_through_a_symlink_is_refused() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = Agent::open(AgentConfig::new(a.path()).topic("t", 1))
+        .await
+        .unwrap();
+    std::os::unix::fs::symlink(a.path().join("t-0"), b.path().join("t-0")).unwrap();
+    let second = Agent::open(AgentConfig::new(b.path()).topic("t", 1)).await;
+    let error = second.expect_err("a second agent on the same partition");
+    assert!(error.to_string().contains("t-0"), "{error}");
+    first.shutdown().await;
+}

@@ -84,7 +84,7 @@ use tower::BoxError;
 #[non_exhaustive]
 pub enum AgentError {
     /// The data directory could not be read or written.
-    #[error("data directory {path}")]
+    #[error("data directory {path}: {source}")]
     Io {
         /// The directory.
         path: std::path::PathBuf,
@@ -254,6 +254,7 @@ impl Agent {
                     if let Err(e) = log.sync() {
                         tracing::error!(topic = %topic.name, error = %e, "final fsync failed");
                     }
+                    log.release_lock();
                 }
             }
             let lock = shared

@@ -39,7 +39,9 @@ impl Topics {
         let mut found: HashMap<String, u32> = HashMap::new();
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
-            if !entry.file_type()?.is_dir() {
+            // Followed if a symlink: partitions moved to another disk are still found (each
+            // partition directory is locked, so two agents cannot share one that way).
+            if !std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {

@@ -267,3 +267,33 @@ fn a_full_disk_answers_storage_full_and_the_partition_resumes_by_itself() {
         "the acknowledged 2 and the new one: {records:?}"
     );
 }
+
+/// Found by an outside review: after a restart the log took what it read for durable, so a
+/// retry answered as a duplicate got its durable answer without any fsync — and a power cut
+/// then lost the acknowledged batch. The first durable answer after a restart fsyncs.
+#[test]
+fn a_duplicate_answered_durable_after_a_restart_is_fsynced_first() {
+    let fs = SimFs::new();
+    let dir = Path::new(DIR);
+    let first = batch(0, 2, stamp(0));
+    {
+        let (log, _) = PartitionLog::open(dir, config(&fs)).unwrap();
+        assert!(log.append(&[&first])[0].is_ok());
+        // The process dies before its fsync; the page cache (the simulated files) keeps it.
+    }
+    let (log, _) = PartitionLog::open(dir, config(&fs)).unwrap();
+    let retry = batch(0, 2, stamp(0));
+    assert_eq!(
+        log.append(&[&retry])[0],
+        Ok(Appended::Duplicate { base_offset: 0 })
+    );
+    log.sync().unwrap(); // what a durable answer waits for
+    drop(log);
+    let after_power_cut = fs.power_cut();
+    let (log, _) = PartitionLog::open(dir, config(&after_power_cut)).unwrap();
+    assert_eq!(
+        read_until_error(&log).0.len(),
+        2,
+        "the acknowledged batch survived"
+    );
+}

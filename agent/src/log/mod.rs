@@ -86,6 +86,8 @@ pub(crate) struct PartitionLog {
     appended: tokio::sync::Notify,
     /// The recovery point, rewritten after every fsync (see `checkpoint`).
     checkpoint: Arc<dyn StorageFile>,
+    /// The exclusive lock on the partition directory (real disks only), released at shutdown.
+    dir_lock: Mutex<Option<std::fs::File>>,
 }
 
 /// Why and until when a partition is offline.
@@ -147,6 +149,7 @@ impl PartitionLog {
         config: LogConfig,
     ) -> io::Result<(PartitionLog, RecoveryReport)> {
         config.storage.create_dir_durable(dir)?;
+        let lock = config.storage.lock_dir(dir)?;
         let recovered = recovery::recover(dir, &config)?;
         let checkpoint = checkpoint::open(config.storage.as_ref(), dir)?;
         let log = PartitionLog {
@@ -157,13 +160,16 @@ impl PartitionLog {
                 state: recovered.state,
                 offline: None,
                 broken: recovered.report.broken.clone(),
-                unsynced: false,
+                // What recovery read may be in the page cache only (the process died, the
+                // machine did not): the first durable answer, even a duplicate's, fsyncs it.
+                unsynced: true,
                 // Recovery may have removed segment files.
                 dir_unsynced: true,
             }),
             dir_syncs: std::sync::atomic::AtomicU64::new(0),
             appended: tokio::sync::Notify::new(),
             checkpoint,
+            dir_lock: Mutex::new(lock),
         };
         Ok((log, recovered.report))
     }
@@ -172,6 +178,17 @@ impl PartitionLog {
         // Appends and reads leave the state consistent at every step; a panic elsewhere
         // cannot poison it half-way.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lets go of the partition directory's lock (the agent is shutting down and will not
+    /// write again; another may open the directory).
+    pub(crate) fn release_lock(&self) {
+        drop(
+            self.dir_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 
     /// The offset the next appended record gets.
@@ -312,7 +329,7 @@ impl PartitionLog {
                 inner.state = recovered.state;
                 inner.broken = recovered.report.broken;
                 inner.offline = None;
-                inner.unsynced = false;
+                inner.unsynced = true;
                 inner.dir_unsynced = true;
             }
             Err(e) => {

@@ -242,8 +242,20 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
             None
         };
         if let Some(why) = why {
-            fence(storage, dir, &mut segments, &why, expected, &mut report)?;
+            // Where the loss starts: the missing prefix, or the end of what is left.
+            let at = if first > point.log_start {
+                point.log_start
+            } else {
+                expected
+            };
+            fence(storage, dir, &mut segments, &why, at, &mut report)?;
         }
+    } else if segments.iter().any(|s| s.size > 0) {
+        tracing::warn!(
+            dir = %dir.display(),
+            "no readable recovery point (checkpoint missing or torn): damage to the end of the \
+             log cannot be told from a torn write and would be cut"
+        );
     }
     if report.broken.is_some() {
         metrics::counter!("streamhouse_partitions_fenced_total").increment(1);
@@ -304,12 +316,24 @@ fn fence(
 
 /// The `BROKEN` note of an earlier recovery, if the quarantine holds one.
 fn read_note(storage: &dyn Storage, quarantine: &Path) -> Option<String> {
-    let path = quarantine.join(BROKEN);
-    if !storage.exists(&path) {
-        return None;
-    }
-    let note = storage.read_all(&path).unwrap_or_default();
-    Some(String::from_utf8_lossy(&note).trim_end().to_owned())
+    let mut names: Vec<String> = storage
+        .list(quarantine)
+        .ok()?
+        .into_iter()
+        .filter(|n| n == BROKEN || n.starts_with(&format!("{BROKEN}.")))
+        .collect();
+    names.sort();
+    let notes: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let path = quarantine.join(name);
+            match storage.read_all(&path) {
+                Ok(note) => String::from_utf8_lossy(&note).trim_end().to_owned(),
+                Err(e) => format!("{} cannot be read ({e})", path.display()),
+            }
+        })
+        .collect();
+    (!notes.is_empty()).then(|| notes.join("\n"))
 }
 
 /// A name for `name` in `dir` that is not taken yet.
@@ -417,34 +441,28 @@ fn checked_batch(
     Ok(Ok(header))
 }
 
-/// Whether a valid batch continuing the log lies anywhere after the failed batch at `pos`:
-/// then the failure is damage inside the log, not the end of what was written. The bytes after
-/// it are searched at every position (its own length field may be the damage) for a whole
-/// batch with a later base offset and a good CRC.
+/// Whether the failed batch at `pos` is whole and a valid batch continuing the log starts right
+/// after it: then the failure is damage inside the log (a flipped bit), not the end of what was
+/// written. Only that one boundary is looked at — never inside the failed batch, whose records
+/// a client wrote and could shape like a batch to turn a crash into a fence. A batch cut short
+/// (the file ends first) or an unreadable header is what a crash leaves; past the recovery point
+/// that is a torn tail whatever the bytes look like.
 fn valid_batch_follows(file: &dyn StorageFile, pos: u64, expected: i64) -> io::Result<bool> {
     let len = file.len()?;
-    if len <= pos + 1 {
+    if len - pos < HEADER_LEN as u64 {
         return Ok(false);
     }
-    let mut tail = vec![0u8; usize::try_from(len - pos - 1).map_err(io::Error::other)?];
-    file.read_exact_at(&mut tail, pos + 1)?;
-    let most = expected.saturating_add(tail.len() as i64);
-    for at in 0..tail.len().saturating_sub(HEADER_LEN - 1) {
-        let base = i64::from_be_bytes(tail[at..at + 8].try_into().unwrap_or_default());
-        // Cheap filters first: a later offset, magic 1.
-        if base <= expected || base > most || tail[at + 12] != 1 {
-            continue;
-        }
-        let Ok(header) = BatchHeader::read(&tail[at..]) else {
-            continue;
-        };
-        let end = at + header.total_len();
-        if end <= tail.len()
-            && header.record_count > 0
-            && Batch::parse(Bytes::copy_from_slice(&tail[at..end]), &STORED).is_ok()
-        {
-            return Ok(true);
-        }
+    let mut head = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut head, pos)?;
+    let Ok(failed) = BatchHeader::read(&head) else {
+        return Ok(false);
+    };
+    if failed.base_offset != expected || failed.record_count <= 0 {
+        return Ok(false);
     }
-    Ok(false)
+    let next = pos + failed.total_len() as u64;
+    if next >= len {
+        return Ok(false);
+    }
+    Ok(checked_batch(file, next, len, failed.last_offset() + 1, true)?.is_ok())
 }

@@ -71,6 +71,13 @@ pub(crate) trait Storage: Send + Sync + Debug + 'static {
     /// Bytes free for an unprivileged writer on the filesystem holding `dir`.
     fn available(&self, dir: &Path) -> io::Result<u64>;
 
+    /// Takes an exclusive lock on `dir` for as long as the returned guard lives; an error of
+    /// kind `WouldBlock` if another process holds it. (A partition directory reached through a
+    /// symlink or a bind mount from two data directories is still written by one agent only.)
+    fn lock_dir(&self, _dir: &Path) -> io::Result<Option<File>> {
+        Ok(None)
+    }
+
     /// Writes a whole new file and makes its data durable (its entry needs [`sync_dir`]).
     ///
     /// [`sync_dir`]: Storage::sync_dir
@@ -167,6 +174,18 @@ impl Storage for Disk {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<Option<File>> {
+        let handle = File::open(dir)?;
+        match handle.try_lock() {
+            Ok(()) => Ok(Some(handle)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is in use by another agent", dir.display()),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 
     fn available(&self, dir: &Path) -> io::Result<u64> {

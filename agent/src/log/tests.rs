@@ -1,8 +1,8 @@
 //! Partition log: appends, reads, segment rolls, and recovery from torn and corrupt tails.
 
 use super::*;
-use streamhouse::batch::DecodeLimits;
 use streamhouse::batch::{BatchBuilder, ProducerStamp};
+use streamhouse::batch::{DecodeLimits, set_base_offset};
 use streamhouse::codec::{Codecs, NoCompression};
 
 fn config(segment_bytes: u64) -> LogConfig {
@@ -415,23 +415,71 @@ fn segment_len(path: &Path) -> u64 {
 }
 
 /// Found by an outside review: a damaged length field in the last segment, with intact
-/// batches after it, was cut as a torn tail (its own length hid the batches behind it). The
-/// bytes after the damage are now searched for a valid batch: found, so the partition fences.
+/// batches after it, was cut as a torn tail (its own length hid the batches behind it). Below
+/// the recovery point (fsynced, maybe acknowledged) it fences; past it, it is what a crash may
+/// leave of unsynced writes and is cut, a copy kept.
 #[test]
-fn a_damaged_length_with_valid_batches_behind_it_fences() {
-    let (dir, file, last3) = written_log();
-    let mut bytes = std::fs::read(&file).unwrap();
-    // batch_length of the first unsynced batch: far too long, then too short.
-    for length in [100_000i32, 60] {
-        let copy = copy_dir(dir.path());
+fn a_damaged_length_fences_below_the_recovery_point_and_is_cut_past_it() {
+    for synced in [true, false] {
+        let (dir, file, last3) = written_log();
+        if synced {
+            let (log, _) = PartitionLog::open(dir.path(), config(1 << 20)).unwrap();
+            log.sync().unwrap();
+        }
+        let mut bytes = std::fs::read(&file).unwrap();
         let at = last3[0].start as usize + 8;
-        bytes[at..at + 4].copy_from_slice(&length.to_be_bytes());
-        std::fs::write(copy.path().join(file.file_name().unwrap()), &bytes).unwrap();
-        let (log, report) = PartitionLog::open(copy.path(), config(1 << 20)).unwrap();
-        assert!(report.broken.is_some(), "length {length}: {report:?}");
-        assert_eq!(report.truncated_bytes, 0);
+        bytes[at..at + 4].copy_from_slice(&100_000i32.to_be_bytes());
+        std::fs::write(&file, &bytes).unwrap();
+        let (log, report) = PartitionLog::open(dir.path(), config(1 << 20)).unwrap();
+        assert_eq!(
+            report.broken.is_some(),
+            synced,
+            "synced {synced}: {report:?}"
+        );
+        assert_eq!(report.truncated_bytes > 0, !synced);
         assert_eq!(read_until_error(&log).0, expected(5));
+        assert_eq!(
+            bytes_under(dir.path()),
+            bytes.len() as u64,
+            "nothing deleted"
+        );
     }
+}
+
+/// Found by an outside review: recovery searched the bytes after a torn batch for anything
+/// shaped like a valid batch, including the torn batch's own records — which a client writes.
+/// A value holding a batch turned a plain crash into a fence. Only the boundary after a whole
+/// batch is looked at now.
+#[test]
+fn a_record_shaped_like_a_batch_cannot_turn_a_crash_into_a_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), config(1 << 20)).unwrap();
+    append_all(&log, &[batch(0, 2, ProducerStamp::NONE)]);
+    log.sync().unwrap();
+    // A value that is, byte for byte, a valid batch at a later offset.
+    let mut forged = batch(1, 3, ProducerStamp::NONE).as_bytes().to_vec();
+    set_base_offset(&mut forged, 50).unwrap();
+    let mut padded = vec![b'.'; 100];
+    padded.extend_from_slice(&forged);
+    padded.resize(4_000, b'.');
+    let mut b = BatchBuilder::new();
+    b.append(1, None, Some(&padded), &[]).unwrap();
+    let evil = Batch::parse(
+        b.finish(ProducerStamp::NONE, &NoCompression).unwrap(),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    append_all(&log, &[evil]);
+    drop(log); // never fsynced: a crash may tear it
+    let file = dir.path().join(segment::file_name(0));
+    let len = std::fs::metadata(&file).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.set_len(len - 1_000).unwrap();
+    drop(f);
+    let (log, report) = PartitionLog::open(dir.path(), config(1 << 20)).unwrap();
+    assert_eq!(report.broken, None, "a crash fenced the partition");
+    assert!(report.truncated_bytes > 0);
+    assert_eq!(read_all(&log).len(), 2);
 }
 
 /// Found by an outside review: damage to the last batch of the log was cut as a torn tail
@@ -486,4 +534,26 @@ fn a_missing_first_or_last_segment_fences() {
         assert_eq!(report.broken, None, "{which}");
         assert!(log.append(&[&batch(99, 1, ProducerStamp::NONE)])[0].is_ok());
     }
+}
+
+/// Found by an outside review: a second break wrote `BROKEN.1` beside `BROKEN`, but only
+/// `BROKEN` was read, so removing it lifted the fence with the second break never seen.
+#[test]
+fn every_broken_note_keeps_the_fence() {
+    let (dir, files) = rolled_log(20);
+    std::fs::remove_file(&files[1]).unwrap();
+    let (log, first) = PartitionLog::open(dir.path(), config(2_000)).unwrap();
+    assert!(first.broken.is_some());
+    drop(log);
+    let quarantine = dir.path().join(recovery::QUARANTINE);
+    std::fs::write(quarantine.join("BROKEN.1"), "a second break\n").unwrap();
+    std::fs::remove_file(quarantine.join(recovery::BROKEN)).unwrap();
+    let (log, report) = PartitionLog::open(dir.path(), config(2_000)).unwrap();
+    let note = report.broken.expect("still fenced");
+    assert!(note.contains("a second break"), "{note}");
+    let refused = log.append(&[&batch(99, 1, ProducerStamp::NONE)]);
+    assert_eq!(
+        refused[0].as_ref().unwrap_err().code,
+        ErrorCode::Unavailable
+    );
 }
