@@ -122,10 +122,22 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
     let mut kind = [0u8; 1];
     read_exact(reader, &mut kind).await?;
-    let mut body = vec![0u8; size - 1];
-    read_exact(reader, &mut body).await?;
+    // Grown as the bytes arrive, never allocated at the declared size up front: a peer that
+    // declares 16 MiB and sends ten bytes holds ten bytes (and a small first chunk) of ours.
+    let wanted = size - 1;
+    let mut body = Vec::with_capacity(wanted.min(FIRST_CHUNK));
+    let read = (&mut *reader)
+        .take(wanted as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if read < wanted {
+        return Err(FrameError::Truncated);
+    }
     Ok(Some((kind[0], body)))
 }
+
+/// What a frame's body buffer starts at before bytes arrive.
+const FIRST_CHUNK: usize = 64 << 10;
 
 async fn read_exact<R: AsyncRead + Unpin>(
     reader: &mut R,
