@@ -21,6 +21,13 @@ pub struct GrpcConfig {
     pub stream_window: u32,
     /// HTTP/2 initial connection window. Default 16 MiB.
     pub connection_window: u32,
+    /// Server: streams one connection may have open at once (HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`). Default 100.
+    pub max_concurrent_streams: u32,
+    /// Server: longest a request may take, reading its message included — a client that sends
+    /// half a message and stops holds the stream at most this long. Above the agent's own
+    /// longest wait (a fetch's 30 s). Default 60 s.
+    pub request_timeout: Duration,
     /// Client TLS settings; required for `grpcs://` endpoints.
     #[cfg(feature = "tls")]
     pub client_tls: Option<crate::ClientTls>,
@@ -38,6 +45,8 @@ impl Default for GrpcConfig {
             keep_alive_timeout: Duration::from_secs(5),
             stream_window: 4 << 20,
             connection_window: 16 << 20,
+            max_concurrent_streams: 100,
+            request_timeout: Duration::from_secs(60),
             #[cfg(feature = "tls")]
             client_tls: None,
             #[cfg(feature = "tls")]

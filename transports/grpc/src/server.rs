@@ -62,7 +62,9 @@ where
         .initial_stream_window_size(config.stream_window)
         .initial_connection_window_size(config.connection_window)
         .http2_keepalive_interval(Some(config.keep_alive_interval))
-        .http2_keepalive_timeout(Some(config.keep_alive_timeout));
+        .http2_keepalive_timeout(Some(config.keep_alive_timeout))
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .timeout(config.request_timeout);
     #[cfg(feature = "tls")]
     let builder = match &config.server_tls {
         Some(tls) => builder.tls_config(crate::tls::server(tls))?,
