@@ -837,15 +837,7 @@ impl<'a> Settlement<'a> {
                 if !self.behind_failure.contains(&key) {
                     self.reset.insert(key);
                 }
-                let persistence = batch.persistence();
-                self.fail(
-                    batch,
-                    ProduceError::Rejected {
-                        code,
-                        message,
-                        persistence,
-                    },
-                );
+                self.reject(batch, code, message);
             }
             ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId => {
                 // First unsettled batch of its partition: the agent lost or never had the
@@ -862,18 +854,21 @@ impl<'a> Settlement<'a> {
                 }
                 self.retry(batch, true);
             }
-            code => {
-                let persistence = batch.persistence();
-                self.fail(
-                    batch,
-                    ProduceError::Rejected {
-                        code,
-                        message,
-                        persistence,
-                    },
-                );
-            }
+            code => self.reject(batch, code, message),
         }
+    }
+
+    /// Fails a batch the agent refused for good (an earlier attempt may still have landed).
+    fn reject(&mut self, batch: QueuedBatch, code: ErrorCode, message: String) {
+        let persistence = batch.persistence();
+        self.fail(
+            batch,
+            ProduceError::Rejected {
+                code,
+                message,
+                persistence,
+            },
+        );
     }
 
     fn transport_failure(

@@ -73,8 +73,9 @@ async fn still_answers(connection: &quinn::Connection) {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_ends_only_its_own_stream() {
+/// A QUIC server over a mock agent with a development certificate: its directory (keep it),
+/// address and CA certificate.
+fn start_server() -> (tempfile::TempDir, SocketAddr, Vec<u8>) {
     let certs = tempfile::tempdir().unwrap();
     let dev = dev_certificate(certs.path()).unwrap();
     let agent = MockAgent::new().with_topic("t", 1);
@@ -86,7 +87,12 @@ async fn garbage_ends_only_its_own_stream() {
     .unwrap();
     let addr: SocketAddr = server.local_addr().unwrap();
     tokio::spawn(server.serve(agent.service(), std::future::pending()));
-    let ca = std::fs::read(&dev.cert).unwrap();
+    (certs, addr, std::fs::read(&dev.cert).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_ends_only_its_own_stream() {
+    let (certs, addr, ca) = start_server();
 
     // From here on, nothing may allocate more than 256 MiB beyond what is in use.
     ALLOCATOR
@@ -159,7 +165,7 @@ async fn garbage_ends_only_its_own_stream() {
     still_answers(&connection).await;
     let transport = QuicTransport::new(
         QuicConfig::default(),
-        &ClientTls::from_ca_file(&dev.cert).unwrap(),
+        &ClientTls::from_ca_file(&certs.path().join("cert.pem")).unwrap(),
     )
     .unwrap();
     let fresh = transport
@@ -181,18 +187,7 @@ async fn garbage_ends_only_its_own_stream() {
 /// 100 bytes each now hold about what arrived.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_frames_hold_only_what_arrived() {
-    let certs = tempfile::tempdir().unwrap();
-    let dev = dev_certificate(certs.path()).unwrap();
-    let agent = MockAgent::new().with_topic("t", 1);
-    let server = QuicServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        QuicConfig::default(),
-        &ServerTls::from_files(&dev.cert, &dev.key).unwrap(),
-    )
-    .unwrap();
-    let addr: SocketAddr = server.local_addr().unwrap();
-    tokio::spawn(server.serve(agent.service(), std::future::pending()));
-    let ca = std::fs::read(&dev.cert).unwrap();
+    let (_certs, addr, ca) = start_server();
     let client = raw_client(&ca, ALPN);
     let connection = client.connect(addr, "localhost").unwrap().await.unwrap();
     still_answers(&connection).await;
