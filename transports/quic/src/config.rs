@@ -26,6 +26,10 @@ pub struct QuicConfig {
     pub send_window: u64,
     /// Concurrent requests (streams) a peer may open on one connection. Default 256.
     pub max_concurrent_streams: u32,
+    /// Server: longest a request's frame may take to arrive whole once its stream is open; past
+    /// it the stream is reset (`reset::READ_TIMEOUT`), so a half-sent message is not held for as
+    /// long as keep-alives keep the connection up. Default 30 s.
+    pub read_timeout: Duration,
 }
 
 impl Default for QuicConfig {
@@ -39,6 +43,7 @@ impl Default for QuicConfig {
             connection_window: 32 << 20,
             send_window: 32 << 20,
             max_concurrent_streams: 256,
+            read_timeout: Duration::from_secs(30),
         }
     }
 }

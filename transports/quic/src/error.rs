@@ -10,6 +10,8 @@ pub const FRAME_TOO_LARGE: u32 = 1;
 pub const MALFORMED: u32 = 2;
 /// The agent is shutting down.
 pub const UNAVAILABLE: u32 = 3;
+/// The request's frame did not arrive whole within the server's read timeout.
+pub const READ_TIMEOUT: u32 = 4;
 
 /// Setting up a QUIC client or server failed.
 #[derive(Debug, thiserror::Error)]

@@ -66,5 +66,5 @@ pub use tls::{ALPN, DevCertificate, dev_certificate};
 
 /// The QUIC application error codes the server resets a stream with (see the table above).
 pub mod reset {
-    pub use crate::error::{FRAME_TOO_LARGE, MALFORMED, UNAVAILABLE};
+    pub use crate::error::{FRAME_TOO_LARGE, MALFORMED, READ_TIMEOUT, UNAVAILABLE};
 }

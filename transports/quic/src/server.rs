@@ -1,6 +1,6 @@
 //! [`QuicServer`]: any agent service over QUIC, one request per stream.
 
-use crate::error::{FRAME_TOO_LARGE, MALFORMED, UNAVAILABLE};
+use crate::error::{FRAME_TOO_LARGE, MALFORMED, READ_TIMEOUT, UNAVAILABLE};
 use crate::{QuicConfig, QuicError, ServerTls, tls};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,7 +70,10 @@ impl QuicServer {
                         connections.spawn(connection(
                             incoming,
                             agent.clone(),
-                            self.config.max_frame_size,
+                            Limits {
+                                frame: self.config.max_frame_size,
+                                read_timeout: self.config.read_timeout,
+                            },
                             stop_rx.clone(),
                         ));
                     }
@@ -113,11 +116,18 @@ impl Closer {
     }
 }
 
+/// What one stream may cost the server.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    frame: usize,
+    read_timeout: std::time::Duration,
+}
+
 /// One connection: its streams, each handled in its own task.
 async fn connection(
     incoming: quinn::Incoming,
     agent: AgentService,
-    limit: usize,
+    limit: Limits,
     mut stopping: watch::Receiver<bool>,
 ) {
     let Ok(connection) = incoming.await else {
@@ -149,19 +159,26 @@ fn server_config(config: &QuicConfig, tls: &ServerTls) -> Result<quinn::ServerCo
     Ok(server)
 }
 
-/// One request: read a frame (limit checked before allocating), answer it, finish.
+/// One request: read a frame (limit checked before allocating, the whole frame within the
+/// read timeout), answer it, finish.
 async fn stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     agent: AgentService,
-    limit: usize,
+    limits: Limits,
 ) {
+    let limit = limits.frame;
     let refuse = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: u32| {
         let code = quinn::VarInt::from_u32(code);
         let _ = recv.stop(code);
         let _ = send.reset(code);
     };
-    let request = match read_frame(&mut recv, limit).await {
+    let Ok(read) = tokio::time::timeout(limits.read_timeout, read_frame(&mut recv, limit)).await
+    else {
+        // A peer that starts a message and stops holds the stream no longer than this.
+        return refuse(&mut send, &mut recv, READ_TIMEOUT);
+    };
+    let request = match read {
         Ok(Some((kind, body))) => match decode_request(kind, &body) {
             Ok(message) => message,
             Err(_) => return refuse(&mut send, &mut recv, MALFORMED),
