@@ -233,12 +233,7 @@ impl MockAgent {
 
     /// Answers the next `count` produce requests with `code` for every batch, appending nothing.
     pub fn fail_next(&self, count: usize, code: ErrorCode) {
-        let mut queue = self
-            .inner
-            .fail_next
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        queue.extend(std::iter::repeat_n(code, count));
+        inject(&self.inner.fail_next, count, code);
     }
 
     /// Handles the next `count` produce requests as usual — their batches are appended — but
@@ -246,12 +241,7 @@ impl MockAgent {
     /// refusals take effect), as an agent that gave up waiting
     /// ([`ErrorCode::RequestTimedOut`]) or failed to fsync ([`ErrorCode::StorageError`]) does.
     pub fn fail_after_append(&self, count: usize, code: ErrorCode) {
-        let mut queue = self
-            .inner
-            .fail_after_append
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        queue.extend(std::iter::repeat_n(code, count));
+        inject(&self.inner.fail_after_append, count, code);
     }
 
     /// Counters of what the agent has seen.
@@ -363,20 +353,10 @@ impl MockAgent {
     fn produce(&self, request: ProduceRequest) -> ProduceResponse {
         // Injected failures after the append go first: they model the request before the
         // refusals that follow it.
-        let after_append = self
-            .inner
-            .fail_after_append
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front();
+        let after_append = next_injected(&self.inner.fail_after_append);
         let injected = match after_append {
             Some(_) => None,
-            None => self
-                .inner
-                .fail_next
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop_front(),
+            None => next_injected(&self.inner.fail_next),
         };
         let acks_none = request.acks == Acks::None as i32;
         let durable = request.acks == Acks::Durable as i32;
@@ -563,6 +543,22 @@ fn stamped(batch: &Bytes, base_offset: i64) -> Bytes {
     // Stored batches passed validation, so they hold a full header.
     let _ = set_base_offset(&mut copy, base_offset);
     Bytes::from(copy)
+}
+
+/// Queues `count` injected failures with `code`.
+fn inject(queue: &Mutex<VecDeque<ErrorCode>>, count: usize, code: ErrorCode) {
+    queue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(std::iter::repeat_n(code, count));
+}
+
+/// The next injected failure, if one is queued (one per produce request).
+fn next_injected(queue: &Mutex<VecDeque<ErrorCode>>) -> Option<ErrorCode> {
+    queue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop_front()
 }
 
 #[cfg(test)]

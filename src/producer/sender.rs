@@ -240,20 +240,20 @@ impl Sender {
             let mut state = self.inner.lock();
             for ready in ready {
                 let (topic, partition) = (ready.topic.clone(), ready.partition);
-                let metadata = state.metadata.get(&topic).map(|t| t.metadata.clone());
-                match metadata
-                    .as_ref()
-                    .map(|m| (m.partition_count(), m.leader(partition)))
-                {
-                    Some((_, Some(leader))) => routes
-                        .entry(leader.endpoint.clone())
-                        .or_default()
-                        .push(ready),
-                    Some((count, None)) if partition >= count.get() => {
+                let route = state.metadata.get(&topic).map(|t| {
+                    let count = t.metadata.partition_count().get();
+                    (
+                        count,
+                        t.metadata.leader(partition).map(|l| l.endpoint.clone()),
+                    )
+                });
+                match route {
+                    Some((_, Some(endpoint))) => routes.entry(endpoint).or_default().push(ready),
+                    Some((count, None)) if partition >= count => {
                         // The topic shrank below this partition: no refresh will bring it back.
                         let error = ProduceError::UnknownPartition {
                             partition,
-                            partitions: count.get(),
+                            partitions: count,
                         };
                         gone.extend(state.acc.fail_partition(&topic, partition, &error));
                     }

@@ -214,9 +214,11 @@ impl PartitionLog {
         }
         let mut results = Vec::with_capacity(batches.len());
         let mut pending: Pending<'b> = Pending::default();
+        // One clock read per round: producers' idle time is judged against it.
+        let now = std::time::Instant::now();
         for batch in batches {
             let header = batch.header();
-            match inner.state.admit(header) {
+            match inner.state.admit_at(header, now) {
                 Err(rejection) => results.push(Err(rejection)),
                 Ok(Admission::Duplicate { base_offset }) => {
                     results.push(Ok(Appended::Duplicate { base_offset }));
@@ -233,7 +235,7 @@ impl PartitionLog {
                     {
                         return self.fail(inner, results, batches.len(), &e);
                     }
-                    let base_offset = inner.state.append(header);
+                    let base_offset = inner.state.append_at(header, now);
                     let next = base_offset + i64::from(header.record_count);
                     pending.batches.push((base_offset.to_be_bytes(), bytes));
                     pending.notes.push((base_offset, next, bytes.len() as u64));

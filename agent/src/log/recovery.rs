@@ -218,36 +218,40 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
         let active = segments
             .last()
             .map_or((first, 0), |s| (s.base_offset, s.size));
-        let why = if first > point.log_start {
-            Some(format!(
-                "the log starts at offset {first}, but offsets from {} were written (segment \
-                 files before {} are missing)",
+        // Why the log falls short of it, and where the loss starts.
+        let shortfall = if first > point.log_start {
+            Some((
+                format!(
+                    "the log starts at offset {first}, but offsets from {} were written \
+                     (segment files before {} are missing)",
+                    point.log_start,
+                    file_name(first)
+                ),
                 point.log_start,
-                file_name(first)
             ))
         } else if point.segment > active.0 {
-            Some(format!(
-                "segment {} held {} fsynced bytes and is missing",
-                file_name(point.segment),
-                point.synced
+            Some((
+                format!(
+                    "segment {} held {} fsynced bytes and is missing",
+                    file_name(point.segment),
+                    point.synced
+                ),
+                expected,
             ))
         } else if point.segment == active.0 && active.1 < point.synced {
-            Some(format!(
-                "segment {} holds {} bytes, {} were fsynced",
-                file_name(point.segment),
-                active.1,
-                point.synced
+            Some((
+                format!(
+                    "segment {} holds {} bytes, {} were fsynced",
+                    file_name(point.segment),
+                    active.1,
+                    point.synced
+                ),
+                expected,
             ))
         } else {
             None
         };
-        if let Some(why) = why {
-            // Where the loss starts: the missing prefix, or the end of what is left.
-            let at = if first > point.log_start {
-                point.log_start
-            } else {
-                expected
-            };
+        if let Some((why, at)) = shortfall {
             fence(storage, dir, &mut segments, &why, at, &mut report)?;
         }
     } else if segments.iter().any(|s| s.size > 0) {

@@ -551,17 +551,14 @@ impl Accumulator {
             };
             queue.next_sequence = sequence_add(queue.next_sequence, batch.record_count);
             batch.stamp = Some(stamp);
-            if !matches!(batch.payload, Payload::Encoded(_)) {
-                continue;
-            }
-            if let Payload::Encoded(bytes) = std::mem::replace(&mut batch.payload, Payload::Taken) {
+            if let Payload::Encoded(bytes) = &mut batch.payload {
                 // In place when the request that carried it is gone (the usual case); else a
                 // copy that replaces the shared bytes (the reservation covers one of them).
-                let mut owned = bytes
+                let mut owned = std::mem::take(bytes)
                     .try_into_mut()
                     .unwrap_or_else(|b| BytesMut::from(&b[..]));
                 match set_producer_stamp(&mut owned, stamp) {
-                    Ok(()) => batch.payload = Payload::Encoded(owned.freeze()),
+                    Ok(()) => *bytes = owned.freeze(),
                     Err(e) => unstampable.push((batch.id, e)),
                 }
             }
