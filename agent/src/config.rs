@@ -25,6 +25,11 @@ pub struct AgentConfig {
     /// Most batch bytes waiting for the I/O threads; past it batches answer `THROTTLED` with
     /// a `throttle_ms` the producer honours. Default 64 MiB.
     pub max_queued_bytes: usize,
+    /// Fetch answers read from the logs and not yet delivered, all clients together; a fetch
+    /// past it waits (a client that asks and never reads holds at most this much). Transports
+    /// keep an answer's batches until its last byte is sent. At least `max_batch_bytes`.
+    /// Default 64 MiB.
+    pub max_fetch_answer_bytes: usize,
     /// Most topics the agent holds: auto-creation past it is refused with
     /// `LIMIT_EXCEEDED`. Default 1,000.
     pub max_topics: usize,
@@ -57,6 +62,7 @@ impl AgentConfig {
             auto_create_partitions: None,
             max_topics: 1_000,
             max_queued_bytes: 64 << 20,
+            max_fetch_answer_bytes: 64 << 20,
             max_request_decompressed_bytes: 256 << 20,
             max_batch_bytes: 4 << 20,
             max_record_bytes: 1 << 20,

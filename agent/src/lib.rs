@@ -131,6 +131,8 @@ pub(crate) struct Shared {
     recovery: Vec<PartitionRecovery>,
     /// Requests being validated at once (decompression runs on blocking threads): one per core.
     validating: Arc<tokio::sync::Semaphore>,
+    /// Fetch answers read and not yet delivered (`max_fetch_answer_bytes`).
+    answers: streamhouse::serve::ByteBudget,
     /// The exclusive lock on the data directory, held until shutdown.
     lock: std::sync::Mutex<Option<std::fs::File>>,
 }
@@ -163,6 +165,12 @@ impl Agent {
                 "the decompression budget per request ({}) must hold one batch's largest \
                  records block ({})",
                 config.max_request_decompressed_bytes, config.max_uncompressed_bytes
+            )));
+        }
+        if config.max_fetch_answer_bytes < config.max_batch_bytes {
+            return Err(AgentError::Config(format!(
+                "the fetch answer budget ({}) must hold one largest batch ({})",
+                config.max_fetch_answer_bytes, config.max_batch_bytes
             )));
         }
         let lock = lock_data_dir(&config.data_dir)?;
@@ -201,6 +209,10 @@ impl Agent {
                     std::thread::available_parallelism().map_or(2, usize::from),
                 )),
                 lock: std::sync::Mutex::new(Some(lock)),
+                answers: streamhouse::serve::ByteBudget::new(
+                    "fetch_answer_bytes",
+                    config.max_fetch_answer_bytes,
+                ),
                 config,
             }),
         })
@@ -290,6 +302,21 @@ pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
     };
     setrlimit(Resource::Nofile, raised).map_err(std::io::Error::from)?;
     Ok((before, target))
+}
+
+/// The most connections an agent should accept under a descriptor limit of `fd_limit`: a
+/// quarter of it (at least 256) stays free for partition logs, so a flood of connections can
+/// never take the descriptors a segment roll or a directory fsync needs. At most 4,096.
+///
+/// ```
+/// assert_eq!(streamhouse_agent::connection_limit_for(1_024), 768);
+/// assert_eq!(streamhouse_agent::connection_limit_for(1 << 20), 4_096);
+/// assert_eq!(streamhouse_agent::connection_limit_for(200), 0);
+/// ```
+pub fn connection_limit_for(fd_limit: u64) -> usize {
+    let reserve = (fd_limit / 4).max(256);
+    let usable = fd_limit.saturating_sub(reserve);
+    usize::try_from(usable).unwrap_or(usize::MAX).min(4_096)
 }
 
 /// Takes the exclusive lock (`flock`) on the data directory itself, creating it if needed.

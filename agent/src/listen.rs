@@ -6,6 +6,7 @@
 
 use crate::Agent;
 use std::net::SocketAddr;
+use streamhouse::serve::{ServerBounds, ServerLimits};
 use streamhouse::transport::Endpoint;
 use streamhouse::transport::tls::ServerTls;
 use streamhouse_grpc::GrpcConfig;
@@ -28,6 +29,9 @@ pub struct ListenOptions {
     pub grpc_config: GrpcConfig,
     /// QUIC limits and tuning.
     pub quic_config: QuicConfig,
+    /// Connections, idle timeout and request-byte budgets, counted once across gRPC and QUIC
+    /// (they replace the `bounds` of `grpc_config` and `quic_config`).
+    pub limits: ServerLimits,
 }
 
 /// Why listening failed.
@@ -65,13 +69,16 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds every listener asked for.
-    pub async fn bind(options: ListenOptions) -> Result<Listeners, ListenError> {
+    pub async fn bind(mut options: ListenOptions) -> Result<Listeners, ListenError> {
         if options.grpc.is_none() && options.quic.is_none() {
             return Err(ListenError::Nothing);
         }
         if (options.quic.is_some() || options.grpc_tls) && options.tls.is_none() {
             return Err(ListenError::NoCertificate);
         }
+        let bounds = ServerBounds::new(options.limits.clone());
+        options.grpc_config.bounds = bounds.clone();
+        options.quic_config.bounds = bounds;
         let mut endpoints = Vec::new();
         let grpc = match options.grpc {
             Some(addr) => {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use streamhouse::batch::Batch;
-use streamhouse::serve::{Rejection, validate_batch_within, validate_topic_name};
+use streamhouse::serve::{
+    ByteBudget, Lease, Rejection, validate_batch_within, validate_topic_name,
+};
 use streamhouse_proto::v1::{
     Acks, AgentInfo, ErrorCode, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
     PartitionBatch, PartitionMetadata, PartitionResult, ProduceRequest, ProduceResponse,
@@ -25,11 +27,18 @@ const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
 
 /// Reads from `offset`; when nothing is there yet, waits up to `wait` for an append and reads
 /// again (a consumer at the end of the log waits here instead of spinning).
+///
+/// Each read first leases what it may return from `answers` — `max_bytes`, or one largest batch
+/// if more — and the batches it returns keep the used part of that lease until the transport
+/// has dropped them, so answers nobody reads cannot pile up past the budget. An empty read
+/// gives its lease back before waiting.
 async fn long_poll(
     log: Arc<crate::log::PartitionLog>,
     offset: i64,
     max_bytes: usize,
     wait: Duration,
+    answers: &ByteBudget,
+    largest_batch: usize,
 ) -> Result<crate::log::ReadResult, Rejection> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -37,16 +46,50 @@ async fn long_poll(
         tokio::pin!(appended);
         // Registered before the read: an append between the read and the wait still wakes it.
         appended.as_mut().enable();
+        let lease = answers.take(max_bytes.max(largest_batch)).await;
         let reader = log.clone();
-        let read = tokio::task::spawn_blocking(move || reader.read(offset, max_bytes))
+        let mut read = tokio::task::spawn_blocking(move || reader.read(offset, max_bytes))
             .await
             .unwrap_or_else(|_| Err(Rejection::new(ErrorCode::Internal, "read task failed")))?;
-        if !read.batches.is_empty() || tokio::time::Instant::now() >= deadline {
+        if !read.batches.is_empty() {
+            read.batches = hold(read.batches, lease);
             return Ok(read);
         }
-        if tokio::time::timeout_at(deadline, appended).await.is_err() {
+        drop(lease);
+        if tokio::time::Instant::now() >= deadline
+            || tokio::time::timeout_at(deadline, appended).await.is_err()
+        {
             return Ok(read);
         }
+    }
+}
+
+/// The batches of one answer, each keeping a share of `lease` (shrunk to their total) until
+/// the last of them is dropped.
+fn hold(batches: Vec<Bytes>, mut lease: Lease) -> Vec<Bytes> {
+    lease.shrink_to(batches.iter().map(Bytes::len).sum());
+    let lease = Arc::new(lease);
+    batches
+        .into_iter()
+        .map(|batch| {
+            Bytes::from_owner(Held {
+                // Read into a fresh buffer and not shared: no copy.
+                bytes: Vec::from(batch),
+                _lease: lease.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A batch's bytes and the answer lease they count against.
+struct Held {
+    bytes: Vec<u8>,
+    _lease: Arc<Lease>,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -329,7 +372,10 @@ impl Shared {
         };
         let wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_FETCH_WAIT);
         let read = match log {
-            Ok(log) => long_poll(log, request.offset, max_bytes, wait).await,
+            Ok(log) => {
+                let largest = self.config.max_batch_bytes;
+                long_poll(log, request.offset, max_bytes, wait, &self.answers, largest).await
+            }
             Err(r) => Err(r),
         };
         match read {

@@ -3,10 +3,13 @@
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+use streamhouse::serve::ServerLimits;
 use streamhouse::transport::Endpoint;
 use streamhouse::transport::tls::ServerTls;
 use streamhouse_agent::{Agent, AgentConfig, ListenOptions, Listeners, TopicSpec};
-use streamhouse_quic::dev_certificate;
+use streamhouse_grpc::GrpcConfig;
+use streamhouse_quic::{QuicConfig, dev_certificate};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -64,6 +67,38 @@ pub(crate) struct Args {
     /// [default: 1000].
     #[arg(long, value_name = "N")]
     max_topics: Option<usize>,
+    /// Connections open at once, all clients together; more are closed as soon as accepted
+    /// [default: 4096, lowered to leave a quarter of the open-file limit (at least 256) to the
+    /// partition logs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// Connections open at once from one IP address [default: 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_peer: Option<u64>,
+    /// Close a connection after this many seconds without a request [default: 600].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: Option<u64>,
+    /// Requests one connection may have in progress at once (HTTP/2 and QUIC streams)
+    /// [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: Option<u32>,
+    /// Seconds a request may take to arrive whole, and its answer to be read, before the
+    /// stream is ended [default: 60 for gRPC, 30 for QUIC].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout: Option<u64>,
+    /// Request bytes received and not yet handled, all connections together; past it the
+    /// agent stops reading and clients are held back by flow control
+    /// [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_request_bytes: Option<usize>,
+    /// The same, per connection; at least one largest message (16 MiB)
+    /// [default: 33554432, 32 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_connection_request_bytes: Option<usize>,
+    /// Fetch answers read and not yet delivered, all clients together; past it fetches wait
+    /// [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_fetch_answer_bytes: Option<usize>,
     /// Serve Prometheus metrics on this address (`/metrics`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -119,14 +154,84 @@ fn certificate(args: &Args) -> anyhow::Result<Option<ServerTls>> {
     Ok(Some(tls))
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    match streamhouse_agent::raise_fd_limit() {
-        Ok((before, after)) if after > before => {
-            tracing::info!(before, after, "raised the open-file limit");
+/// Connections, idle timeout, request budgets and stream limits from the command line, and the
+/// connection cap fitted under the open-file limit `fd_limit`.
+fn server_limits(
+    args: &Args,
+    fd_limit: u64,
+) -> anyhow::Result<(ServerLimits, GrpcConfig, QuicConfig)> {
+    let mut limits = ServerLimits::default();
+    let fitting = streamhouse_agent::connection_limit_for(fd_limit);
+    limits.max_connections = match args.max_connections {
+        Some(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if n > fitting {
+                eprintln!(
+                    "warning: --max-connections {n} leaves less than a quarter of the open-file \
+                     limit ({fd_limit}) to the partition logs; a flood of connections may take \
+                     partitions offline"
+                );
+            }
+            n
         }
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: cannot raise the open-file limit: {e}"),
+        None => limits.max_connections.min(fitting).max(1),
+    };
+    if let Some(n) = args.max_connections_per_peer {
+        limits.max_connections_per_peer = usize::try_from(n).unwrap_or(usize::MAX);
     }
+    if let Some(secs) = args.idle_timeout {
+        limits.idle_timeout = Duration::from_secs(secs);
+    }
+    if let Some(bytes) = args.max_request_bytes {
+        limits.max_request_bytes = bytes;
+    }
+    if let Some(bytes) = args.max_connection_request_bytes {
+        limits.max_connection_request_bytes = bytes;
+    }
+    let mut grpc = GrpcConfig::default();
+    let mut quic = QuicConfig::default();
+    let largest = grpc.max_message_size.max(quic.max_frame_size);
+    if limits.max_connection_request_bytes < largest
+        || limits.max_request_bytes < limits.max_connection_request_bytes
+    {
+        bail!(
+            "--max-request-bytes ({}) must hold --max-connection-request-bytes ({}), which must \
+             hold one largest message ({largest})",
+            limits.max_request_bytes,
+            limits.max_connection_request_bytes
+        );
+    }
+    if let Some(n) = args.max_streams_per_connection {
+        grpc.max_concurrent_streams = n;
+        quic.max_concurrent_streams = n;
+    }
+    if let Some(secs) = args.request_timeout {
+        grpc.request_timeout = Duration::from_secs(secs);
+        quic.read_timeout = Duration::from_secs(secs);
+        quic.write_timeout = Duration::from_secs(secs);
+    }
+    Ok((limits, grpc, quic))
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let fd_limit = match streamhouse_agent::raise_fd_limit() {
+        Ok((before, after)) => {
+            if after > before {
+                tracing::info!(before, after, "raised the open-file limit");
+            }
+            after
+        }
+        Err(e) => {
+            eprintln!("warning: cannot raise the open-file limit: {e}");
+            1_024
+        }
+    };
+    let (limits, grpc_config, quic_config) = server_limits(&args, fd_limit)?;
+    tracing::info!(
+        max_connections = limits.max_connections,
+        fd_limit,
+        "connection limit"
+    );
     let tls = certificate(&args)?;
     if (args.quic.is_some() || args.grpc_tls) && tls.is_none() {
         bail!(
@@ -138,7 +243,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         quic: args.quic,
         tls,
         grpc_tls: args.grpc_tls,
-        ..ListenOptions::default()
+        grpc_config,
+        quic_config,
+        limits,
     })
     .await?;
     let mut config = AgentConfig::new(&args.data);
@@ -153,6 +260,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(n) = args.max_topics {
         config.max_topics = n;
+    }
+    if let Some(bytes) = args.max_fetch_answer_bytes {
+        config.max_fetch_answer_bytes = bytes;
     }
     config.endpoints = if args.advertise.is_empty() {
         listeners.endpoints().to_vec()

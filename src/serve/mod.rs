@@ -13,8 +13,14 @@
 //!                                                              └ Rejection → answer its ErrorCode
 //! ```
 
+mod bounds;
 mod partition;
 mod validate;
+
+pub use bounds::{
+    ByteBudget, ConnectionPass, ConnectionRefused, InFlight, Lease, RequestBudget, RequestLease,
+    ServerBounds, ServerLimits,
+};
 
 pub use partition::{Admission, DEDUP_WINDOW, PartitionState, ProducerLimits};
 pub use validate::{

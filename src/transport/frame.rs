@@ -35,6 +35,7 @@
 //! ```
 
 use super::{RequestMessage, Response, TransportError};
+use crate::serve::{RequestBudget, RequestLease};
 use streamhouse_proto::prost::Message;
 use streamhouse_proto::v1::{
     FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
@@ -104,6 +105,56 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     limit: usize,
 ) -> Result<Option<(u8, Vec<u8>)>, FrameError> {
+    let Some((kind, wanted)) = read_head(reader, limit).await? else {
+        return Ok(None);
+    };
+    // Grown as the bytes arrive, never allocated at the declared size up front: a peer that
+    // declares 16 MiB and sends ten bytes holds ten bytes (and a small first chunk) of ours.
+    let mut body = Vec::with_capacity(wanted.min(FIRST_CHUNK));
+    let read = (&mut *reader)
+        .take(wanted as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if read < wanted {
+        return Err(FrameError::Truncated);
+    }
+    Ok(Some((kind, body)))
+}
+
+/// [`read_frame`] for a server: each chunk of the body is leased from `budget` before it is
+/// read, so while the budget is spent the bytes stay with the peer (held back by flow control)
+/// instead of in memory. The lease comes back with the frame; drop it once the message is
+/// decoded.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+    budget: &RequestBudget,
+) -> Result<Option<(u8, Vec<u8>, RequestLease)>, FrameError> {
+    let Some((kind, wanted)) = read_head(reader, limit).await? else {
+        return Ok(None);
+    };
+    let mut lease = budget.lease();
+    let mut body = Vec::new();
+    while body.len() < wanted {
+        let chunk = (wanted - body.len()).min(FIRST_CHUNK);
+        budget.grow(&mut lease, chunk).await;
+        body.reserve(chunk);
+        let read = (&mut *reader)
+            .take(chunk as u64)
+            .read_to_end(&mut body)
+            .await?;
+        if read < chunk {
+            return Err(FrameError::Truncated);
+        }
+    }
+    Ok(Some((kind, body, lease)))
+}
+
+/// A frame's length prefix and kind: the kind and the body length, checked against `limit`.
+async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<(u8, usize)>, FrameError> {
     let mut prefix = [0u8; 4];
     let mut filled = 0;
     while filled < 4 {
@@ -122,18 +173,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
     let mut kind = [0u8; 1];
     read_exact(reader, &mut kind).await?;
-    // Grown as the bytes arrive, never allocated at the declared size up front: a peer that
-    // declares 16 MiB and sends ten bytes holds ten bytes (and a small first chunk) of ours.
-    let wanted = size - 1;
-    let mut body = Vec::with_capacity(wanted.min(FIRST_CHUNK));
-    let read = (&mut *reader)
-        .take(wanted as u64)
-        .read_to_end(&mut body)
-        .await?;
-    if read < wanted {
-        return Err(FrameError::Truncated);
-    }
-    Ok(Some((kind[0], body)))
+    Ok(Some((kind[0], size - 1)))
 }
 
 /// What a frame's body buffer starts at before bytes arrive.

@@ -28,6 +28,9 @@ pub struct GrpcConfig {
     /// half a message and stops holds the stream at most this long. Above the agent's own
     /// longest wait (a fetch's 30 s). Default 60 s.
     pub request_timeout: Duration,
+    /// Server: connections (total, per peer), idle timeout and request-byte budgets; share one
+    /// [`ServerBounds`](streamhouse::serve::ServerBounds) between servers to count them once.
+    pub bounds: streamhouse::serve::ServerBounds,
     /// Client TLS settings; required for `grpcs://` endpoints.
     #[cfg(feature = "tls")]
     pub client_tls: Option<crate::ClientTls>,
@@ -47,6 +50,7 @@ impl Default for GrpcConfig {
             connection_window: 16 << 20,
             max_concurrent_streams: 100,
             request_timeout: Duration::from_secs(60),
+            bounds: streamhouse::serve::ServerBounds::default(),
             #[cfg(feature = "tls")]
             client_tls: None,
             #[cfg(feature = "tls")]

@@ -50,8 +50,10 @@
 //! # Ok(()) }
 //! ```
 
+mod bounds;
 mod client;
 mod config;
+mod incoming;
 mod server;
 mod status;
 #[cfg(feature = "tls")]

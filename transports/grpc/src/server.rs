@@ -11,7 +11,7 @@ use streamhouse_proto::v1::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tonic::transport::server::{Connected, TcpIncoming};
+use tonic::transport::server::Connected;
 use tonic::{Status, async_trait};
 use tower::ServiceExt;
 
@@ -27,21 +27,25 @@ pub enum ServeError {
 /// Serves `agent` on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish, and returns.
 ///
-/// Message size limits and HTTP/2 windows come from `config`; with the `tls` feature and
-/// `config.server_tls` set, only TLS connections are accepted.
+/// Message size limits, HTTP/2 windows and timeouts come from `config`; connections and the
+/// request bytes they may hold from `config.bounds` (see [`ServerBounds`]); with the `tls`
+/// feature and `config.server_tls` set, only TLS connections are accepted.
+///
+/// [`ServerBounds`]: streamhouse::serve::ServerBounds
 pub async fn serve(
     agent: AgentService,
     listener: TcpListener,
     config: GrpcConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::incoming::Incoming::new(listener, config.bounds.clone());
     serve_incoming(agent, incoming, config, shutdown).await
 }
 
 /// Serves `agent` on connections from `incoming` — any stream of accepted byte streams, such as
 /// a simulated network's listener or a Unix socket's — until `shutdown` resolves. Otherwise as
-/// [`serve`].
+/// [`serve`], except that connection counts, idle timeouts and request-byte budgets apply only
+/// to connections `serve` accepted itself.
 pub async fn serve_incoming<I, IO, E>(
     agent: AgentService,
     incoming: I,
@@ -58,6 +62,9 @@ where
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
     let builder = tonic::transport::Server::builder()
+        .layer(crate::bounds::BoundsLayer {
+            deliver_within: config.request_timeout,
+        })
         .tcp_nodelay(true)
         .initial_stream_window_size(config.stream_window)
         .initial_connection_window_size(config.connection_window)
@@ -133,7 +140,13 @@ impl Agent for Adaptor {
             .call(RequestMessage::Fetch(request.into_inner()))
             .await?
         {
-            Response::Fetch(r) => Ok(tonic::Response::new(r)),
+            Response::Fetch(r) => {
+                // The batches count against the agent's answer budget until delivered.
+                let keep = crate::bounds::Keep::new(r.batches.clone());
+                let mut response = tonic::Response::new(r);
+                response.extensions_mut().insert(keep);
+                Ok(response)
+            }
             _ => Err(mismatched()),
         }
     }

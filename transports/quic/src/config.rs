@@ -24,12 +24,19 @@ pub struct QuicConfig {
     pub connection_window: u32,
     /// Per-connection send window. Default 32 MiB.
     pub send_window: u64,
-    /// Concurrent requests (streams) a peer may open on one connection. Default 256.
+    /// Concurrent requests (streams) a peer may open on one connection. Default 100 (as gRPC's).
     pub max_concurrent_streams: u32,
     /// Server: longest a request's frame may take to arrive whole once its stream is open; past
     /// it the stream is reset (`reset::READ_TIMEOUT`), so a half-sent message is not held for as
     /// long as keep-alives keep the connection up. Default 30 s.
     pub read_timeout: Duration,
+    /// Server: longest an answer may take to be read by the client; past it the stream is
+    /// reset (`reset::WRITE_TIMEOUT`) and what the answer held is freed. Default 30 s.
+    pub write_timeout: Duration,
+    /// Server: connections (total, per peer), idle timeout (no request in progress) and
+    /// request-byte budgets; share one
+    /// [`ServerBounds`](streamhouse::serve::ServerBounds) between servers to count them once.
+    pub bounds: streamhouse::serve::ServerBounds,
 }
 
 impl Default for QuicConfig {
@@ -42,8 +49,10 @@ impl Default for QuicConfig {
             stream_window: 16 << 20,
             connection_window: 32 << 20,
             send_window: 32 << 20,
-            max_concurrent_streams: 256,
+            max_concurrent_streams: 100,
             read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            bounds: streamhouse::serve::ServerBounds::default(),
         }
     }
 }

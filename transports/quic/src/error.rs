@@ -12,6 +12,10 @@ pub const MALFORMED: u32 = 2;
 pub const UNAVAILABLE: u32 = 3;
 /// The request's frame did not arrive whole within the server's read timeout.
 pub const READ_TIMEOUT: u32 = 4;
+/// The client did not read the answer within the server's write timeout.
+pub const WRITE_TIMEOUT: u32 = 5;
+/// Connection close: no request for the server's idle timeout.
+pub const IDLE: u32 = 6;
 
 /// Setting up a QUIC client or server failed.
 #[derive(Debug, thiserror::Error)]

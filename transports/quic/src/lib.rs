@@ -66,5 +66,7 @@ pub use tls::{ALPN, DevCertificate, dev_certificate};
 
 /// The QUIC application error codes the server resets a stream with (see the table above).
 pub mod reset {
-    pub use crate::error::{FRAME_TOO_LARGE, MALFORMED, READ_TIMEOUT, UNAVAILABLE};
+    pub use crate::error::{
+        FRAME_TOO_LARGE, IDLE, MALFORMED, READ_TIMEOUT, UNAVAILABLE, WRITE_TIMEOUT,
+    };
 }

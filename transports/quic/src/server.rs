@@ -1,12 +1,13 @@
 //! [`QuicServer`]: any agent service over QUIC, one request per stream.
 
-use crate::error::{FRAME_TOO_LARGE, MALFORMED, READ_TIMEOUT, UNAVAILABLE};
+use crate::error::{FRAME_TOO_LARGE, IDLE, MALFORMED, READ_TIMEOUT, UNAVAILABLE, WRITE_TIMEOUT};
 use crate::{QuicConfig, QuicError, ServerTls, tls};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use streamhouse::transport::frame::{self, FrameError, decode_request, read_frame};
+use streamhouse::serve::ConnectionPass;
+use streamhouse::transport::frame::{self, FrameError, decode_request, read_frame_within};
 use streamhouse::transport::{AgentService, Request};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -67,15 +68,28 @@ impl QuicServer {
             tokio::select! {
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        connections.spawn(connection(
-                            incoming,
-                            agent.clone(),
-                            Limits {
-                                frame: self.config.max_frame_size,
-                                read_timeout: self.config.read_timeout,
-                            },
-                            stop_rx.clone(),
-                        ));
+                        let peer = incoming.remote_address().ip();
+                        match self.config.bounds.admit(peer) {
+                            Ok(pass) => {
+                                connections.spawn(connection(
+                                    incoming,
+                                    Arc::new(pass),
+                                    agent.clone(),
+                                    Limits {
+                                        frame: self.config.max_frame_size,
+                                        read_timeout: self.config.read_timeout,
+                                        write_timeout: self.config.write_timeout,
+                                    },
+                                    self.config.bounds.limits().idle_timeout,
+                                    stop_rx.clone(),
+                                ));
+                            }
+                            Err(refused) => {
+                                // Before the handshake: refusing costs one packet.
+                                tracing::debug!(%peer, %refused, "connection refused");
+                                incoming.refuse();
+                            }
+                        }
                     }
                     None => break,
                 },
@@ -120,14 +134,18 @@ impl Closer {
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     frame: usize,
-    read_timeout: std::time::Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
 }
 
-/// One connection: its streams, each handled in its own task.
+/// One connection: its streams, each handled in its own task. Closed after `idle_timeout`
+/// without a request in progress (QUIC keep-alives alone do not keep it open).
 async fn connection(
     incoming: quinn::Incoming,
+    pass: Arc<ConnectionPass>,
     agent: AgentService,
     limit: Limits,
+    idle_timeout: Duration,
     mut stopping: watch::Receiver<bool>,
 ) {
     let Ok(connection) = incoming.await else {
@@ -136,15 +154,30 @@ async fn connection(
         return;
     };
     let mut streams = JoinSet::new();
+    let idle_check = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle_check);
     loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(stream(send, recv, agent.clone(), limit));
+                    streams.spawn(stream(send, recv, pass.clone(), agent.clone(), limit));
                 }
                 Err(_) => break,
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            () = &mut idle_check => {
+                let next = match pass.idle_for() {
+                    Some(idle) if idle >= idle_timeout => {
+                        metrics::counter!("streamhouse_idle_connections_closed_total")
+                            .increment(1);
+                        connection.close(quinn::VarInt::from_u32(IDLE), b"idle");
+                        break;
+                    }
+                    Some(idle) => idle_timeout - idle,
+                    None => idle_timeout,
+                };
+                idle_check.as_mut().reset(tokio::time::Instant::now() + next);
+            }
             _ = stopping.changed() => break,
         }
     }
@@ -159,27 +192,30 @@ fn server_config(config: &QuicConfig, tls: &ServerTls) -> Result<quinn::ServerCo
     Ok(server)
 }
 
-/// One request: read a frame (limit checked before allocating, the whole frame within the
-/// read timeout), answer it, finish.
+/// One request: read a frame (limit checked before allocating, each chunk leased from the
+/// connection's request budget, the whole frame within the read timeout), answer it within the
+/// write timeout, finish.
 async fn stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    pass: Arc<ConnectionPass>,
     agent: AgentService,
     limits: Limits,
 ) {
+    let _in_flight = pass.begin();
     let limit = limits.frame;
     let refuse = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: u32| {
         let code = quinn::VarInt::from_u32(code);
         let _ = recv.stop(code);
         let _ = send.reset(code);
     };
-    let Ok(read) = tokio::time::timeout(limits.read_timeout, read_frame(&mut recv, limit)).await
-    else {
+    let reading = read_frame_within(&mut recv, limit, pass.requests());
+    let Ok(read) = tokio::time::timeout(limits.read_timeout, reading).await else {
         // A peer that starts a message and stops holds the stream no longer than this.
         return refuse(&mut send, &mut recv, READ_TIMEOUT);
     };
     let request = match read {
-        Ok(Some((kind, body))) => match decode_request(kind, &body) {
+        Ok(Some((kind, body, _lease))) => match decode_request(kind, &body) {
             Ok(message) => message,
             Err(_) => return refuse(&mut send, &mut recv, MALFORMED),
         },
@@ -190,9 +226,11 @@ async fn stream(
         Err(FrameError::TooLarge { .. }) => return refuse(&mut send, &mut recv, FRAME_TOO_LARGE),
         Err(_) => return refuse(&mut send, &mut recv, MALFORMED),
     };
-    let answer = match agent.oneshot(Request::new(request)).await {
+    // The response lives until the answer is delivered: a fetch's batches count against the
+    // agent's answer budget until then.
+    let (response, answer) = match agent.oneshot(Request::new(request)).await {
         Ok(response) => match frame::encode_response(&response, limit) {
-            Ok(frame) => frame,
+            Ok(frame) => (response, frame),
             Err(_) => return refuse(&mut send, &mut recv, FRAME_TOO_LARGE),
         },
         Err(e) => {
@@ -200,9 +238,20 @@ async fn stream(
             return refuse(&mut send, &mut recv, UNAVAILABLE);
         }
     };
-    if send.write_all(&answer).await.is_ok() {
-        let _ = send.finish();
-        // Wait until the client has the whole answer before the stream is dropped.
-        let _ = send.stopped().await;
+    let delivery = async {
+        if send.write_all(&answer).await.is_ok() {
+            let _ = send.finish();
+            // Wait until the client has the whole answer before the stream is dropped.
+            let _ = send.stopped().await;
+        }
+    };
+    if tokio::time::timeout(limits.write_timeout, delivery)
+        .await
+        .is_err()
+    {
+        metrics::counter!("streamhouse_limit_hits_total", "limit" => "answer_delivery_time")
+            .increment(1);
+        refuse(&mut send, &mut recv, WRITE_TIMEOUT);
     }
+    drop(response);
 }

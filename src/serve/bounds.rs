@@ -1,0 +1,496 @@
+//! What one client can make a server hold: connections, and bytes of requests being read.
+//!
+//! Both transport servers (gRPC and QUIC) take their bounds from one [`ServerBounds`], so an
+//! agent serving both counts every connection and every buffered request byte once:
+//!
+//! ```text
+//! accept ─▶ ConnectionGate::admit (total, per peer address) ─▶ ConnectionPass (per connection)
+//!   request bytes as they arrive ─▶ RequestBudget::take (per connection, then all connections)
+//!   └ a full budget stops reading: the peer is held back by flow control, not buffered
+//! ```
+//!
+//! A [`ByteBudget`] is a byte-counting semaphore: [`Lease`]s hold bytes and give them back
+//! when dropped. Waiting for a full budget counts in `streamhouse_limit_hits_total{limit}`.
+//!
+//! ```
+//! use streamhouse::serve::ByteBudget;
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let budget = ByteBudget::new("example", 100);
+//! let mut lease = budget.take(60).await;
+//! assert!(budget.try_take(50).is_none(), "only 40 left");
+//! lease.shrink_to(10);
+//! assert_eq!(budget.available(), 90);
+//! drop(lease);
+//! assert_eq!(budget.available(), 100);
+//! # });
+//! ```
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Server bounds as numbers; [`ServerBounds::new`] turns them into the shared counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerLimits {
+    /// Connections open at once, all peers together; more are closed as soon as accepted.
+    /// Default 4,096 (the reference agent lowers it below its descriptor limit).
+    pub max_connections: usize,
+    /// Connections open at once from one peer IP address. Default 1,024.
+    pub max_connections_per_peer: usize,
+    /// A connection with no request bytes received for this long is closed. Default 10 min.
+    pub idle_timeout: Duration,
+    /// Request bytes received and not yet handled, all connections together; a full budget
+    /// stops reading (flow control holds the peers back). Default 64 MiB.
+    pub max_request_bytes: usize,
+    /// The same, per connection. At least one largest message. Default 32 MiB.
+    pub max_connection_request_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> ServerLimits {
+        ServerLimits {
+            max_connections: 4_096,
+            max_connections_per_peer: 1_024,
+            idle_timeout: Duration::from_secs(600),
+            max_request_bytes: 64 << 20,
+            max_connection_request_bytes: 32 << 20,
+        }
+    }
+}
+
+/// The shared state of [`ServerLimits`]: one per agent, cloned into every transport server.
+#[derive(Debug, Clone)]
+pub struct ServerBounds {
+    limits: ServerLimits,
+    gate: Arc<Mutex<Gate>>,
+    requests: ByteBudget,
+}
+
+impl Default for ServerBounds {
+    fn default() -> ServerBounds {
+        ServerBounds::new(ServerLimits::default())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    open: usize,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionRefused {
+    /// `max_connections` are open.
+    #[error("{0} connections open (the limit)")]
+    Total(usize),
+    /// `max_connections_per_peer` are open from this address.
+    #[error("{0} connections open from this address (the limit)")]
+    Peer(usize),
+}
+
+impl ServerBounds {
+    /// Counters for `limits`.
+    pub fn new(limits: ServerLimits) -> ServerBounds {
+        let requests = ByteBudget::new("request_bytes", limits.max_request_bytes);
+        ServerBounds {
+            limits,
+            gate: Arc::default(),
+            requests,
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &ServerLimits {
+        &self.limits
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.lock().open
+    }
+
+    /// Admits a connection from `peer`, or says which bound it would cross. The pass gives the
+    /// slot back when dropped.
+    pub fn admit(&self, peer: IpAddr) -> Result<ConnectionPass, ConnectionRefused> {
+        let mut gate = self.lock();
+        let refused = if gate.open >= self.limits.max_connections {
+            Some(("connections", ConnectionRefused::Total(gate.open)))
+        } else {
+            match gate.per_peer.get(&peer) {
+                Some(&n) if n >= self.limits.max_connections_per_peer => {
+                    Some(("connections_per_peer", ConnectionRefused::Peer(n)))
+                }
+                _ => None,
+            }
+        };
+        if let Some((limit, refused)) = refused {
+            metrics::counter!("streamhouse_limit_hits_total", "limit" => limit).increment(1);
+            return Err(refused);
+        }
+        gate.open += 1;
+        *gate.per_peer.entry(peer).or_default() += 1;
+        Ok(ConnectionPass {
+            gate: self.gate.clone(),
+            peer,
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+            closing: tokio::sync::Notify::new(),
+            requests: RequestBudget {
+                connection: ByteBudget::new(
+                    "connection_request_bytes",
+                    self.limits.max_connection_request_bytes,
+                ),
+                all: self.requests.clone(),
+            },
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
+        // The counts stay consistent under a panic elsewhere: every change is one statement.
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One admitted connection: its slot in the counts, its request budget, and when it last
+/// had a request (for the idle timeout).
+#[derive(Debug)]
+pub struct ConnectionPass {
+    gate: Arc<Mutex<Gate>>,
+    peer: IpAddr,
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` when the last request started or ended.
+    last_active_ms: AtomicU64,
+    closing: tokio::sync::Notify,
+    requests: RequestBudget,
+}
+
+impl ConnectionPass {
+    /// The peer address counted.
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    /// The budget for request bytes received on this connection.
+    pub fn requests(&self) -> &RequestBudget {
+        &self.requests
+    }
+
+    /// Marks a request in progress until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has been without a request; `None` while one is in progress.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
+        Some(self.opened.elapsed().saturating_sub(last))
+    }
+
+    /// Asks the transport to close this connection (an answer it could not deliver in time).
+    pub fn close(&self) {
+        self.closing.notify_one();
+    }
+
+    /// Resolves once [`close`](Self::close) is called.
+    pub async fn closed(&self) {
+        self.closing.notified().await;
+    }
+
+    fn touch(&self) {
+        let now = self.opened.elapsed().as_millis() as u64;
+        self.last_active_ms.fetch_max(now, Ordering::AcqRel);
+    }
+}
+
+/// A request in progress on a connection ([`ConnectionPass::begin`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnectionPass>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for ConnectionPass {
+    fn drop(&mut self) {
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        gate.open -= 1;
+        if let Some(n) = gate.per_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                gate.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Request bytes of one connection: counted against its own budget and the server-wide one.
+#[derive(Debug, Clone)]
+pub struct RequestBudget {
+    connection: ByteBudget,
+    all: ByteBudget,
+}
+
+impl RequestBudget {
+    /// Waits until `n` more bytes fit both budgets and adds them to `lease`.
+    pub async fn grow(&self, lease: &mut RequestLease, n: usize) {
+        let connection = self.connection.take(n).await;
+        let all = self.all.take(n).await;
+        lease.connection.merge(connection);
+        lease.all.merge(all);
+    }
+
+    /// Waits until `n` bytes fit both budgets; an owned future, for poll-based callers.
+    pub fn take(
+        &self,
+        n: usize,
+    ) -> impl std::future::Future<Output = RequestLease> + Send + 'static {
+        let budget = self.clone();
+        async move {
+            let mut lease = budget.lease();
+            budget.grow(&mut lease, n).await;
+            lease
+        }
+    }
+
+    /// An empty lease to grow.
+    pub fn lease(&self) -> RequestLease {
+        RequestLease {
+            connection: self.connection.empty(),
+            all: self.all.empty(),
+        }
+    }
+}
+
+/// Bytes held in a [`RequestBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct RequestLease {
+    connection: Lease,
+    all: Lease,
+}
+
+impl RequestLease {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.all.bytes()
+    }
+
+    /// Adds `other`'s bytes (from the same budget) to this lease.
+    pub fn merge(&mut self, other: RequestLease) {
+        self.connection.merge(other.connection);
+        self.all.merge(other.all);
+    }
+}
+
+/// A byte-counting semaphore: at most `total` bytes are leased at once.
+#[derive(Debug, Clone)]
+pub struct ByteBudget {
+    name: &'static str,
+    total: usize,
+    semaphore: Arc<Semaphore>,
+}
+
+impl ByteBudget {
+    /// A budget of `total` bytes; `name` labels its metric.
+    pub fn new(name: &'static str, total: usize) -> ByteBudget {
+        let total = total.clamp(1, Semaphore::MAX_PERMITS);
+        ByteBudget {
+            name,
+            total,
+            semaphore: Arc::new(Semaphore::new(total)),
+        }
+    }
+
+    /// The budget's size.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Bytes not leased now.
+    pub fn available(&self) -> usize {
+        self.semaphore.available_permits()
+    }
+
+    /// A lease of nothing, to [`merge`](Lease::merge) others into.
+    pub fn empty(&self) -> Lease {
+        Lease {
+            permit: None,
+            semaphore: self.semaphore.clone(),
+        }
+    }
+
+    /// Leases `n` bytes (at most the whole budget), waiting until they are free.
+    pub async fn take(&self, n: usize) -> Lease {
+        if let Some(lease) = self.try_take(n) {
+            return lease;
+        }
+        metrics::counter!("streamhouse_limit_hits_total", "limit" => self.name).increment(1);
+        let n = self.clamp(n);
+        let permit = self
+            .semaphore
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            // The semaphore is never closed.
+            .ok();
+        Lease {
+            permit,
+            semaphore: self.semaphore.clone(),
+        }
+    }
+
+    /// Leases `n` bytes (at most the whole budget) if they are free now.
+    pub fn try_take(&self, n: usize) -> Option<Lease> {
+        if n == 0 {
+            return Some(self.empty());
+        }
+        let permit = self
+            .semaphore
+            .clone()
+            .try_acquire_many_owned(self.clamp(n))
+            .ok()?;
+        Some(Lease {
+            permit: Some(permit),
+            semaphore: self.semaphore.clone(),
+        })
+    }
+
+    fn clamp(&self, n: usize) -> u32 {
+        n.min(self.total).min(u32::MAX as usize) as u32
+    }
+}
+
+/// Bytes held in a [`ByteBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct Lease {
+    permit: Option<OwnedSemaphorePermit>,
+    semaphore: Arc<Semaphore>,
+}
+
+impl Lease {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+
+    /// Gives back all but `n` bytes.
+    pub fn shrink_to(&mut self, n: usize) {
+        let held = self.bytes();
+        if let Some(permit) = &mut self.permit
+            && held > n
+        {
+            drop(permit.split(held - n));
+        }
+    }
+
+    /// Adds `other`'s bytes to this lease (both from the same budget).
+    pub fn merge(&mut self, other: Lease) {
+        debug_assert!(Arc::ptr_eq(&self.semaphore, &other.semaphore));
+        match (&mut self.permit, other.permit) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn connections_are_bounded_in_total_and_per_peer_and_slots_come_back() {
+        let bounds = ServerBounds::new(ServerLimits {
+            max_connections: 3,
+            max_connections_per_peer: 2,
+            ..ServerLimits::default()
+        });
+        let a1 = bounds.admit(local(1)).unwrap();
+        let _a2 = bounds.admit(local(1)).unwrap();
+        assert_eq!(
+            bounds.admit(local(1)).unwrap_err(),
+            ConnectionRefused::Peer(2)
+        );
+        let _b1 = bounds.admit(local(2)).unwrap();
+        assert_eq!(
+            bounds.admit(local(3)).unwrap_err(),
+            ConnectionRefused::Total(3)
+        );
+        drop(a1);
+        assert_eq!(bounds.open_connections(), 2);
+        assert!(
+            bounds.admit(local(1)).is_ok(),
+            "a closed connection frees its slot"
+        );
+    }
+
+    #[test]
+    fn a_connection_is_never_idle_while_a_request_is_in_progress() {
+        let pass = Arc::new(ServerBounds::default().admit(local(1)).unwrap());
+        assert!(pass.idle_for().is_some());
+        let request = pass.begin();
+        assert_eq!(pass.idle_for(), None);
+        drop(request);
+        assert!(pass.idle_for().unwrap() < Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn a_full_request_budget_waits_until_bytes_come_back() {
+        let bounds = ServerBounds::new(ServerLimits {
+            max_request_bytes: 100,
+            max_connection_request_bytes: 80,
+            ..ServerLimits::default()
+        });
+        let one = bounds.admit(local(1)).unwrap();
+        let two = bounds.admit(local(2)).unwrap();
+        let mut first = one.requests().lease();
+        one.requests().grow(&mut first, 80).await;
+        assert_eq!(first.bytes(), 80);
+        // The connection's own budget is spent: its next bytes wait.
+        let mut more = one.requests().lease();
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(20), one.requests().grow(&mut more, 1));
+        assert!(blocked.await.is_err());
+        // Another connection has its own, but the server-wide budget has only 20 left.
+        let mut other = two.requests().lease();
+        two.requests().grow(&mut other, 20).await;
+        let waiting = tokio::spawn({
+            let budget = two.requests().clone();
+            async move {
+                let mut lease = budget.lease();
+                budget.grow(&mut lease, 30).await;
+                lease.bytes()
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        assert_eq!(waiting.await.unwrap(), 30);
+    }
+
+    #[tokio::test]
+    async fn a_lease_larger_than_the_budget_takes_the_whole_budget() {
+        let budget = ByteBudget::new("test", 10);
+        let lease = budget.take(1_000).await;
+        assert_eq!((lease.bytes(), budget.available()), (10, 0));
+    }
+}

@@ -1,0 +1,229 @@
+//! The tower layer that applies a connection's bounds to each of its requests.
+//!
+//! Between tonic's HTTP/2 server and the generated service, [`BoundsLayer`]:
+//!
+//! - counts the request in progress on its connection (for the idle timeout);
+//! - reads the request body only as fast as the connection's and the server's request-byte
+//!   budgets allow: a full budget stops reading, HTTP/2 flow control then holds the client
+//!   back, so half-sent messages cost at most the budgets (plus the HTTP/2 windows);
+//! - keeps what the answer holds ([`Keep`]: a fetch's batches, which count against the agent's
+//!   answer budget) until the answer's last byte has been handed to HTTP/2, which happens only
+//!   as the client's flow-control window allows; an answer not delivered within the request
+//!   timeout closes the connection, so a client that never reads cannot hold it for longer.
+
+use crate::incoming::ConnInfo;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use streamhouse::serve::{InFlight, RequestBudget, RequestLease};
+use tonic::Status;
+use tonic::transport::server::TlsConnectInfo;
+use tower::{Layer, Service};
+
+/// What an answer keeps alive until it is delivered; put in a response's extensions.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Keep {
+    _batches: Vec<Bytes>,
+}
+
+impl Keep {
+    pub(crate) fn new(batches: Vec<Bytes>) -> Keep {
+        Keep { _batches: batches }
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BoundsLayer {
+    pub(crate) deliver_within: Duration,
+}
+
+impl<S> Layer<S> for BoundsLayer {
+    type Service = Bounded<S>;
+
+    fn layer(&self, inner: S) -> Bounded<S> {
+        Bounded {
+            inner,
+            deliver_within: self.deliver_within,
+        }
+    }
+}
+
+/// [`BoundsLayer`]'s service.
+#[derive(Debug, Clone)]
+pub(crate) struct Bounded<S> {
+    inner: S,
+    deliver_within: Duration,
+}
+
+fn connection(request: &http::Request<tonic::body::Body>) -> Option<&ConnInfo> {
+    let extensions = request.extensions();
+    extensions.get::<ConnInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<ConnInfo>>()
+            .map(TlsConnectInfo::get_ref)
+    })
+}
+
+impl<S, B> Service<http::Request<tonic::body::Body>> for Bounded<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    type Response = http::Response<Delivered<B>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // Connections not accepted by `serve` (a simulated network's) carry no pass.
+        let pass = connection(&request).map(|c| c.pass.clone());
+        let in_flight = pass.as_ref().map(|p| p.begin());
+        let request = match &pass {
+            Some(pass) => {
+                let budget = pass.requests().clone();
+                request.map(|body| {
+                    tonic::body::Body::new(Budgeted {
+                        lease: budget.lease(),
+                        budget,
+                        inner: body,
+                        waiting: None,
+                    })
+                })
+            }
+            None => request,
+        };
+        let deliver_within = self.deliver_within;
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            let keep = response
+                .extensions_mut()
+                .remove::<Keep>()
+                .unwrap_or_default();
+            // HTTP/2 polls the body only as the client's window opens, so the deadline is
+            // watched from outside: past it the whole connection is closed, which frees
+            // everything its unread answers hold.
+            let watchdog = pass.map(|pass| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(deliver_within).await;
+                    metrics::counter!(
+                        "streamhouse_limit_hits_total",
+                        "limit" => "answer_delivery_time"
+                    )
+                    .increment(1);
+                    tracing::debug!("answer not read in time: closing the connection");
+                    pass.close();
+                })
+                .abort_handle()
+            });
+            Ok(response.map(|inner| Delivered {
+                inner,
+                _keep: keep,
+                _in_flight: in_flight,
+                watchdog,
+            }))
+        })
+    }
+}
+
+/// A request body read within a [`RequestBudget`]: each chunk is paid for before it is passed
+/// on, and the bytes stay leased until the body is dropped (the message decoded).
+struct Budgeted {
+    inner: tonic::body::Body,
+    budget: RequestBudget,
+    lease: RequestLease,
+    /// A chunk read and the lease it waits for before it is passed on.
+    waiting: Option<(Frame<Bytes>, Paying)>,
+}
+
+type Paying = Pin<Box<dyn Future<Output = RequestLease> + Send>>;
+
+impl Body for Budgeted {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        if let Some((_, paying)) = &mut this.waiting {
+            let paid = ready!(paying.as_mut().poll(cx));
+            this.lease.merge(paid);
+            let (frame, _) = this.waiting.take().expect("just polled");
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            other => return Poll::Ready(other),
+        };
+        let n = frame.data_ref().map_or(0, Bytes::len);
+        if n == 0 {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        // The chunk is already read (one HTTP/2 frame at most); the next is not read from the
+        // connection until this one is paid for.
+        let paying = Box::pin(this.budget.take(n));
+        this.waiting = Some((frame, paying));
+        self.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.waiting.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that keeps its answer's leases (and its request counted in progress) until
+/// it has been handed over whole; its watchdog closes the connection if that takes too long.
+pub(crate) struct Delivered<B> {
+    inner: B,
+    _keep: Keep,
+    _in_flight: Option<InFlight>,
+    watchdog: Option<tokio::task::AbortHandle>,
+}
+
+impl<B> Drop for Delivered<B> {
+    fn drop(&mut self) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.abort();
+        }
+    }
+}
+
+impl<B> Body for Delivered<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<tower::BoxError>,
+{
+    type Data = Bytes;
+    type Error = tower::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tower::BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
