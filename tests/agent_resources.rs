@@ -143,3 +143,162 @@ async fn metadata_is_answered_while_a_large_request_is_validated() {
     assert_eq!(agent.next_offset("t", 0), Some(240));
     agent.shutdown().await;
 }
+
+/// A 1 MiB batch (uncompressed) of two records of 512 KiB.
+fn mib_batch() -> bytes::Bytes {
+    let mut b = streamhouse::batch::BatchBuilder::new();
+    let half = vec![7u8; 512 << 10];
+    for _ in 0..2 {
+        b.append(1, None, Some(&half), &[]).unwrap();
+    }
+    b.finish(
+        streamhouse::batch::ProducerStamp::NONE,
+        &streamhouse::codec::NoCompression,
+    )
+    .unwrap()
+}
+
+/// An agent holding six 1 MiB batches in `t-0` (its largest allowed), with a fetch answer
+/// budget of three of them.
+async fn agent_with_data(dir: &std::path::Path) -> Agent {
+    let mut config = AgentConfig::new(dir).topic("t", 1);
+    config.max_batch_bytes = mib_batch().len();
+    config.max_fetch_answer_bytes = 3 * mib_batch().len();
+    let agent = Agent::open(config).await.unwrap();
+    let stored = agent
+        .service()
+        .oneshot(produce_request(vec![mib_batch(); 6]))
+        .await
+        .unwrap();
+    let Response::Produce(stored) = stored else {
+        panic!("not a produce answer")
+    };
+    assert!(
+        stored.results.iter().all(|r| r.error_code == 0),
+        "{stored:?}"
+    );
+    agent
+}
+
+fn fetch(offset: i64) -> Request {
+    Request::new(RequestMessage::Fetch(streamhouse_proto::v1::FetchRequest {
+        topic: "t".into(),
+        partition: 0,
+        offset,
+        max_bytes: 1 << 20,
+        max_wait_ms: 0,
+    }))
+}
+
+/// Seen: "Unread Fetch answers fill memory. One HTTP/2 connection sends 40 Fetch requests
+/// (13 bytes each, `max_bytes` 8 MiB) and never reads: agent RSS +368 to +602 MiB." Answers
+/// are leased from the answer budget until their batches are dropped (what a transport does
+/// once the answer is delivered): past the budget the next fetch waits, and is served as soon
+/// as an answer is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_fetch_answers_are_bounded_by_the_answer_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with_data(dir.path()).await;
+    let service = agent.service();
+    // Three answers of one batch each, never "delivered": the whole budget.
+    let mut unread = Vec::new();
+    for offset in [0, 2, 4] {
+        unread.push(service.clone().oneshot(fetch(offset)).await.unwrap());
+    }
+    assert_eq!(agent.fetch_answer_bytes_held(), 3 * mib_batch().len());
+    let next = tokio::spawn(service.clone().oneshot(fetch(5)));
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        while !next.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(
+        waited.await.is_err(),
+        "a fetch was answered past the budget"
+    );
+    unread.pop();
+    let Response::Fetch(answer) = next.await.unwrap().unwrap() else {
+        panic!("not a fetch answer")
+    };
+    assert_eq!(answer.batches.len(), 1);
+    drop((answer, unread));
+    assert_eq!(agent.fetch_answer_bytes_held(), 0);
+    agent.shutdown().await;
+}
+
+/// The same over gRPC, from a client that asks and never reads: its answers wait in HTTP/2 for
+/// a window that never opens, holding the budget until the request timeout closes the
+/// connection; then the budget is whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_that_never_reads_its_answers_is_cut_off_at_the_request_timeout() {
+    use streamhouse_agent::{ListenOptions, Listeners};
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with_data(dir.path()).await;
+    let mut options = ListenOptions {
+        grpc: Some("127.0.0.1:0".parse().unwrap()),
+        ..ListenOptions::default()
+    };
+    options.grpc_config.request_timeout = std::time::Duration::from_secs(1);
+    let serving = Listeners::bind(options).await.unwrap().serve(&agent);
+    let addr = serving.endpoint("grpc").unwrap().authority().to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A one-byte window per stream: nothing of an answer gets through.
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(1)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut streams = Vec::new();
+    for offset in 0..6 {
+        let mut ready = send.clone().ready().await.unwrap();
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}/streamhouse.v1.Agent/Fetch"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut body) = ready.send_request(request, false).unwrap();
+        let message = streamhouse_proto::prost::Message::encode_to_vec(
+            &streamhouse_proto::v1::FetchRequest {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+                max_bytes: 1 << 20,
+                max_wait_ms: 0,
+            },
+        );
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        body.send_data(bytes::Bytes::from(framed), true).unwrap();
+        streams.push(response);
+    }
+    let budget = 3 * mib_batch().len();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while agent.fetch_answer_bytes_held() < 2 * mib_batch().len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "answers never built"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(agent.fetch_answer_bytes_held() <= budget);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), connection).await;
+    assert!(
+        ended.is_ok(),
+        "the connection was kept open with its answers unread"
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while agent.fetch_answer_bytes_held() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "answer budget not given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(streams);
+    serving.stop().await.unwrap();
+    agent.shutdown().await;
+}

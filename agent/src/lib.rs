@@ -223,6 +223,14 @@ impl Agent {
         &self.shared.recovery
     }
 
+    /// Bytes of fetch answers read from the logs and not yet delivered (at most
+    /// [`AgentConfig::max_fetch_answer_bytes`], plus one stored batch larger than the current
+    /// batch limit).
+    pub fn fetch_answer_bytes_held(&self) -> usize {
+        let answers = &self.shared.answers;
+        answers.total() - answers.available()
+    }
+
     /// The agent as a service for a transport's server adaptor.
     pub fn service(&self) -> AgentService {
         let shared = self.shared.clone();

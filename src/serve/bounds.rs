@@ -115,6 +115,11 @@ impl ServerBounds {
         self.lock().open
     }
 
+    /// Request bytes received and not yet handled, all connections together.
+    pub fn request_bytes_held(&self) -> usize {
+        self.requests.total() - self.requests.available()
+    }
+
     /// Admits a connection from `peer`, or says which bound it would cross. The pass gives the
     /// slot back when dropped.
     pub fn admit(&self, peer: IpAddr) -> Result<ConnectionPass, ConnectionRefused> {

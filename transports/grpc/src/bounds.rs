@@ -6,10 +6,11 @@
 //! - reads the request body only as fast as the connection's and the server's request-byte
 //!   budgets allow: a full budget stops reading, HTTP/2 flow control then holds the client
 //!   back, so half-sent messages cost at most the budgets (plus the HTTP/2 windows);
-//! - keeps what the answer holds ([`Keep`]: a fetch's batches, which count against the agent's
-//!   answer budget) until the answer's last byte has been handed to HTTP/2, which happens only
-//!   as the client's flow-control window allows; an answer not delivered within the request
-//!   timeout closes the connection, so a client that never reads cannot hold it for longer.
+//! - hands the answer to HTTP/2 in 64 KiB pieces, each only once the client's flow-control
+//!   window has room for it (HTTP/2 buffers whatever it is given, window or not), and keeps
+//!   what the answer holds ([`Keep`]: a fetch's batches, which count against the agent's
+//!   answer budget) until the last piece is handed over; an answer not delivered within the
+//!   request timeout closes the connection, so a client that never reads holds it no longer.
 
 use crate::incoming::ConnInfo;
 use bytes::Bytes;
@@ -20,7 +21,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use streamhouse::serve::{InFlight, RequestBudget, RequestLease};
 use tonic::Status;
-use tonic::transport::server::TlsConnectInfo;
 use tower::{Layer, Service};
 
 /// What an answer keeps alive until it is delivered; put in a response's extensions.
@@ -61,11 +61,15 @@ pub(crate) struct Bounded<S> {
 
 fn connection(request: &http::Request<tonic::body::Body>) -> Option<&ConnInfo> {
     let extensions = request.extensions();
-    extensions.get::<ConnInfo>().or_else(|| {
+    let plain = extensions.get::<ConnInfo>();
+    #[cfg(feature = "tls")]
+    let plain = plain.or_else(|| {
+        use tonic::transport::server::TlsConnectInfo;
         extensions
             .get::<TlsConnectInfo<ConnInfo>>()
             .map(TlsConnectInfo::get_ref)
-    })
+    });
+    plain
 }
 
 impl<S, B> Service<http::Request<tonic::body::Body>> for Bounded<S>
@@ -127,6 +131,7 @@ where
             });
             Ok(response.map(|inner| Delivered {
                 inner,
+                rest: Bytes::new(),
                 _keep: keep,
                 _in_flight: in_flight,
                 watchdog,
@@ -190,6 +195,8 @@ impl Body for Budgeted {
 /// it has been handed over whole; its watchdog closes the connection if that takes too long.
 pub(crate) struct Delivered<B> {
     inner: B,
+    /// What is left of the data frame being handed over.
+    rest: Bytes,
     _keep: Keep,
     _in_flight: Option<InFlight>,
     watchdog: Option<tokio::task::AbortHandle>,
@@ -215,15 +222,37 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tower::BoxError>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        let this = &mut *self;
+        if this.rest.is_empty() {
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.rest = data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => return Poll::Ready(None),
+            }
+        }
+        // Handed over a piece at a time: HTTP/2 asks for the next piece only once the client's
+        // window has room, so an unread answer stays here, counted, not in HTTP/2's buffers.
+        let piece = this.rest.split_to(this.rest.len().min(PIECE));
+        Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        hint.set_lower(hint.lower() + rest);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
+
+/// The most of an answer handed to HTTP/2 at once.
+const PIECE: usize = 64 << 10;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 use streamhouse::mock::MockAgent;
+use streamhouse::serve::{ServerBounds, ServerLimits};
 use streamhouse_grpc::{GrpcConfig, serve};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -69,4 +70,151 @@ async fn a_half_sent_message_is_dropped_at_the_request_timeout() {
             "a half-sent request succeeded"
         );
     }
+}
+
+fn bounded(set: impl FnOnce(&mut ServerLimits)) -> (GrpcConfig, ServerBounds) {
+    let mut limits = ServerLimits::default();
+    set(&mut limits);
+    let bounds = ServerBounds::new(limits);
+    let mut config = GrpcConfig::default();
+    config.bounds = bounds.clone();
+    (config, bounds)
+}
+
+/// An HTTP/2 connection the server serves (it answers a request on it), or `None` when the
+/// server closed it instead.
+async fn connect(addr: std::net::SocketAddr) -> Option<h2::client::SendRequest<bytes::Bytes>> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let (send, connection) = h2::client::handshake(tcp).await.ok()?;
+    tokio::spawn(connection);
+    let mut ready = send.clone().ready().await.ok()?;
+    let probe = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/streamhouse.v1.Agent/NoSuchMethod"))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (response, _) = ready.send_request(probe, true).ok()?;
+    let answered = tokio::time::timeout(Duration::from_secs(10), response).await;
+    matches!(answered, Ok(Ok(_))).then_some(send)
+}
+
+/// Seen: "at 1,100 idle connections the accept loop spins ... and new clients time out".
+/// Connections past the cap are closed as soon as they are accepted, and a closed connection
+/// gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_at_once_and_slots_come_back() {
+    let (config, bounds) = bounded(|l| l.max_connections = 3);
+    let addr = start(config).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connect(addr).await.expect("within the limit"));
+    }
+    assert_eq!(bounds.open_connections(), 3);
+    assert!(
+        connect(addr).await.is_none(),
+        "a fourth connection was served"
+    );
+    open.pop();
+    // The server notices the closed connection when it reads its end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bounds.open_connections() > 2 {
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        connect(addr).await.is_some(),
+        "the freed slot was not reused"
+    );
+}
+
+/// Seen: "Idle connections are never closed". A connection without a request for the idle
+/// timeout is closed, though the client answers every keep-alive ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let (mut config, bounds) = bounded(|l| l.idle_timeout = Duration::from_millis(500));
+    config.keep_alive_interval = Duration::from_millis(100);
+    let addr = start(config).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (_send, connection): (h2::client::SendRequest<bytes::Bytes>, _) =
+        h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
+    assert!(ended.is_ok(), "the idle connection was kept open");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bounds.open_connections() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts a produce request whose gRPC message declares 8 MiB, sends `bytes` of it and never
+/// finishes. Returns the stream, to keep it open.
+async fn half_send(
+    send: h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    bytes: usize,
+) -> h2::SendStream<bytes::Bytes> {
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/streamhouse.v1.Agent/Produce"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (_response, mut body) = send.send_request(request, false).unwrap();
+    let mut data = vec![0u8, 0, 0x80, 0, 0];
+    data.resize(bytes, 0);
+    body.send_data(bytes::Bytes::from(data), false).unwrap();
+    body
+}
+
+/// Seen: "gRPC buffers up to 16 MiB per stream with unlimited streams (+267 MiB for 45 s)".
+/// Request bytes are read only within the connection's and the server's budgets: past them
+/// the server stops reading and flow control holds the sender back; an ordinary request on
+/// another connection is served again once the half-sent ones time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_messages_hold_at_most_the_request_budgets() {
+    let (mut config, bounds) = bounded(|l| {
+        l.max_request_bytes = 2 << 20;
+        l.max_connection_request_bytes = 1 << 20;
+    });
+    config.request_timeout = Duration::from_secs(2);
+    let addr = start(config).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let send = connect(addr).await.unwrap();
+        // Four streams of 3 MiB each on one connection: 12 MiB offered.
+        for _ in 0..4 {
+            held.push(half_send(send.clone(), addr, 3 << 20).await);
+        }
+    }
+    // Both connections fill their own budget (1 MiB each), which is the whole server's.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bounds.request_bytes_held() < 2 << 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "budgets never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bounds.request_bytes_held(), 2 << 20);
+    // An honest producer waits for the budget, and is served once the request timeout has
+    // dropped the half-sent messages.
+    let transport = streamhouse_grpc::GrpcTransport::new(GrpcConfig::default());
+    let endpoint = format!("grpc://{addr}").parse().unwrap();
+    let producer = streamhouse::producer::Producer::builder(
+        transport,
+        streamhouse::discovery::StaticDiscovery::new().with_topic("t", 1, &endpoint),
+    )
+    .build()
+    .unwrap();
+    let sent = tokio::time::timeout(
+        Duration::from_secs(30),
+        producer.send_and_wait(streamhouse::producer::ProducerRecord::new("t", b"honest")),
+    )
+    .await
+    .expect("the honest producer was never served");
+    assert!(sent.is_ok(), "{sent:?}");
+    drop(held);
 }
