@@ -22,7 +22,18 @@ impl AgentProcess {
     /// Starts `streamhouse agent` on `data`, on `port` (0: any), with extra arguments, and
     /// waits for it to print where it listens.
     pub fn start(data: &Path, port: u16, extra: &[&str]) -> AgentProcess {
-        let mut child = Command::new(BIN)
+        AgentProcess::start_with(Command::new(BIN), data, port, extra)
+    }
+
+    /// As [`start`](Self::start), with the open-file limit (soft and hard) set to `fds`.
+    pub fn start_with_fd_limit(data: &Path, fds: u64, extra: &[&str]) -> AgentProcess {
+        let mut command = Command::new("prlimit");
+        command.arg(format!("--nofile={fds}:{fds}")).arg(BIN);
+        AgentProcess::start_with(command, data, 0, extra)
+    }
+
+    fn start_with(mut command: Command, data: &Path, port: u16, extra: &[&str]) -> AgentProcess {
+        let mut child = command
             .arg("agent")
             .arg("--data")
             .arg(data)
