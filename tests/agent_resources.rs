@@ -118,6 +118,41 @@ async fn a_decompression_bomb_is_refused_past_its_budget() {
     agent.shutdown().await;
 }
 
+/// Found by an outside re-run: a request of 1,000 zstd batches whose records block inflates
+/// to 32 MiB and then proves corrupt cost 31 s of CPU, because only batches that passed were
+/// charged to the budget. A corrupt batch is charged for what it decompressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_with_corrupt_records_are_charged_to_the_decompression_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = AgentConfig::new(dir.path()).topic("t", 1);
+    config.max_request_decompressed_bytes = config.max_uncompressed_bytes;
+    let agent = Agent::open(config).await.unwrap();
+    // 30 records of a million zeros, declared as 31: corrupt once decompressed.
+    let mut lying = zero_bomb(30).to_vec();
+    lying[19..23].copy_from_slice(&30i32.to_be_bytes());
+    lying[53..57].copy_from_slice(&31i32.to_be_bytes());
+    let crc = crc32c::crc32c(&lying[17..]);
+    lying[13..17].copy_from_slice(&crc.to_be_bytes());
+    let request = produce_request(vec![bytes::Bytes::from(lying); 40]);
+    let Response::Produce(answer) = agent.service().oneshot(request).await.unwrap() else {
+        panic!("not a produce answer")
+    };
+    assert_eq!(
+        answer.results[0].error_code,
+        ErrorCode::CorruptBatch as i32,
+        "{}",
+        answer.results[0].error_message
+    );
+    assert!(
+        answer.results[1..]
+            .iter()
+            .all(|r| r.error_code == ErrorCode::Throttled as i32),
+        "{:?}",
+        answer.results[1]
+    );
+    agent.shutdown().await;
+}
+
 /// The same, for where the work runs: on a single-threaded runtime, a metadata call made while
 /// a large request is being validated is answered before that request (it used to wait for all
 /// of the decompression, which ran on the runtime's only thread).

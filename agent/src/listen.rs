@@ -41,6 +41,9 @@ pub enum ListenError {
     /// Neither gRPC nor QUIC was asked for.
     #[error("nothing to listen on: give a gRPC and/or a QUIC address")]
     Nothing,
+    /// Request-byte budgets that could not hold a largest message.
+    #[error("inconsistent limits: {0}")]
+    Limits(String),
     /// QUIC (or gRPC over TLS) without a certificate.
     #[error("QUIC and gRPC over TLS need a certificate")]
     NoCertificate,
@@ -75,6 +78,24 @@ impl Listeners {
         }
         if (options.quic.is_some() || options.grpc_tls) && options.tls.is_none() {
             return Err(ListenError::NoCertificate);
+        }
+        let limits = &options.limits;
+        let largest = options
+            .grpc_config
+            .max_message_size
+            .max(options.quic_config.max_frame_size);
+        if limits.max_connection_request_bytes <= largest
+            || limits.max_peer_request_bytes < limits.max_connection_request_bytes
+            || limits.max_request_bytes < limits.max_peer_request_bytes
+        {
+            // A message larger than a budget could never be read whole.
+            return Err(ListenError::Limits(format!(
+                "request bytes must grow from one connection ({}) to one peer ({}) to all ({}), \
+                 and one connection's must hold more than one largest message ({largest})",
+                limits.max_connection_request_bytes,
+                limits.max_peer_request_bytes,
+                limits.max_request_bytes
+            )));
         }
         let bounds = ServerBounds::new(options.limits.clone());
         options.grpc_config.bounds = bounds.clone();

@@ -72,7 +72,7 @@ pub(crate) struct Args {
     /// partition logs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
-    /// Connections open at once from one IP address [default: 1024].
+    /// Connections open at once from one IP address [default: 256].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_peer: Option<u64>,
     /// Close a connection after this many seconds without a request [default: 600].
@@ -91,8 +91,12 @@ pub(crate) struct Args {
     /// [default: 67108864, 64 MiB].
     #[arg(long, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
-    /// The same, per connection; at least one largest message (16 MiB)
+    /// The same, for the connections of one IP address together
     /// [default: 33554432, 32 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_peer_request_bytes: Option<usize>,
+    /// The same, per connection; more than one largest message (16 MiB)
+    /// [default: 20971520, 20 MiB].
     #[arg(long, value_name = "BYTES")]
     max_connection_request_bytes: Option<usize>,
     /// Fetch answers read and not yet delivered, all clients together; past it fetches wait
@@ -156,10 +160,7 @@ fn certificate(args: &Args) -> anyhow::Result<Option<ServerTls>> {
 
 /// Connections, idle timeout, request budgets and stream limits from the command line, and the
 /// connection cap fitted under the open-file limit `fd_limit`.
-fn server_limits(
-    args: &Args,
-    fd_limit: u64,
-) -> anyhow::Result<(ServerLimits, GrpcConfig, QuicConfig)> {
+fn server_limits(args: &Args, fd_limit: u64) -> (ServerLimits, GrpcConfig, QuicConfig) {
     let mut limits = ServerLimits::default();
     let fitting = streamhouse_agent::connection_limit_for(fd_limit);
     limits.max_connections = match args.max_connections {
@@ -185,22 +186,15 @@ fn server_limits(
     if let Some(bytes) = args.max_request_bytes {
         limits.max_request_bytes = bytes;
     }
+    if let Some(bytes) = args.max_peer_request_bytes {
+        limits.max_peer_request_bytes = bytes;
+    }
     if let Some(bytes) = args.max_connection_request_bytes {
         limits.max_connection_request_bytes = bytes;
     }
+    // Checked against the message limits when the listeners are bound.
     let mut grpc = GrpcConfig::default();
     let mut quic = QuicConfig::default();
-    let largest = grpc.max_message_size.max(quic.max_frame_size);
-    if limits.max_connection_request_bytes < largest
-        || limits.max_request_bytes < limits.max_connection_request_bytes
-    {
-        bail!(
-            "--max-request-bytes ({}) must hold --max-connection-request-bytes ({}), which must \
-             hold one largest message ({largest})",
-            limits.max_request_bytes,
-            limits.max_connection_request_bytes
-        );
-    }
     if let Some(n) = args.max_streams_per_connection {
         grpc.max_concurrent_streams = n;
         quic.max_concurrent_streams = n;
@@ -210,7 +204,7 @@ fn server_limits(
         quic.read_timeout = Duration::from_secs(secs);
         quic.write_timeout = Duration::from_secs(secs);
     }
-    Ok((limits, grpc, quic))
+    (limits, grpc, quic)
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -226,7 +220,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             1_024
         }
     };
-    let (limits, grpc_config, quic_config) = server_limits(&args, fd_limit)?;
+    let (limits, grpc_config, quic_config) = server_limits(&args, fd_limit);
     tracing::info!(
         max_connections = limits.max_connections,
         fd_limit,

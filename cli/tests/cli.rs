@@ -67,6 +67,7 @@ fn ten_thousand_lines_round_trip() {
 fn errors_are_one_line_and_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProcess::start(dir.path(), 0, &["--topic", "t:1"]);
+    let small = dir.path().join("small").to_string_lossy().into_owned();
     let cases: &[(&[&str], &str)] = &[
         (
             &["consume", "--bootstrap", "127.0.0.1:1", "--topic", "t"],
@@ -112,6 +113,18 @@ fn errors_are_one_line_and_exit_non_zero() {
             ],
             "partition 7",
         ),
+        (
+            &[
+                "agent",
+                "--data",
+                &small,
+                "--grpc",
+                "127.0.0.1:0",
+                "--max-connection-request-bytes",
+                "1000",
+            ],
+            "largest message",
+        ),
     ];
     for (args, expected) in cases {
         let out = run(args, b"x\n");
@@ -122,6 +135,37 @@ fn errors_are_one_line_and_exit_non_zero() {
             stderr.starts_with("error: ") && stderr.contains(expected),
             "{args:?}: {stderr}"
         );
+    }
+}
+
+/// Issue 12: every bound a client can push against has a flag, with its default in the help.
+#[test]
+fn every_bound_has_a_flag_with_its_default_in_agent_help() {
+    let out = run(&["agent", "--help"], b"");
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--max-connections ",
+        "--max-connections-per-peer",
+        "--idle-timeout",
+        "--max-streams-per-connection",
+        "--request-timeout",
+        "--max-request-bytes",
+        "--max-peer-request-bytes",
+        "--max-connection-request-bytes",
+        "--max-fetch-answer-bytes",
+        "--max-request-decompressed-bytes",
+        "--max-queued-bytes",
+        "--max-topics",
+        "--shutdown-timeout",
+    ] {
+        let at = help
+            .find(flag)
+            .unwrap_or_else(|| panic!("no {flag} in agent --help"));
+        let entry = &help[at..];
+        let end = entry[2..].find("\n      --").map_or(entry.len(), |e| e + 2);
+        // Help may be wrapped to the terminal's width.
+        let text = entry[..end].split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(text.contains("[default: "), "{flag} has no default: {text}");
     }
 }
 

@@ -39,14 +39,18 @@ pub struct ServerLimits {
     /// Connections open at once, all peers together; more are closed as soon as accepted.
     /// Default 4,096 (the reference agent lowers it below its descriptor limit).
     pub max_connections: usize,
-    /// Connections open at once from one peer IP address. Default 1,024.
+    /// Connections open at once from one peer IP address, so one host cannot take every slot.
+    /// Default 256.
     pub max_connections_per_peer: usize,
     /// A connection with no request bytes received for this long is closed. Default 10 min.
     pub idle_timeout: Duration,
     /// Request bytes received and not yet handled, all connections together; a full budget
     /// stops reading (flow control holds the peers back). Default 64 MiB.
     pub max_request_bytes: usize,
-    /// The same, per connection. At least one largest message. Default 32 MiB.
+    /// The same, for the connections of one peer address together. Default 32 MiB.
+    pub max_peer_request_bytes: usize,
+    /// The same, per connection. More than one largest message (with its framing), or that
+    /// message could never be read whole. Default 20 MiB.
     pub max_connection_request_bytes: usize,
 }
 
@@ -54,10 +58,11 @@ impl Default for ServerLimits {
     fn default() -> ServerLimits {
         ServerLimits {
             max_connections: 4_096,
-            max_connections_per_peer: 1_024,
+            max_connections_per_peer: 256,
             idle_timeout: Duration::from_secs(600),
             max_request_bytes: 64 << 20,
-            max_connection_request_bytes: 32 << 20,
+            max_peer_request_bytes: 32 << 20,
+            max_connection_request_bytes: 20 << 20,
         }
     }
 }
@@ -79,7 +84,8 @@ impl Default for ServerBounds {
 #[derive(Debug, Default)]
 struct Gate {
     open: usize,
-    per_peer: HashMap<IpAddr, usize>,
+    /// Per peer address: its open connections, and the request bytes they share.
+    per_peer: HashMap<IpAddr, (usize, ByteBudget)>,
 }
 
 /// Why a connection was not admitted.
@@ -128,7 +134,7 @@ impl ServerBounds {
             Some(("connections", ConnectionRefused::Total(gate.open)))
         } else {
             match gate.per_peer.get(&peer) {
-                Some(&n) if n >= self.limits.max_connections_per_peer => {
+                Some(&(n, _)) if n >= self.limits.max_connections_per_peer => {
                     Some(("connections_per_peer", ConnectionRefused::Peer(n)))
                 }
                 _ => None,
@@ -139,7 +145,13 @@ impl ServerBounds {
             return Err(refused);
         }
         gate.open += 1;
-        *gate.per_peer.entry(peer).or_default() += 1;
+        let peer_bytes = self.limits.max_peer_request_bytes;
+        let (connections, peer_budget) = gate
+            .per_peer
+            .entry(peer)
+            .or_insert_with(|| (0, ByteBudget::new("peer_request_bytes", peer_bytes)));
+        *connections += 1;
+        let peer_budget = peer_budget.clone();
         Ok(ConnectionPass {
             gate: self.gate.clone(),
             peer,
@@ -152,6 +164,7 @@ impl ServerBounds {
                     "connection_request_bytes",
                     self.limits.max_connection_request_bytes,
                 ),
+                peer: peer_budget,
                 all: self.requests.clone(),
             },
         })
@@ -235,7 +248,7 @@ impl Drop for ConnectionPass {
     fn drop(&mut self) {
         let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         gate.open -= 1;
-        if let Some(n) = gate.per_peer.get_mut(&self.peer) {
+        if let Some((n, _)) = gate.per_peer.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
                 gate.per_peer.remove(&self.peer);
@@ -244,10 +257,13 @@ impl Drop for ConnectionPass {
     }
 }
 
-/// Request bytes of one connection: counted against its own budget and the server-wide one.
+/// Request bytes of one connection: counted against its own budget, its peer address's and
+/// the server-wide one, so one connection cannot take a peer's share and one peer cannot take
+/// everyone's.
 #[derive(Debug, Clone)]
 pub struct RequestBudget {
     connection: ByteBudget,
+    peer: ByteBudget,
     all: ByteBudget,
 }
 
@@ -255,8 +271,10 @@ impl RequestBudget {
     /// Waits until `n` more bytes fit both budgets and adds them to `lease`.
     pub async fn grow(&self, lease: &mut RequestLease, n: usize) {
         let connection = self.connection.take(n).await;
+        let peer = self.peer.take(n).await;
         let all = self.all.take(n).await;
         lease.connection.merge(connection);
+        lease.peer.merge(peer);
         lease.all.merge(all);
     }
 
@@ -273,10 +291,23 @@ impl RequestBudget {
         }
     }
 
+    /// `n` bytes from both budgets if they are free now.
+    pub fn try_take(&self, n: usize) -> Option<RequestLease> {
+        let connection = self.connection.try_take(n)?;
+        let peer = self.peer.try_take(n)?;
+        let all = self.all.try_take(n)?;
+        Some(RequestLease {
+            connection,
+            peer,
+            all,
+        })
+    }
+
     /// An empty lease to grow.
     pub fn lease(&self) -> RequestLease {
         RequestLease {
             connection: self.connection.empty(),
+            peer: self.peer.empty(),
             all: self.all.empty(),
         }
     }
@@ -286,6 +317,7 @@ impl RequestBudget {
 #[derive(Debug)]
 pub struct RequestLease {
     connection: Lease,
+    peer: Lease,
     all: Lease,
 }
 
@@ -298,6 +330,7 @@ impl RequestLease {
     /// Adds `other`'s bytes (from the same budget) to this lease.
     pub fn merge(&mut self, other: RequestLease) {
         self.connection.merge(other.connection);
+        self.peer.merge(other.peer);
         self.all.merge(other.all);
     }
 }
@@ -490,6 +523,28 @@ mod tests {
         assert!(!waiting.is_finished());
         drop(first);
         assert_eq!(waiting.await.unwrap(), 30);
+    }
+
+    #[test]
+    fn the_connections_of_one_peer_share_its_request_budget() {
+        let bounds = ServerBounds::new(ServerLimits {
+            max_request_bytes: 100,
+            max_peer_request_bytes: 50,
+            max_connection_request_bytes: 40,
+            ..ServerLimits::default()
+        });
+        let (a, b) = (
+            bounds.admit(local(1)).unwrap(),
+            bounds.admit(local(1)).unwrap(),
+        );
+        let other = bounds.admit(local(2)).unwrap();
+        let _a = a.requests().try_take(40).unwrap();
+        assert!(b.requests().try_take(20).is_none(), "the peer has 10 left");
+        let _b = b.requests().try_take(10).unwrap();
+        assert!(
+            other.requests().try_take(40).is_some(),
+            "another peer has its own"
+        );
     }
 
     #[tokio::test]

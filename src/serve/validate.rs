@@ -69,6 +69,9 @@ pub fn validate_batch(
 /// let refused = validate_batch_within(batch, &limits, &Codecs::new(), &mut budget).unwrap_err();
 /// assert_eq!(refused.code, streamhouse_proto::v1::ErrorCode::Throttled);
 /// ```
+///
+/// The budget is charged for every block decompressed, also when its records then prove
+/// corrupt, and for the whole limit when the block fails to decompress.
 pub fn validate_batch_within(
     bytes: Bytes,
     limits: &DecodeLimits,
@@ -98,11 +101,17 @@ pub fn validate_batch_within(
                 ),
             ));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            // A block that fails to decompress may have cost the work up to the limit: it is
+            // charged as such, or a request of such blocks would decompress without a bound.
+            *budget = budget.saturating_sub(within.max_uncompressed_bytes);
+            return Err(e.into());
+        }
     };
+    // Charged before the records are checked: corrupt records cost the decompression too.
+    *budget = budget.saturating_sub(block.as_bytes().len());
     for view in block.iter() {
         view?;
     }
-    *budget = budget.saturating_sub(block.as_bytes().len());
     Ok(batch)
 }

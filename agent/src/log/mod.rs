@@ -103,7 +103,8 @@ struct Offline {
 /// First and longest wait before an offline partition tries to recover.
 const REVIVE_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
 const REVIVE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
-/// Free space a partition stopped by a full disk waits for before it writes again.
+/// Free space a partition stopped by a full disk waits for before it writes again: this, or a
+/// quarter of the filesystem if that is less (a 16 MiB disk must not wait for 16 MiB free).
 const MIN_FREE_BYTES: u64 = 16 << 20;
 
 impl Offline {
@@ -315,8 +316,9 @@ impl PartitionLog {
         if down.full {
             // Going online on a still-full disk would only fail the next write again, leaving
             // its batches in doubt: wait for room first.
-            let room = self.config.storage.available(&self.dir).unwrap_or(0);
-            if room < MIN_FREE_BYTES {
+            let space = self.config.storage.space(&self.dir);
+            let (room, total) = space.map_or((0, 0), |s| (s.free, s.total));
+            if room < MIN_FREE_BYTES.min(total / 4).max(1) {
                 let reason = format!("{} has {room} bytes free", self.dir.display());
                 let full = io::Error::new(io::ErrorKind::StorageFull, "no space left");
                 inner.offline = Some(Offline::new(reason, &full, backoff));

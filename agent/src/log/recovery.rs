@@ -143,6 +143,11 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
             &mut report.batches,
             config,
         )?;
+        if i < last {
+            // Scanned: let its descriptor go now, or a log of more segments than the open-file
+            // limit could not be recovered at all (reads and fencing reopen it when needed).
+            segment.close();
+        }
         segments.push(segment);
         if let Some((pos, why)) = stop {
             let reason = format!("{name} at byte {pos} (offset {expected}): {why}");

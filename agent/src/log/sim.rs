@@ -341,8 +341,12 @@ impl Storage for SimFs {
         Ok(())
     }
 
-    fn available(&self, _dir: &Path) -> io::Result<u64> {
-        Ok(if self.lock().full { 0 } else { u64::MAX })
+    fn space(&self, _dir: &Path) -> io::Result<super::storage::Space> {
+        let free = if self.lock().full { 0 } else { u64::MAX / 2 };
+        Ok(super::storage::Space {
+            free,
+            total: u64::MAX / 2,
+        })
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -68,8 +68,9 @@ pub(crate) trait Storage: Send + Sync + Debug + 'static {
         Ok(())
     }
 
-    /// Bytes free for an unprivileged writer on the filesystem holding `dir`.
-    fn available(&self, dir: &Path) -> io::Result<u64>;
+    /// Bytes free for an unprivileged writer on the filesystem holding `dir`, and that
+    /// filesystem's size.
+    fn space(&self, dir: &Path) -> io::Result<Space>;
 
     /// Takes an exclusive lock on `dir` for as long as the returned guard lives; an error of
     /// kind `WouldBlock` if another process holds it. (A partition directory reached through a
@@ -188,8 +189,20 @@ impl Storage for Disk {
         }
     }
 
-    fn available(&self, dir: &Path) -> io::Result<u64> {
+    fn space(&self, dir: &Path) -> io::Result<Space> {
         let stat = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
-        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+        Ok(Space {
+            free: stat.f_bavail.saturating_mul(stat.f_frsize),
+            total: stat.f_blocks.saturating_mul(stat.f_frsize),
+        })
     }
+}
+
+/// Free and total bytes of a filesystem ([`Storage::space`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Space {
+    /// Free for an unprivileged writer.
+    pub(crate) free: u64,
+    /// The filesystem's size.
+    pub(crate) total: u64,
 }

@@ -161,11 +161,17 @@ impl Body for Budgeted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
-        if let Some((_, paying)) = &mut this.waiting {
-            let paid = ready!(paying.as_mut().poll(cx));
-            this.lease.merge(paid);
-            let (frame, _) = this.waiting.take().expect("just polled");
-            return Poll::Ready(Some(Ok(frame)));
+        if let Some((frame, mut paying)) = this.waiting.take() {
+            return match paying.as_mut().poll(cx) {
+                Poll::Ready(paid) => {
+                    this.lease.merge(paid);
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Pending => {
+                    this.waiting = Some((frame, paying));
+                    Poll::Pending
+                }
+            };
         }
         let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
@@ -175,10 +181,13 @@ impl Body for Budgeted {
         if n == 0 {
             return Poll::Ready(Some(Ok(frame)));
         }
+        if let Some(paid) = this.budget.try_take(n) {
+            this.lease.merge(paid);
+            return Poll::Ready(Some(Ok(frame)));
+        }
         // The chunk is already read (one HTTP/2 frame at most); the next is not read from the
         // connection until this one is paid for.
-        let paying = Box::pin(this.budget.take(n));
-        this.waiting = Some((frame, paying));
+        this.waiting = Some((frame, Box::pin(this.budget.take(n))));
         self.poll_frame(cx)
     }
 
