@@ -28,7 +28,7 @@ pub struct AgentConfig {
     /// Fetch answers read from the logs and not yet delivered, all clients together; a fetch
     /// past it waits (a client that asks and never reads holds at most this much). Transports
     /// keep an answer's batches until its last byte is sent. At least `max_batch_bytes`.
-    /// Default 64 MiB.
+    /// Default 32 MiB (an unread gRPC answer also holds its encoded copy: about twice this).
     pub max_fetch_answer_bytes: usize,
     /// Most topics the agent holds: auto-creation past it is refused with
     /// `LIMIT_EXCEEDED`. Default 1,000.
@@ -62,7 +62,7 @@ impl AgentConfig {
             auto_create_partitions: None,
             max_topics: 1_000,
             max_queued_bytes: 64 << 20,
-            max_fetch_answer_bytes: 64 << 20,
+            max_fetch_answer_bytes: 32 << 20,
             max_request_decompressed_bytes: 256 << 20,
             max_batch_bytes: 4 << 20,
             max_record_bytes: 1 << 20,

@@ -100,7 +100,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "BYTES")]
     max_connection_request_bytes: Option<usize>,
     /// Fetch answers read and not yet delivered, all clients together; past it fetches wait
-    /// [default: 67108864, 64 MiB].
+    /// [default: 33554432, 32 MiB].
     #[arg(long, value_name = "BYTES")]
     max_fetch_answer_bytes: Option<usize>,
     /// Serve Prometheus metrics on this address (`/metrics`).

@@ -164,7 +164,10 @@ fn every_bound_has_a_flag_with_its_default_in_agent_help() {
         let entry = &help[at..];
         let end = entry[2..].find("\n      --").map_or(entry.len(), |e| e + 2);
         // Help may be wrapped to the terminal's width.
-        let text = entry[..end].split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = entry[..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         assert!(text.contains("[default: "), "{flag} has no default: {text}");
     }
 }

@@ -42,8 +42,12 @@ pub struct ServerLimits {
     /// Connections open at once from one peer IP address, so one host cannot take every slot.
     /// Default 256.
     pub max_connections_per_peer: usize,
-    /// A connection with no request bytes received for this long is closed. Default 10 min.
+    /// A connection with no request in progress for this long is closed. Default 10 min.
     pub idle_timeout: Duration,
+    /// A connection that has not started a request this long after it opened is closed (a
+    /// crowd of silent sockets or half-done TLS handshakes cannot hold the connection slots
+    /// for the whole idle timeout). Default 30 s.
+    pub first_request_timeout: Duration,
     /// Request bytes received and not yet handled, all connections together; a full budget
     /// stops reading (flow control holds the peers back). Default 64 MiB.
     pub max_request_bytes: usize,
@@ -60,6 +64,7 @@ impl Default for ServerLimits {
             max_connections: 4_096,
             max_connections_per_peer: 256,
             idle_timeout: Duration::from_secs(600),
+            first_request_timeout: Duration::from_secs(30),
             max_request_bytes: 64 << 20,
             max_peer_request_bytes: 32 << 20,
             max_connection_request_bytes: 20 << 20,
@@ -158,6 +163,7 @@ impl ServerBounds {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
             closing: tokio::sync::Notify::new(),
             requests: RequestBudget {
                 connection: ByteBudget::new(
@@ -186,6 +192,8 @@ pub struct ConnectionPass {
     in_flight: AtomicUsize,
     /// Milliseconds after `opened` when the last request started or ended.
     last_active_ms: AtomicU64,
+    /// Whether a request has ever started.
+    started: std::sync::atomic::AtomicBool,
     closing: tokio::sync::Notify,
     requests: RequestBudget,
 }
@@ -204,8 +212,22 @@ impl ConnectionPass {
     /// Marks a request in progress until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.started.store(true, Ordering::Release);
         self.touch();
         InFlight(self.clone())
+    }
+
+    /// How much longer the connection may stay without a request under `limits` before it
+    /// is closed: `None` while a request is in progress, zero once the time is up. Before its
+    /// first request a connection gets `first_request_timeout`, after it `idle_timeout`.
+    pub fn idle_left(&self, limits: &ServerLimits) -> Option<Duration> {
+        let idle = self.idle_for()?;
+        let allowed = if self.started.load(Ordering::Acquire) {
+            limits.idle_timeout
+        } else {
+            limits.first_request_timeout
+        };
+        Some(allowed.saturating_sub(idle))
     }
 
     /// How long the connection has been without a request; `None` while one is in progress.
@@ -325,6 +347,13 @@ impl RequestLease {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.all.bytes()
+    }
+
+    /// Gives back all but `n` bytes.
+    pub fn shrink_to(&mut self, n: usize) {
+        self.connection.shrink_to(n);
+        self.peer.shrink_to(n);
+        self.all.shrink_to(n);
     }
 
     /// Adds `other`'s bytes (from the same budget) to this lease.

@@ -94,14 +94,7 @@ where
         let request = match &pass {
             Some(pass) => {
                 let budget = pass.requests().clone();
-                request.map(|body| {
-                    tonic::body::Body::new(Budgeted {
-                        lease: budget.lease(),
-                        budget,
-                        inner: body,
-                        waiting: None,
-                    })
-                })
+                request.map(|body| tonic::body::Body::new(Budgeted::new(body, budget)))
             }
             None => request,
         };
@@ -140,17 +133,47 @@ where
     }
 }
 
-/// A request body read within a [`RequestBudget`]: each chunk is paid for before it is passed
-/// on, and the bytes stay leased until the body is dropped (the message decoded).
+/// A request body read within a [`RequestBudget`]: credit for the next HTTP/2 DATA frame is
+/// leased *before* the frame is taken from the connection, so while the budget is spent the
+/// bytes stay with HTTP/2, whose window then holds the client back. What was passed on stays
+/// leased until the body is dropped (the message decoded).
 struct Budgeted {
     inner: tonic::body::Body,
     budget: RequestBudget,
     lease: RequestLease,
-    /// A chunk read and the lease it waits for before it is passed on.
-    waiting: Option<(Frame<Bytes>, Paying)>,
+    /// Bytes of the lease passed on so far; the rest is credit for the next frame.
+    used: usize,
+    /// More budget being waited for.
+    paying: Option<Paying>,
+    /// A frame larger than the credit, held until the rest of it is paid for.
+    held: Option<Frame<Bytes>>,
 }
 
 type Paying = Pin<Box<dyn Future<Output = RequestLease> + Send>>;
+
+/// Credit leased ahead of each read: one DATA frame at HTTP/2's default maximum frame size.
+const FRAME_CREDIT: usize = 16 << 10;
+
+impl Budgeted {
+    fn new(inner: tonic::body::Body, budget: RequestBudget) -> Budgeted {
+        Budgeted {
+            inner,
+            lease: budget.lease(),
+            budget,
+            used: 0,
+            paying: None,
+            held: None,
+        }
+    }
+
+    /// Adds `n` bytes to the lease now, or starts waiting for them.
+    fn pay(&mut self, n: usize) {
+        match self.budget.try_take(n) {
+            Some(paid) => self.lease.merge(paid),
+            None => self.paying = Some(Box::pin(self.budget.take(n))),
+        }
+    }
+}
 
 impl Body for Budgeted {
     type Data = Bytes;
@@ -161,38 +184,44 @@ impl Body for Budgeted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
-        if let Some((frame, mut paying)) = this.waiting.take() {
-            return match paying.as_mut().poll(cx) {
-                Poll::Ready(paid) => {
-                    this.lease.merge(paid);
-                    Poll::Ready(Some(Ok(frame)))
+        loop {
+            if let Some(paying) = &mut this.paying {
+                let paid = ready!(paying.as_mut().poll(cx));
+                this.lease.merge(paid);
+                this.paying = None;
+            }
+            if let Some(frame) = this.held.take() {
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                let needed = this.used + n;
+                if needed <= this.lease.bytes() {
+                    this.used = needed;
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Pending => {
-                    this.waiting = Some((frame, paying));
-                    Poll::Pending
+                this.held = Some(frame);
+                this.pay(needed - this.lease.bytes());
+                continue;
+            }
+            let credit = this.lease.bytes() - this.used;
+            if credit < FRAME_CREDIT && !this.inner.is_end_stream() {
+                this.pay(FRAME_CREDIT - credit);
+                if this.paying.is_some() {
+                    continue;
                 }
-            };
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) if frame.is_data() => this.held = Some(frame),
+                other => {
+                    if other.is_none() {
+                        this.lease.shrink_to(this.used);
+                    }
+                    return Poll::Ready(other);
+                }
+            }
         }
-        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            other => return Poll::Ready(other),
-        };
-        let n = frame.data_ref().map_or(0, Bytes::len);
-        if n == 0 {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        if let Some(paid) = this.budget.try_take(n) {
-            this.lease.merge(paid);
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        // The chunk is already read (one HTTP/2 frame at most); the next is not read from the
-        // connection until this one is paid for.
-        this.waiting = Some((frame, Box::pin(this.budget.take(n))));
-        self.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.waiting.is_none() && self.inner.is_end_stream()
+        self.held.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 /// gRPC settings. The defaults suit batch traffic: messages up to 16 MiB (above the producer's
-/// 1 MiB `max_request_size`, and a bound on what one peer can make the other buffer), large
-/// HTTP/2 windows so a 1 MiB request is not throttled by flow control on a fast link, and
-/// keep-alive pings so a dead peer is noticed within seconds.
+/// 1 MiB `max_request_size`, and a bound on what one peer can make the other buffer), HTTP/2
+/// windows of 2 MiB per stream and 8 MiB per connection (five 1 MiB requests in flight fit; they are also what
+/// a server buffers per connection before reading, so raise them only for links with a large
+/// bandwidth-delay product), and keep-alive pings so a dead peer is noticed within seconds.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GrpcConfig {
@@ -17,9 +18,12 @@ pub struct GrpcConfig {
     pub keep_alive_interval: Duration,
     /// How long a ping may go unanswered before the connection is dropped. Default 5 s.
     pub keep_alive_timeout: Duration,
-    /// HTTP/2 initial stream window. Default 4 MiB.
+    /// HTTP/2 initial stream window. Default 2 MiB.
     pub stream_window: u32,
-    /// HTTP/2 initial connection window. Default 16 MiB.
+    /// HTTP/2 initial connection window: also what a server may buffer per connection for
+    /// requests it has not read yet (HTTP/2 takes whatever the window allows), so connections
+    /// times this is memory a crowd of clients can make it hold. Default 8 MiB (a producer's five
+    /// requests in flight fit).
     pub connection_window: u32,
     /// Server: streams one connection may have open at once (HTTP/2
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`). Default 100.
@@ -46,8 +50,8 @@ impl Default for GrpcConfig {
             connect_timeout: Duration::from_secs(5),
             keep_alive_interval: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(5),
-            stream_window: 4 << 20,
-            connection_window: 16 << 20,
+            stream_window: 2 << 20,
+            connection_window: 8 << 20,
             max_concurrent_streams: 100,
             request_timeout: Duration::from_secs(60),
             bounds: streamhouse::serve::ServerBounds::default(),

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use streamhouse::serve::{ConnectionPass, ServerBounds};
+use streamhouse::serve::{ConnectionPass, ServerBounds, ServerLimits};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
@@ -64,7 +64,7 @@ impl Stream for Incoming {
                                 stream,
                                 peer,
                                 pass,
-                                this.bounds.limits().idle_timeout,
+                                this.bounds.limits().clone(),
                             ))));
                         }
                         Err(refused) => {
@@ -88,12 +88,13 @@ impl Stream for Incoming {
 }
 
 /// One admitted TCP connection: it holds its slot until dropped, and ends (reads fail with
-/// `TimedOut`) once it has gone `idle_timeout` without a request in progress, or when the
-/// server closes it ([`ConnectionPass::close`]).
+/// `TimedOut`) once it has gone `idle_timeout` without a request in progress (before its
+/// first request, `first_request_timeout`), or when the server closes it
+/// ([`ConnectionPass::close`]).
 pub(crate) struct Conn {
     stream: TcpStream,
     info: ConnInfo,
-    idle_timeout: Duration,
+    limits: ServerLimits,
     idle_check: Pin<Box<Sleep>>,
     /// Resolves when the server asks for this connection to be closed.
     closed: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -104,7 +105,7 @@ impl Conn {
         stream: TcpStream,
         peer: SocketAddr,
         pass: ConnectionPass,
-        idle_timeout: Duration,
+        limits: ServerLimits,
     ) -> Conn {
         let pass = Arc::new(pass);
         let closed = {
@@ -114,8 +115,10 @@ impl Conn {
         Conn {
             stream,
             info: ConnInfo { peer, pass },
-            idle_timeout,
-            idle_check: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_check: Box::pin(tokio::time::sleep(
+                limits.first_request_timeout.min(limits.idle_timeout),
+            )),
+            limits,
             closed,
         }
     }
@@ -123,10 +126,10 @@ impl Conn {
     /// Whether the idle timeout has passed; re-arms the check otherwise.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
         while self.idle_check.as_mut().poll(cx).is_ready() {
-            let next = match self.info.pass.idle_for() {
-                Some(idle) if idle >= self.idle_timeout => return true,
-                Some(idle) => self.idle_timeout - idle,
-                None => self.idle_timeout,
+            let next = match self.info.pass.idle_left(&self.limits) {
+                Some(Duration::ZERO) => return true,
+                Some(left) => left,
+                None => self.limits.idle_timeout,
             };
             let at = tokio::time::Instant::now() + next;
             self.idle_check.as_mut().reset(at);

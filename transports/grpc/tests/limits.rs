@@ -136,10 +136,44 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     config.keep_alive_interval = Duration::from_millis(100);
     let addr = start(config).await;
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (_send, connection): (h2::client::SendRequest<bytes::Bytes>, _) =
+    let (send, connection): (h2::client::SendRequest<bytes::Bytes>, _) =
         h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // One request, answered; then nothing but pings.
+    let mut ready = send.ready().await.unwrap();
+    let probe = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/streamhouse.v1.Agent/NoSuchMethod"))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (response, _) = ready.send_request(probe, true).unwrap();
+    response.await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
     assert!(ended.is_ok(), "the idle connection was kept open");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bounds.open_connections() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Found by an outside run: 768 silent sockets (or half-sent TLS ClientHellos) held every
+/// connection slot for the whole 10-minute idle timeout. A connection that has not started a
+/// request within the first-request timeout is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_at_the_first_request_timeout() {
+    let (config, bounds) = bounded(|l| l.first_request_timeout = Duration::from_millis(500));
+    let addr = start(config).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        // The server's SETTINGS may arrive first; then the end of the stream.
+        while silent.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent connection was kept open");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while bounds.open_connections() > 0 {
         assert!(tokio::time::Instant::now() < deadline, "slot never freed");

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use streamhouse::transport::frame::MAX_FRAME;
 
-/// QUIC settings shared by client and server. Windows are sized for batch traffic: a stream
-/// can take a whole maximal frame without waiting for flow-control credit, while the
-/// connection window bounds what one peer can make the other buffer across streams.
+/// QUIC settings shared by client and server. The receive windows (2 MiB per stream, 8 MiB
+/// per connection) are what one peer can make the other buffer before it reads, so they stay
+/// small; raise them for links with a large bandwidth-delay product.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct QuicConfig {
@@ -18,11 +18,14 @@ pub struct QuicConfig {
     pub keep_alive: Duration,
     /// How long the client waits for the handshake. Default 5 s.
     pub connect_timeout: Duration,
-    /// Per-stream receive window. Default 16 MiB (one maximal frame).
+    /// Per-stream receive window. Default 2 MiB.
     pub stream_window: u32,
-    /// Per-connection receive window. Default 32 MiB.
+    /// Per-connection receive window: also what a server may buffer per connection for
+    /// requests it has not read yet. Default 8 MiB (a producer's five 1 MiB requests in flight
+    /// fit).
     pub connection_window: u32,
-    /// Per-connection send window. Default 32 MiB.
+    /// Per-connection send window: what quinn buffers of answers (server) or requests (client)
+    /// the peer has not acknowledged. Default 32 MiB.
     pub send_window: u64,
     /// Concurrent requests (streams) a peer may open on one connection. Default 100 (as gRPC's).
     pub max_concurrent_streams: u32,
@@ -46,8 +49,8 @@ impl Default for QuicConfig {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
-            stream_window: 16 << 20,
-            connection_window: 32 << 20,
+            stream_window: 8 << 20,
+            connection_window: 8 << 20,
             send_window: 32 << 20,
             max_concurrent_streams: 100,
             read_timeout: Duration::from_secs(30),

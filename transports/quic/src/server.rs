@@ -80,7 +80,7 @@ impl QuicServer {
                                         read_timeout: self.config.read_timeout,
                                         write_timeout: self.config.write_timeout,
                                     },
-                                    self.config.bounds.limits().idle_timeout,
+                                    self.config.bounds.limits().clone(),
                                     stop_rx.clone(),
                                 ));
                             }
@@ -139,13 +139,14 @@ struct Limits {
 }
 
 /// One connection: its streams, each handled in its own task. Closed after `idle_timeout`
-/// without a request in progress (QUIC keep-alives alone do not keep it open).
+/// without a request in progress, or `first_request_timeout` before its first (QUIC
+/// keep-alives alone do not keep it open).
 async fn connection(
     incoming: quinn::Incoming,
     pass: Arc<ConnectionPass>,
     agent: AgentService,
     limit: Limits,
-    idle_timeout: Duration,
+    limits: streamhouse::serve::ServerLimits,
     mut stopping: watch::Receiver<bool>,
 ) {
     let Ok(connection) = incoming.await else {
@@ -154,7 +155,7 @@ async fn connection(
         return;
     };
     let mut streams = JoinSet::new();
-    let idle_check = tokio::time::sleep(idle_timeout);
+    let idle_check = tokio::time::sleep(limits.first_request_timeout.min(limits.idle_timeout));
     tokio::pin!(idle_check);
     loop {
         tokio::select! {
@@ -166,15 +167,15 @@ async fn connection(
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             () = &mut idle_check => {
-                let next = match pass.idle_for() {
-                    Some(idle) if idle >= idle_timeout => {
+                let next = match pass.idle_left(&limits) {
+                    Some(Duration::ZERO) => {
                         metrics::counter!("streamhouse_idle_connections_closed_total")
                             .increment(1);
                         connection.close(quinn::VarInt::from_u32(IDLE), b"idle");
                         break;
                     }
-                    Some(idle) => idle_timeout - idle,
-                    None => idle_timeout,
+                    Some(left) => left,
+                    None => limits.idle_timeout,
                 };
                 idle_check.as_mut().reset(tokio::time::Instant::now() + next);
             }
