@@ -337,3 +337,46 @@ async fn a_grpc_client_that_never_reads_its_answers_is_cut_off_at_the_request_ti
     serving.stop().await.unwrap();
     agent.shutdown().await;
 }
+
+/// Found by an outside re-run: four unread 8 MiB fetches from one client blocked every other
+/// client's fetches, whatever their address. Answers count against the client's share (per
+/// peer address) as well as the agent's budget: one client that never reads waits on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_unread_answers_leave_the_other_clients_their_share() {
+    use std::sync::Arc;
+    use streamhouse::serve::{ServerBounds, ServerLimits, for_client};
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with_data(dir.path()).await;
+    let service = agent.service();
+    let mut limits = ServerLimits::default();
+    limits.max_peer_answer_bytes = mib_batch().len();
+    let bounds = ServerBounds::new(limits);
+    let greedy = Arc::new(bounds.admit([127, 0, 0, 1].into()).unwrap());
+    let other = Arc::new(bounds.admit([127, 0, 0, 2].into()).unwrap());
+    let unread = for_client(greedy.clone(), service.clone().oneshot(fetch(0)))
+        .await
+        .unwrap();
+    // The greedy client's share is spent: its next fetch waits...
+    let next = tokio::spawn(for_client(
+        greedy.clone(),
+        service.clone().oneshot(fetch(1)),
+    ));
+    // ...while another client is served at once.
+    let served = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        for_client(other, service.clone().oneshot(fetch(2))),
+    )
+    .await
+    .expect("another client's fetch waited for the greedy one");
+    let Response::Fetch(served) = served.unwrap() else {
+        panic!("not a fetch answer")
+    };
+    assert_eq!(served.batches.len(), 1);
+    assert!(!next.is_finished(), "the greedy client went past its share");
+    drop(unread);
+    let Response::Fetch(answer) = next.await.unwrap().unwrap() else {
+        panic!("not a fetch answer")
+    };
+    assert_eq!(answer.batches.len(), 1);
+    agent.shutdown().await;
+}

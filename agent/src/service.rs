@@ -28,9 +28,11 @@ const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
 /// Reads from `offset`; when nothing is there yet, waits up to `wait` for an append and reads
 /// again (a consumer at the end of the log waits here instead of spinning).
 ///
-/// Each read first leases what it may return from `answers` — `max_bytes`, or one largest batch
-/// if more — and the batches it returns keep the used part of that lease until the transport
-/// has dropped them, so answers nobody reads cannot pile up past the budget. An empty read
+/// Each read first leases what it may return — `max_bytes`, or one largest batch if more — from
+/// the client's answer budget (per peer address, when the transport runs the request in
+/// `serve::for_client`) and from `answers`; the batches it returns keep the used part of that
+/// lease until the transport has dropped them, so answers nobody reads cannot pile up past the
+/// budgets. An empty read
 /// gives its lease back before waiting.
 async fn long_poll(
     log: Arc<crate::log::PartitionLog>,
@@ -46,7 +48,14 @@ async fn long_poll(
         tokio::pin!(appended);
         // Registered before the read: an append between the read and the wait still wakes it.
         appended.as_mut().enable();
-        let lease = answers.take(max_bytes.max(largest_batch)).await;
+        let wanted = max_bytes.max(largest_batch);
+        // The client's share first (one that never reads cannot take everyone's), then the
+        // agent's.
+        let client = match streamhouse::serve::client_answers() {
+            Some(client) => Some(client.take(wanted).await),
+            None => None,
+        };
+        let lease = (client, answers.take(wanted).await);
         let reader = log.clone();
         let mut read = tokio::task::spawn_blocking(move || reader.read(offset, max_bytes))
             .await
@@ -66,8 +75,12 @@ async fn long_poll(
 
 /// The batches of one answer, each keeping a share of `lease` (shrunk to their total) until
 /// the last of them is dropped.
-fn hold(batches: Vec<Bytes>, mut lease: Lease) -> Vec<Bytes> {
-    lease.shrink_to(batches.iter().map(Bytes::len).sum());
+fn hold(batches: Vec<Bytes>, mut lease: AnswerLease) -> Vec<Bytes> {
+    let total = batches.iter().map(Bytes::len).sum();
+    if let Some(client) = &mut lease.0 {
+        client.shrink_to(total);
+    }
+    lease.1.shrink_to(total);
     let lease = Arc::new(lease);
     batches
         .into_iter()
@@ -81,10 +94,14 @@ fn hold(batches: Vec<Bytes>, mut lease: Lease) -> Vec<Bytes> {
         .collect()
 }
 
+/// An answer's bytes in the client's answer budget (when the transport said who the client
+/// is) and in the agent's.
+type AnswerLease = (Option<Lease>, Lease);
+
 /// A batch's bytes and the answer lease they count against.
 struct Held {
     bytes: Vec<u8>,
-    _lease: Arc<Lease>,
+    _lease: Arc<AnswerLease>,
 }
 
 impl AsRef<[u8]> for Held {

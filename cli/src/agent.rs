@@ -103,6 +103,10 @@ pub(crate) struct Args {
     /// [default: 33554432, 32 MiB].
     #[arg(long, value_name = "BYTES")]
     max_fetch_answer_bytes: Option<usize>,
+    /// The same, for the clients of one IP address together: one client that never reads its
+    /// answers waits on its own [default: 16777216, 16 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_peer_answer_bytes: Option<usize>,
     /// Serve Prometheus metrics on this address (`/metrics`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -185,6 +189,9 @@ fn server_limits(args: &Args, fd_limit: u64) -> (ServerLimits, GrpcConfig, QuicC
     }
     if let Some(bytes) = args.max_request_bytes {
         limits.max_request_bytes = bytes;
+    }
+    if let Some(bytes) = args.max_peer_answer_bytes {
+        limits.max_peer_answer_bytes = bytes;
     }
     if let Some(bytes) = args.max_peer_request_bytes {
         limits.max_peer_request_bytes = bytes;

@@ -32,7 +32,7 @@ enum Command {
     /// Run an agent: accept record batches over gRPC and/or QUIC and append them to partition
     /// logs in a data directory. Stops cleanly on Ctrl-C or SIGTERM (in-flight appends finish, logs are
     /// fsynced).
-    Agent(agent::Args),
+    Agent(Box<agent::Args>),
     /// Send every line of standard input as a record, then print what landed where.
     Produce(produce::Args),
     /// Compare transports and codecs: run the producer against an embedded agent on loopback
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Agent(args) => agent::run(args).await,
+            Command::Agent(args) => agent::run(*args).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -153,6 +153,7 @@ fn every_bound_has_a_flag_with_its_default_in_agent_help() {
         "--max-peer-request-bytes",
         "--max-connection-request-bytes",
         "--max-fetch-answer-bytes",
+        "--max-peer-answer-bytes",
         "--max-request-decompressed-bytes",
         "--max-queued-bytes",
         "--max-topics",

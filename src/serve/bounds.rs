@@ -53,6 +53,10 @@ pub struct ServerLimits {
     pub max_request_bytes: usize,
     /// The same, for the connections of one peer address together. Default 32 MiB.
     pub max_peer_request_bytes: usize,
+    /// Fetch answers built and not yet delivered for the connections of one peer address
+    /// together (the agent's own budget bounds all of them): one client that never reads its
+    /// answers cannot hold every other client's share. Default 16 MiB.
+    pub max_peer_answer_bytes: usize,
     /// The same, per connection. More than one largest message (with its framing), or that
     /// message could never be read whole. Default 20 MiB.
     pub max_connection_request_bytes: usize,
@@ -67,6 +71,7 @@ impl Default for ServerLimits {
             first_request_timeout: Duration::from_secs(30),
             max_request_bytes: 64 << 20,
             max_peer_request_bytes: 32 << 20,
+            max_peer_answer_bytes: 16 << 20,
             max_connection_request_bytes: 20 << 20,
         }
     }
@@ -86,11 +91,18 @@ impl Default for ServerBounds {
     }
 }
 
+/// What the connections of one peer address share.
+#[derive(Debug, Clone)]
+struct PeerBudgets {
+    requests: ByteBudget,
+    answers: ByteBudget,
+}
+
 #[derive(Debug, Default)]
 struct Gate {
     open: usize,
     /// Per peer address: its open connections, and the request bytes they share.
-    per_peer: HashMap<IpAddr, (usize, ByteBudget)>,
+    per_peer: HashMap<IpAddr, (usize, PeerBudgets)>,
 }
 
 /// Why a connection was not admitted.
@@ -150,13 +162,19 @@ impl ServerBounds {
             return Err(refused);
         }
         gate.open += 1;
-        let peer_bytes = self.limits.max_peer_request_bytes;
-        let (connections, peer_budget) = gate
-            .per_peer
-            .entry(peer)
-            .or_insert_with(|| (0, ByteBudget::new("peer_request_bytes", peer_bytes)));
+        let limits = &self.limits;
+        let (connections, shared) = gate.per_peer.entry(peer).or_insert_with(|| {
+            let budgets = PeerBudgets {
+                requests: ByteBudget::new("peer_request_bytes", limits.max_peer_request_bytes),
+                answers: ByteBudget::new("peer_answer_bytes", limits.max_peer_answer_bytes),
+            };
+            (0, budgets)
+        });
         *connections += 1;
-        let peer_budget = peer_budget.clone();
+        let PeerBudgets {
+            requests: peer_budget,
+            answers,
+        } = shared.clone();
         Ok(ConnectionPass {
             gate: self.gate.clone(),
             peer,
@@ -165,6 +183,7 @@ impl ServerBounds {
             last_active_ms: AtomicU64::new(0),
             started: std::sync::atomic::AtomicBool::new(false),
             closing: tokio::sync::Notify::new(),
+            answers,
             requests: RequestBudget {
                 connection: ByteBudget::new(
                     "connection_request_bytes",
@@ -196,6 +215,8 @@ pub struct ConnectionPass {
     started: std::sync::atomic::AtomicBool,
     closing: tokio::sync::Notify,
     requests: RequestBudget,
+    /// Answer bytes of this peer address's connections together.
+    answers: ByteBudget,
 }
 
 impl ConnectionPass {
@@ -207,6 +228,12 @@ impl ConnectionPass {
     /// The budget for request bytes received on this connection.
     pub fn requests(&self) -> &RequestBudget {
         &self.requests
+    }
+
+    /// The budget for answers built for this peer address (the agent leases each fetch answer
+    /// from it, and from its own, while the request runs in [`for_client`]).
+    pub fn answers(&self) -> &ByteBudget {
+        &self.answers
     }
 
     /// Marks a request in progress until the returned guard is dropped.
@@ -277,6 +304,25 @@ impl Drop for ConnectionPass {
             }
         }
     }
+}
+
+tokio::task_local! {
+    static CLIENT: Arc<ConnectionPass>;
+}
+
+/// Runs `request` (a call to the agent service) as coming from the connection of `pass`, so
+/// that the agent can count what it builds for it against that client's share
+/// ([`client_answers`]). Transports wrap each request in it.
+pub async fn for_client<F: std::future::Future>(
+    pass: Arc<ConnectionPass>,
+    request: F,
+) -> F::Output {
+    CLIENT.scope(pass, request).await
+}
+
+/// The answer budget of the client whose request is running ([`for_client`]), if any.
+pub fn client_answers() -> Option<ByteBudget> {
+    CLIENT.try_with(|pass| pass.answers.clone()).ok()
 }
 
 /// Request bytes of one connection: counted against its own budget, its peer address's and

@@ -19,7 +19,7 @@ mod validate;
 
 pub use bounds::{
     ByteBudget, ConnectionPass, ConnectionRefused, InFlight, Lease, RequestBudget, RequestLease,
-    ServerBounds, ServerLimits,
+    ServerBounds, ServerLimits, client_answers, for_client,
 };
 
 pub use partition::{Admission, DEDUP_WINDOW, PartitionState, ProducerLimits};

@@ -59,8 +59,8 @@ pub(crate) struct Bounded<S> {
     deliver_within: Duration,
 }
 
-fn connection(request: &http::Request<tonic::body::Body>) -> Option<&ConnInfo> {
-    let extensions = request.extensions();
+/// The connection a request came on, when `serve` accepted it (plain or TLS).
+pub(crate) fn connection_of(extensions: &http::Extensions) -> Option<&ConnInfo> {
     let plain = extensions.get::<ConnInfo>();
     #[cfg(feature = "tls")]
     let plain = plain.or_else(|| {
@@ -89,7 +89,7 @@ where
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         // Connections not accepted by `serve` (a simulated network's) carry no pass.
-        let pass = connection(&request).map(|c| c.pass.clone());
+        let pass = connection_of(request.extensions()).map(|c| c.pass.clone());
         let in_flight = pass.as_ref().map(|p| p.begin());
         let request = match &pass {
             Some(pass) => {

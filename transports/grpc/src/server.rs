@@ -91,12 +91,23 @@ struct Adaptor {
 }
 
 impl Adaptor {
-    async fn call(&self, message: RequestMessage) -> Result<Response, Status> {
-        self.agent
+    /// Calls the agent, as the request's client when its connection is known (the agent counts
+    /// what it holds for each client).
+    async fn call<T>(
+        &self,
+        request: tonic::Request<T>,
+        message: impl FnOnce(T) -> RequestMessage,
+    ) -> Result<Response, Status> {
+        let pass = crate::bounds::connection_of(request.extensions()).map(|c| c.pass.clone());
+        let call = self
+            .agent
             .clone()
-            .oneshot(Request::new(message))
-            .await
-            .map_err(|e| from_agent_error(e.as_ref()))
+            .oneshot(Request::new(message(request.into_inner())));
+        let answer = match pass {
+            Some(pass) => streamhouse::serve::for_client(pass, call).await,
+            None => call.await,
+        };
+        answer.map_err(|e| from_agent_error(e.as_ref()))
     }
 }
 
@@ -110,10 +121,7 @@ impl Agent for Adaptor {
         &self,
         request: tonic::Request<ProduceRequest>,
     ) -> Result<tonic::Response<ProduceResponse>, Status> {
-        match self
-            .call(RequestMessage::Produce(request.into_inner()))
-            .await?
-        {
+        match self.call(request, RequestMessage::Produce).await? {
             Response::Produce(r) => Ok(tonic::Response::new(r)),
             _ => Err(mismatched()),
         }
@@ -123,10 +131,7 @@ impl Agent for Adaptor {
         &self,
         request: tonic::Request<MetadataRequest>,
     ) -> Result<tonic::Response<MetadataResponse>, Status> {
-        match self
-            .call(RequestMessage::Metadata(request.into_inner()))
-            .await?
-        {
+        match self.call(request, RequestMessage::Metadata).await? {
             Response::Metadata(r) => Ok(tonic::Response::new(r)),
             _ => Err(mismatched()),
         }
@@ -136,10 +141,7 @@ impl Agent for Adaptor {
         &self,
         request: tonic::Request<FetchRequest>,
     ) -> Result<tonic::Response<FetchResponse>, Status> {
-        match self
-            .call(RequestMessage::Fetch(request.into_inner()))
-            .await?
-        {
+        match self.call(request, RequestMessage::Fetch).await? {
             Response::Fetch(r) => {
                 // The batches count against the agent's answer budget until delivered.
                 let keep = crate::bounds::Keep::new(r.batches.clone());

@@ -229,7 +229,8 @@ async fn stream(
     };
     // The response lives until the answer is delivered: a fetch's batches count against the
     // agent's answer budget until then.
-    let (response, answer) = match agent.oneshot(Request::new(request)).await {
+    let call = agent.oneshot(Request::new(request));
+    let (response, answer) = match streamhouse::serve::for_client(pass.clone(), call).await {
         Ok(response) => match frame::encode_response(&response, limit) {
             Ok(frame) => (response, frame),
             Err(_) => return refuse(&mut send, &mut recv, FRAME_TOO_LARGE),
