@@ -227,8 +227,7 @@ impl Agent {
     /// [`AgentConfig::max_fetch_answer_bytes`], plus one stored batch larger than the current
     /// batch limit).
     pub fn fetch_answer_bytes_held(&self) -> usize {
-        let answers = &self.shared.answers;
-        answers.total() - answers.available()
+        self.shared.answers.leased()
     }
 
     /// The agent as a service for a transport's server adaptor.

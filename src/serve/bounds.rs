@@ -140,7 +140,7 @@ impl ServerBounds {
 
     /// Request bytes received and not yet handled, all connections together.
     pub fn request_bytes_held(&self) -> usize {
-        self.requests.total() - self.requests.available()
+        self.requests.leased()
     }
 
     /// Admits a connection from `peer`, or says which bound it would cross. The pass gives the
@@ -437,6 +437,11 @@ impl ByteBudget {
     /// Bytes not leased now.
     pub fn available(&self) -> usize {
         self.semaphore.available_permits()
+    }
+
+    /// Bytes leased now.
+    pub fn leased(&self) -> usize {
+        self.total - self.available()
     }
 
     /// A lease of nothing, to [`merge`](Lease::merge) others into.

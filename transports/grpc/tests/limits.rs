@@ -7,6 +7,17 @@ use streamhouse::serve::{ServerBounds, ServerLimits};
 use streamhouse_grpc::{GrpcConfig, serve};
 use tokio::net::{TcpListener, TcpStream};
 
+/// A gRPC call of `method` on the agent service at `addr`, as raw HTTP/2 headers.
+fn grpc_call(addr: std::net::SocketAddr, method: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/streamhouse.v1.Agent/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
 async fn start(config: GrpcConfig) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -88,12 +99,7 @@ async fn connect(addr: std::net::SocketAddr) -> Option<h2::client::SendRequest<b
     let (send, connection) = h2::client::handshake(tcp).await.ok()?;
     tokio::spawn(connection);
     let mut ready = send.clone().ready().await.ok()?;
-    let probe = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/streamhouse.v1.Agent/NoSuchMethod"))
-        .header("content-type", "application/grpc")
-        .body(())
-        .unwrap();
+    let probe = grpc_call(addr, "NoSuchMethod");
     let (response, _) = ready.send_request(probe, true).ok()?;
     let answered = tokio::time::timeout(Duration::from_secs(10), response).await;
     matches!(answered, Ok(Ok(_))).then_some(send)
@@ -141,12 +147,7 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     let connection = tokio::spawn(connection);
     // One request, answered; then nothing but pings.
     let mut ready = send.ready().await.unwrap();
-    let probe = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/streamhouse.v1.Agent/NoSuchMethod"))
-        .header("content-type", "application/grpc")
-        .body(())
-        .unwrap();
+    let probe = grpc_call(addr, "NoSuchMethod");
     let (response, _) = ready.send_request(probe, true).unwrap();
     response.await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
@@ -189,13 +190,7 @@ async fn half_send(
     bytes: usize,
 ) -> h2::SendStream<bytes::Bytes> {
     let mut send = send.ready().await.unwrap();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/streamhouse.v1.Agent/Produce"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+    let request = grpc_call(addr, "Produce");
     let (_response, mut body) = send.send_request(request, false).unwrap();
     let mut data = vec![0u8, 0, 0x80, 0, 0];
     data.resize(bytes, 0);

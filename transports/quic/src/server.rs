@@ -75,7 +75,7 @@ impl QuicServer {
                                     incoming,
                                     Arc::new(pass),
                                     agent.clone(),
-                                    Limits {
+                                    StreamLimits {
                                         frame: self.config.max_frame_size,
                                         read_timeout: self.config.read_timeout,
                                         write_timeout: self.config.write_timeout,
@@ -132,7 +132,7 @@ impl Closer {
 
 /// What one stream may cost the server.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
+struct StreamLimits {
     frame: usize,
     read_timeout: Duration,
     write_timeout: Duration,
@@ -145,7 +145,7 @@ async fn connection(
     incoming: quinn::Incoming,
     pass: Arc<ConnectionPass>,
     agent: AgentService,
-    limit: Limits,
+    stream_limits: StreamLimits,
     limits: streamhouse::serve::ServerLimits,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -161,7 +161,7 @@ async fn connection(
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(stream(send, recv, pass.clone(), agent.clone(), limit));
+                    streams.spawn(stream(send, recv, pass.clone(), agent.clone(), stream_limits));
                 }
                 Err(_) => break,
             },
@@ -201,7 +201,7 @@ async fn stream(
     mut recv: quinn::RecvStream,
     pass: Arc<ConnectionPass>,
     agent: AgentService,
-    limits: Limits,
+    limits: StreamLimits,
 ) {
     let _in_flight = pass.begin();
     let limit = limits.frame;
