@@ -99,6 +99,12 @@ pub(crate) struct Args {
     /// [default: 20971520, 20 MiB].
     #[arg(long, value_name = "BYTES")]
     max_connection_request_bytes: Option<usize>,
+    /// Receive-window bytes (HTTP/2 and QUIC) granted to connections, all together: what
+    /// clients can make the agent buffer before it reads. The first connections get the full
+    /// 8 MiB window, later ones smaller windows as this runs out, down to 64 KiB
+    /// [default: 33554432, 32 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_window_bytes: Option<usize>,
     /// Fetch answers read and not yet delivered, all clients together; past it fetches wait
     /// [default: 33554432, 32 MiB].
     #[arg(long, value_name = "BYTES")]
@@ -192,6 +198,9 @@ fn server_limits(args: &Args, fd_limit: u64) -> (ServerLimits, GrpcConfig, QuicC
     }
     if let Some(bytes) = args.max_peer_answer_bytes {
         limits.max_peer_answer_bytes = bytes;
+    }
+    if let Some(bytes) = args.max_window_bytes {
+        limits.max_window_bytes = bytes;
     }
     if let Some(bytes) = args.max_peer_request_bytes {
         limits.max_peer_request_bytes = bytes;

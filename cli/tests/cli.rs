@@ -154,6 +154,7 @@ fn every_bound_has_a_flag_with_its_default_in_agent_help() {
         "--max-connection-request-bytes",
         "--max-fetch-answer-bytes",
         "--max-peer-answer-bytes",
+        "--max-window-bytes",
         "--max-request-decompressed-bytes",
         "--max-queued-bytes",
         "--max-topics",

@@ -4,33 +4,24 @@
 //! agent serving both counts every connection and every buffered request byte once:
 //!
 //! ```text
-//! accept ─▶ ConnectionGate::admit (total, per peer address) ─▶ ConnectionPass (per connection)
-//!   request bytes as they arrive ─▶ RequestBudget::take (per connection, then all connections)
+//! accept ─▶ ServerBounds::admit (total, per peer address) ─▶ ConnectionPass (per connection)
+//!        └▶ ServerBounds::grant_window ─▶ WindowGrant: the receive window this connection gets
+//!   request bytes as they arrive ─▶ RequestBudget::take (connection, peer, all connections)
 //!   └ a full budget stops reading: the peer is held back by flow control, not buffered
 //! ```
 //!
-//! A [`ByteBudget`] is a byte-counting semaphore: [`Lease`]s hold bytes and give them back
-//! when dropped. Waiting for a full budget counts in `streamhouse_limit_hits_total{limit}`.
-//!
-//! ```
-//! use streamhouse::serve::ByteBudget;
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let budget = ByteBudget::new("example", 100);
-//! let mut lease = budget.take(60).await;
-//! assert!(budget.try_take(50).is_none(), "only 40 left");
-//! lease.shrink_to(10);
-//! assert_eq!(budget.available(), 90);
-//! drop(lease);
-//! assert_eq!(budget.available(), 100);
-//! # });
-//! ```
+//! What unread requests can make a server hold is therefore the receive windows it granted
+//! (at most `max_window_bytes`, plus the smallest window per connection past it) and the
+//! request budgets. The byte budgets themselves are in [`budget`](super::budget), the window
+//! grants in [`window`](super::window).
 
+use super::budget::{ByteBudget, RequestBudget};
+use super::window::{WindowGrant, WindowPool};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Server bounds as numbers; [`ServerBounds::new`] turns them into the shared counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +48,12 @@ pub struct ServerLimits {
     /// together (the agent's own budget bounds all of them): one client that never reads its
     /// answers cannot hold every other client's share. Default 16 MiB.
     pub max_peer_answer_bytes: usize,
+    /// Receive-window bytes granted to connections, all together: what the transports may
+    /// buffer of requests not read yet. A connection gets its transport's full window while
+    /// that is at most half of what is left, then a quarter of it, a sixteenth, … down to
+    /// 64 KiB, which every connection gets even with nothing left. Default 32 MiB (four
+    /// connections with the full 8 MiB window, then smaller ones).
+    pub max_window_bytes: usize,
     /// The same, per connection. More than one largest message (with its framing), or that
     /// message could never be read whole. Default 20 MiB.
     pub max_connection_request_bytes: usize,
@@ -72,6 +69,7 @@ impl Default for ServerLimits {
             max_request_bytes: 64 << 20,
             max_peer_request_bytes: 32 << 20,
             max_peer_answer_bytes: 16 << 20,
+            max_window_bytes: 32 << 20,
             max_connection_request_bytes: 20 << 20,
         }
     }
@@ -83,6 +81,7 @@ pub struct ServerBounds {
     limits: ServerLimits,
     gate: Arc<Mutex<Gate>>,
     requests: ByteBudget,
+    windows: WindowPool,
 }
 
 impl Default for ServerBounds {
@@ -121,10 +120,12 @@ impl ServerBounds {
     /// Counters for `limits`.
     pub fn new(limits: ServerLimits) -> ServerBounds {
         let requests = ByteBudget::new("request_bytes", limits.max_request_bytes);
+        let windows = WindowPool::new(limits.max_window_bytes);
         ServerBounds {
             limits,
             gate: Arc::default(),
             requests,
+            windows,
         }
     }
 
@@ -141,6 +142,19 @@ impl ServerBounds {
     /// Request bytes received and not yet handled, all connections together.
     pub fn request_bytes_held(&self) -> usize {
         self.requests.leased()
+    }
+
+    /// Receive-window bytes granted to open connections now (the smallest windows past
+    /// `max_window_bytes` not counted).
+    pub fn window_bytes_granted(&self) -> usize {
+        self.windows.granted()
+    }
+
+    /// The receive window a new connection gets, when its transport's is `wanted`: all of it
+    /// while the pool has room, less as it runs out (see `max_window_bytes`). Hold the grant
+    /// as long as the connection: dropping it gives the bytes back.
+    pub fn grant_window(&self, wanted: u64) -> WindowGrant {
+        self.windows.grant(wanted)
     }
 
     /// Admits a connection from `peer`, or says which bound it would cross. The pass gives the
@@ -184,14 +198,14 @@ impl ServerBounds {
             started: std::sync::atomic::AtomicBool::new(false),
             closing: tokio::sync::Notify::new(),
             answers,
-            requests: RequestBudget {
-                connection: ByteBudget::new(
+            requests: RequestBudget::new(
+                ByteBudget::new(
                     "connection_request_bytes",
                     self.limits.max_connection_request_bytes,
                 ),
-                peer: peer_budget,
-                all: self.requests.clone(),
-            },
+                peer_budget,
+                self.requests.clone(),
+            ),
         })
     }
 
@@ -325,208 +339,6 @@ pub fn client_answers() -> Option<ByteBudget> {
     CLIENT.try_with(|pass| pass.answers.clone()).ok()
 }
 
-/// Request bytes of one connection: counted against its own budget, its peer address's and
-/// the server-wide one, so one connection cannot take a peer's share and one peer cannot take
-/// everyone's.
-#[derive(Debug, Clone)]
-pub struct RequestBudget {
-    connection: ByteBudget,
-    peer: ByteBudget,
-    all: ByteBudget,
-}
-
-impl RequestBudget {
-    /// Waits until `n` more bytes fit both budgets and adds them to `lease`.
-    pub async fn grow(&self, lease: &mut RequestLease, n: usize) {
-        let connection = self.connection.take(n).await;
-        let peer = self.peer.take(n).await;
-        let all = self.all.take(n).await;
-        lease.connection.merge(connection);
-        lease.peer.merge(peer);
-        lease.all.merge(all);
-    }
-
-    /// Waits until `n` bytes fit both budgets; an owned future, for poll-based callers.
-    pub fn take(
-        &self,
-        n: usize,
-    ) -> impl std::future::Future<Output = RequestLease> + Send + 'static {
-        let budget = self.clone();
-        async move {
-            let mut lease = budget.lease();
-            budget.grow(&mut lease, n).await;
-            lease
-        }
-    }
-
-    /// `n` bytes from both budgets if they are free now.
-    pub fn try_take(&self, n: usize) -> Option<RequestLease> {
-        let connection = self.connection.try_take(n)?;
-        let peer = self.peer.try_take(n)?;
-        let all = self.all.try_take(n)?;
-        Some(RequestLease {
-            connection,
-            peer,
-            all,
-        })
-    }
-
-    /// An empty lease to grow.
-    pub fn lease(&self) -> RequestLease {
-        RequestLease {
-            connection: self.connection.empty(),
-            peer: self.peer.empty(),
-            all: self.all.empty(),
-        }
-    }
-}
-
-/// Bytes held in a [`RequestBudget`], given back when dropped.
-#[derive(Debug)]
-pub struct RequestLease {
-    connection: Lease,
-    peer: Lease,
-    all: Lease,
-}
-
-impl RequestLease {
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.all.bytes()
-    }
-
-    /// Gives back all but `n` bytes.
-    pub fn shrink_to(&mut self, n: usize) {
-        self.connection.shrink_to(n);
-        self.peer.shrink_to(n);
-        self.all.shrink_to(n);
-    }
-
-    /// Adds `other`'s bytes (from the same budget) to this lease.
-    pub fn merge(&mut self, other: RequestLease) {
-        self.connection.merge(other.connection);
-        self.peer.merge(other.peer);
-        self.all.merge(other.all);
-    }
-}
-
-/// A byte-counting semaphore: at most `total` bytes are leased at once.
-#[derive(Debug, Clone)]
-pub struct ByteBudget {
-    name: &'static str,
-    total: usize,
-    semaphore: Arc<Semaphore>,
-}
-
-impl ByteBudget {
-    /// A budget of `total` bytes; `name` labels its metric.
-    pub fn new(name: &'static str, total: usize) -> ByteBudget {
-        let total = total.clamp(1, Semaphore::MAX_PERMITS);
-        ByteBudget {
-            name,
-            total,
-            semaphore: Arc::new(Semaphore::new(total)),
-        }
-    }
-
-    /// The budget's size.
-    pub fn total(&self) -> usize {
-        self.total
-    }
-
-    /// Bytes not leased now.
-    pub fn available(&self) -> usize {
-        self.semaphore.available_permits()
-    }
-
-    /// Bytes leased now.
-    pub fn leased(&self) -> usize {
-        self.total - self.available()
-    }
-
-    /// A lease of nothing, to [`merge`](Lease::merge) others into.
-    pub fn empty(&self) -> Lease {
-        Lease {
-            permit: None,
-            semaphore: self.semaphore.clone(),
-        }
-    }
-
-    /// Leases `n` bytes (at most the whole budget), waiting until they are free.
-    pub async fn take(&self, n: usize) -> Lease {
-        if let Some(lease) = self.try_take(n) {
-            return lease;
-        }
-        metrics::counter!("streamhouse_limit_hits_total", "limit" => self.name).increment(1);
-        let n = self.clamp(n);
-        let permit = self
-            .semaphore
-            .clone()
-            .acquire_many_owned(n)
-            .await
-            // The semaphore is never closed.
-            .ok();
-        Lease {
-            permit,
-            semaphore: self.semaphore.clone(),
-        }
-    }
-
-    /// Leases `n` bytes (at most the whole budget) if they are free now.
-    pub fn try_take(&self, n: usize) -> Option<Lease> {
-        if n == 0 {
-            return Some(self.empty());
-        }
-        let permit = self
-            .semaphore
-            .clone()
-            .try_acquire_many_owned(self.clamp(n))
-            .ok()?;
-        Some(Lease {
-            permit: Some(permit),
-            semaphore: self.semaphore.clone(),
-        })
-    }
-
-    fn clamp(&self, n: usize) -> u32 {
-        n.min(self.total).min(u32::MAX as usize) as u32
-    }
-}
-
-/// Bytes held in a [`ByteBudget`], given back when dropped.
-#[derive(Debug)]
-pub struct Lease {
-    permit: Option<OwnedSemaphorePermit>,
-    semaphore: Arc<Semaphore>,
-}
-
-impl Lease {
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.permit.as_ref().map_or(0, |p| p.num_permits())
-    }
-
-    /// Gives back all but `n` bytes.
-    pub fn shrink_to(&mut self, n: usize) {
-        let held = self.bytes();
-        if let Some(permit) = &mut self.permit
-            && held > n
-        {
-            drop(permit.split(held - n));
-        }
-    }
-
-    /// Adds `other`'s bytes to this lease (both from the same budget).
-    pub fn merge(&mut self, other: Lease) {
-        debug_assert!(Arc::ptr_eq(&self.semaphore, &other.semaphore));
-        match (&mut self.permit, other.permit) {
-            (Some(mine), Some(theirs)) => mine.merge(theirs),
-            (mine @ None, theirs) => *mine = theirs,
-            (Some(_), None) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,12 +437,5 @@ mod tests {
             other.requests().try_take(40).is_some(),
             "another peer has its own"
         );
-    }
-
-    #[tokio::test]
-    async fn a_lease_larger_than_the_budget_takes_the_whole_budget() {
-        let budget = ByteBudget::new("test", 10);
-        let lease = budget.take(1_000).await;
-        assert_eq!((lease.bytes(), budget.available()), (10, 0));
     }
 }

@@ -14,13 +14,17 @@
 //! ```
 
 mod bounds;
+mod budget;
 mod partition;
 mod validate;
+mod window;
 
 pub use bounds::{
-    ByteBudget, ConnectionPass, ConnectionRefused, InFlight, Lease, RequestBudget, RequestLease,
-    ServerBounds, ServerLimits, client_answers, for_client,
+    ConnectionPass, ConnectionRefused, InFlight, ServerBounds, ServerLimits, client_answers,
+    for_client,
 };
+pub use budget::{ByteBudget, Lease, RequestBudget, RequestLease};
+pub use window::{MIN_WINDOW, WindowGrant, window_sizes};
 
 pub use partition::{Admission, DEDUP_WINDOW, PartitionState, ProducerLimits};
 pub use validate::{

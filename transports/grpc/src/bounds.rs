@@ -33,6 +33,36 @@ impl Keep {
     pub(crate) fn new(batches: Vec<Bytes>) -> Keep {
         Keep { _batches: batches }
     }
+
+    fn holds_something(&self) -> bool {
+        self._batches.iter().any(|b| !b.is_empty())
+    }
+}
+
+/// Closes a connection whose answer is not handed over within the request timeout; a timer
+/// task, started only when an answer may wait on the client ([`arm`](Watchdog::arm)).
+enum Watchdog {
+    Unarmed(std::sync::Arc<streamhouse::serve::ConnectionPass>, Duration),
+    Armed(tokio::task::AbortHandle),
+}
+
+impl Watchdog {
+    fn arm(&mut self) {
+        if let Watchdog::Unarmed(pass, within) = self {
+            let (pass, within) = (pass.clone(), *within);
+            let timer = tokio::spawn(async move {
+                tokio::time::sleep(within).await;
+                metrics::counter!(
+                    "streamhouse_limit_hits_total",
+                    "limit" => "answer_delivery_time"
+                )
+                .increment(1);
+                tracing::debug!("answer not read in time: closing the connection");
+                pass.close();
+            });
+            *self = Watchdog::Armed(timer.abort_handle());
+        }
+    }
 }
 
 /// See the module documentation.
@@ -108,20 +138,15 @@ where
                 .unwrap_or_default();
             // HTTP/2 polls the body only as the client's window opens, so the deadline is
             // watched from outside: past it the whole connection is closed, which frees
-            // everything its unread answers hold.
-            let watchdog = pass.map(|pass| {
-                tokio::spawn(async move {
-                    tokio::time::sleep(deliver_within).await;
-                    metrics::counter!(
-                        "streamhouse_limit_hits_total",
-                        "limit" => "answer_delivery_time"
-                    )
-                    .increment(1);
-                    tracing::debug!("answer not read in time: closing the connection");
-                    pass.close();
-                })
-                .abort_handle()
-            });
+            // everything its unread answers hold. Armed only for answers that hold something
+            // or need more than one piece; a small answer that holds nothing (a produce's) is
+            // bounded by HTTP/2's own buffers and costs no timer.
+            let mut watchdog = pass.map(|pass| Watchdog::Unarmed(pass, deliver_within));
+            if keep.holds_something()
+                && let Some(watchdog) = &mut watchdog
+            {
+                watchdog.arm();
+            }
             Ok(response.map(|inner| Delivered {
                 inner,
                 rest: Bytes::new(),
@@ -237,13 +262,13 @@ pub(crate) struct Delivered<B> {
     rest: Bytes,
     _keep: Keep,
     _in_flight: Option<InFlight>,
-    watchdog: Option<tokio::task::AbortHandle>,
+    watchdog: Option<Watchdog>,
 }
 
 impl<B> Drop for Delivered<B> {
     fn drop(&mut self) {
-        if let Some(watchdog) = &self.watchdog {
-            watchdog.abort();
+        if let Some(Watchdog::Armed(timer)) = &self.watchdog {
+            timer.abort();
         }
     }
 }
@@ -274,6 +299,11 @@ where
         // Handed over a piece at a time: HTTP/2 asks for the next piece only once the client's
         // window has room, so an unread answer stays here, counted, not in HTTP/2's buffers.
         let piece = this.rest.split_to(this.rest.len().min(PIECE));
+        if !this.rest.is_empty()
+            && let Some(watchdog) = &mut this.watchdog
+        {
+            watchdog.arm();
+        }
         Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 

@@ -21,9 +21,10 @@ pub struct GrpcConfig {
     /// HTTP/2 initial stream window. Default 2 MiB.
     pub stream_window: u32,
     /// HTTP/2 initial connection window: also what a server may buffer per connection for
-    /// requests it has not read yet (HTTP/2 takes whatever the window allows), so connections
-    /// times this is memory a crowd of clients can make it hold. Default 8 MiB (a producer's five
-    /// requests in flight fit).
+    /// requests it has not read yet (HTTP/2 takes whatever the window allows). Default 8 MiB
+    /// (a producer's five requests in flight fit). [`serve`](crate::serve) gives it while the
+    /// bounds' window pool has room and smaller windows after, so a crowd of connections cannot
+    /// make it hold connections × this.
     pub connection_window: u32,
     /// Server: streams one connection may have open at once (HTTP/2
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`). Default 100.

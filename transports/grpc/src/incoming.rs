@@ -3,7 +3,9 @@
 //! [`Incoming`] is the stream of connections [`serve`](crate::serve) hands to tonic. Each
 //! accepted socket is admitted by the shared [`ServerBounds`] (total and per-peer caps; one
 //! past a cap is closed at once, counted in `streamhouse_limit_hits_total`) and wrapped in a
-//! [`Conn`] that closes itself after the idle timeout without a request. When `accept` fails —
+//! [`Conn`] that closes itself after the idle timeout without a request, with the receive
+//! window [`ServerBounds::grant_window`] gave it (which [`serve`](crate::serve) uses to pick
+//! the HTTP/2 server it goes to). When `accept` fails —
 //! out of descriptors (`EMFILE`/`ENFILE`), out of memory — the listener backs off instead of
 //! spinning on the error, and new connections wait in the kernel's backlog meanwhile.
 
@@ -15,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use streamhouse::serve::{ConnectionPass, ServerBounds, ServerLimits};
+use streamhouse::serve::{ConnectionPass, ServerBounds, ServerLimits, WindowGrant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
@@ -29,15 +31,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub(crate) struct Incoming {
     listener: TcpListener,
     bounds: ServerBounds,
+    /// The HTTP/2 connection window a connection gets when the window pool has room.
+    window: u64,
     backoff: Duration,
     pause: Option<Pin<Box<Sleep>>>,
 }
 
 impl Incoming {
-    pub(crate) fn new(listener: TcpListener, bounds: ServerBounds) -> Incoming {
+    pub(crate) fn new(listener: TcpListener, bounds: ServerBounds, window: u32) -> Incoming {
         Incoming {
             listener,
             bounds,
+            window: window.into(),
             backoff: FIRST_BACKOFF,
             pause: None,
         }
@@ -60,10 +65,12 @@ impl Stream for Incoming {
                     match this.bounds.admit(peer.ip()) {
                         Ok(pass) => {
                             let _ = stream.set_nodelay(true);
+                            let window = this.bounds.grant_window(this.window);
                             return Poll::Ready(Some(Ok(Conn::new(
                                 stream,
                                 peer,
                                 pass,
+                                window,
                                 this.bounds.limits().clone(),
                             ))));
                         }
@@ -94,6 +101,8 @@ impl Stream for Incoming {
 pub(crate) struct Conn {
     stream: TcpStream,
     info: ConnInfo,
+    /// Held while the connection is open; the pool gets it back when it closes.
+    window: WindowGrant,
     limits: ServerLimits,
     idle_check: Pin<Box<Sleep>>,
     /// Resolves when the server asks for this connection to be closed.
@@ -105,6 +114,7 @@ impl Conn {
         stream: TcpStream,
         peer: SocketAddr,
         pass: ConnectionPass,
+        window: WindowGrant,
         limits: ServerLimits,
     ) -> Conn {
         let pass = Arc::new(pass);
@@ -115,12 +125,18 @@ impl Conn {
         Conn {
             stream,
             info: ConnInfo { peer, pass },
+            window,
             idle_check: Box::pin(tokio::time::sleep(
                 limits.first_request_timeout.min(limits.idle_timeout),
             )),
             limits,
             closed,
         }
+    }
+
+    /// The HTTP/2 connection window granted to this connection.
+    pub(crate) fn window(&self) -> u64 {
+        self.window.bytes()
     }
 
     /// Whether the idle timeout has passed; re-arms the check otherwise.

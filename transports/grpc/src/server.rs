@@ -1,9 +1,14 @@
 //! [`serve`]: any agent service as the `streamhouse.v1.Agent` gRPC service.
 
 use crate::GrpcConfig;
+use crate::bounds::BoundsLayer;
+use crate::incoming::{Conn, Incoming};
 use crate::status::from_agent_error;
 use futures_core::Stream;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use streamhouse::serve::window_sizes;
 use streamhouse::transport::{AgentService, Request, RequestMessage, Response};
 use streamhouse_proto::v1::agent_server::{Agent, AgentServer};
 use streamhouse_proto::v1::{
@@ -11,9 +16,12 @@ use streamhouse_proto::v1::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tonic::transport::server::Connected;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tonic::transport::server::{Connected, Router};
 use tonic::{Status, async_trait};
 use tower::ServiceExt;
+use tower::layer::util::{Identity, Stack};
 
 /// The server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -22,30 +30,93 @@ pub enum ServeError {
     /// The HTTP/2 server failed (listener error, TLS configuration).
     #[error("grpc server failed")]
     Server(#[from] tonic::transport::Error),
+    /// A server task panicked or was cancelled.
+    #[error("grpc server task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Serves `agent` on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish, and returns.
 ///
-/// Message size limits, HTTP/2 windows and timeouts come from `config`; connections and the
-/// request bytes they may hold from `config.bounds` (see [`ServerBounds`]); with the `tls`
-/// feature and `config.server_tls` set, only TLS connections are accepted.
+/// Message size limits, HTTP/2 windows and timeouts come from `config`; connections, the
+/// request bytes they may hold and their receive windows from `config.bounds` (see
+/// [`ServerBounds`]); with the `tls` feature and `config.server_tls` set, only TLS
+/// connections are accepted.
+///
+/// A connection gets `config.connection_window` while the bounds' window pool has room, and
+/// a smaller window once it runs low ([`ServerBounds::grant_window`]). tonic fixes windows per
+/// server, so there is one HTTP/2 server per window size, each fed the connections granted it.
 ///
 /// [`ServerBounds`]: streamhouse::serve::ServerBounds
+/// [`ServerBounds::grant_window`]: streamhouse::serve::ServerBounds::grant_window
 pub async fn serve(
     agent: AgentService,
     listener: TcpListener,
     config: GrpcConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let incoming = crate::incoming::Incoming::new(listener, config.bounds.clone());
-    serve_incoming(agent, incoming, config, shutdown).await
+    let mut lanes = Vec::new();
+    let mut servers = JoinSet::new();
+    for window in window_sizes(config.connection_window.into()) {
+        let (send, receive) = mpsc::channel(LANE_QUEUE);
+        let mut lane = config.clone();
+        lane.connection_window = u32::try_from(window).unwrap_or(u32::MAX);
+        lane.stream_window = config.stream_window.min(lane.connection_window);
+        let server = router(agent.clone(), &lane)?
+            // Ends when the lane's sender is dropped; `pending` makes that end graceful
+            // (connections finish their requests).
+            .serve_with_incoming_shutdown(Lane(receive), std::future::pending());
+        servers.spawn(server);
+        lanes.push((window, send));
+    }
+    let incoming = Incoming::new(listener, config.bounds.clone(), config.connection_window);
+    let mut incoming = std::pin::pin!(incoming);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            conn = std::future::poll_fn(|cx| incoming.as_mut().poll_next(cx)) => {
+                let Some(Ok(conn)) = conn else { break };
+                let window = conn.window();
+                // Sizes are largest first, and every grant is one of them.
+                let lane = lanes.iter().find(|(size, _)| *size <= window).unwrap_or(&lanes[0]);
+                if lane.1.send(conn).await.is_err() {
+                    break;
+                }
+            }
+            Some(ended) = servers.join_next() => {
+                // A server ends early only when it fails.
+                ended.map_err(ServeError::Task)??;
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(incoming);
+    drop(lanes);
+    while let Some(ended) = servers.join_next().await {
+        ended.map_err(ServeError::Task)??;
+    }
+    Ok(())
+}
+
+/// Connections waiting for their HTTP/2 server to take them.
+const LANE_QUEUE: usize = 16;
+
+/// The connections granted one window size, as the incoming stream of its server.
+struct Lane(mpsc::Receiver<Conn>);
+
+impl Stream for Lane {
+    type Item = Result<Conn, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|conn| conn.map(Ok))
+    }
 }
 
 /// Serves `agent` on connections from `incoming` — any stream of accepted byte streams, such as
 /// a simulated network's listener or a Unix socket's — until `shutdown` resolves. Otherwise as
-/// [`serve`], except that connection counts, idle timeouts and request-byte budgets apply only
-/// to connections `serve` accepted itself.
+/// [`serve`], except that connection counts, idle timeouts, request-byte budgets and window
+/// grants apply only to connections `serve` accepted itself: these all get
+/// `config.connection_window`.
 pub async fn serve_incoming<I, IO, E>(
     agent: AgentService,
     incoming: I,
@@ -58,11 +129,22 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     E: Into<tower::BoxError>,
 {
+    router(agent, &config)?
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The HTTP/2 server for `agent` with the settings of `config`.
+fn router(
+    agent: AgentService,
+    config: &GrpcConfig,
+) -> Result<Router<Stack<BoundsLayer, Identity>>, ServeError> {
     let service = AgentServer::new(Adaptor { agent })
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
     let builder = tonic::transport::Server::builder()
-        .layer(crate::bounds::BoundsLayer {
+        .layer(BoundsLayer {
             deliver_within: config.request_timeout,
         })
         .tcp_nodelay(true)
@@ -78,11 +160,7 @@ where
         None => builder,
     };
     let mut builder = builder;
-    builder
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    Ok(())
+    Ok(builder.add_service(service))
 }
 
 /// Implements the generated service trait by calling the agent service.

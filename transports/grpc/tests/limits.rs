@@ -96,7 +96,12 @@ fn bounded(set: impl FnOnce(&mut ServerLimits)) -> (GrpcConfig, ServerBounds) {
 /// server closed it instead.
 async fn connect(addr: std::net::SocketAddr) -> Option<h2::client::SendRequest<bytes::Bytes>> {
     let tcp = TcpStream::connect(addr).await.ok()?;
-    let (send, connection) = h2::client::handshake(tcp).await.ok()?;
+    // h2 offers at most its send buffer (400 KiB by default) as capacity, whatever the window.
+    let (send, connection) = h2::client::Builder::new()
+        .max_send_buffer_size(64 << 20)
+        .handshake(tcp)
+        .await
+        .ok()?;
     tokio::spawn(connection);
     let mut ready = send.clone().ready().await.ok()?;
     let probe = grpc_call(addr, "NoSuchMethod");
@@ -246,4 +251,70 @@ async fn half_sent_messages_hold_at_most_the_request_budgets() {
     .expect("the honest producer was never served");
     assert!(sent.is_ok(), "{sent:?}");
     drop(held);
+}
+
+/// The bytes a new request stream on `send` may send before the server reads any: the smaller
+/// of the server's stream and connection windows.
+async fn send_window(
+    send: h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+) -> u64 {
+    let mut send = send.ready().await.unwrap();
+    let (_response, mut body) = send
+        .send_request(grpc_call(addr, "Produce"), false)
+        .unwrap();
+    body.reserve_capacity(64 << 20);
+    let granted = std::future::poll_fn(|cx| body.poll_capacity(cx)).await;
+    granted.unwrap().unwrap() as u64
+}
+
+/// Found by an outside run: "half-sent with 10 connections +141 MiB, with 20 +293 MiB" — each
+/// connection could fill its own 8 MiB HTTP/2 window, however tight the request budgets. The
+/// windows now come from one pool: the first connection gets the whole window, later ones
+/// smaller windows as the pool empties, and closed connections give theirs back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_connections_shares_one_pool_of_receive_windows() {
+    let (mut config, bounds) = bounded(|l| l.max_window_bytes = 8 << 20);
+    config.connection_window = 4 << 20;
+    config.stream_window = 4 << 20;
+    let addr = start(config).await;
+    let mut connections = Vec::new();
+    let mut windows = Vec::new();
+    for _ in 0..12 {
+        let send = connect(addr).await.expect("served");
+        windows.push(send_window(send.clone(), addr).await);
+        connections.push(send);
+    }
+    assert_eq!(
+        windows[0],
+        4 << 20,
+        "the first connection gets the whole window"
+    );
+    assert!(
+        windows.windows(2).all(|w| w[0] >= w[1]),
+        "a later connection never gets more: {windows:?}"
+    );
+    let min = streamhouse::serve::MIN_WINDOW;
+    assert_eq!(*windows.last().unwrap(), min, "{windows:?}");
+    let total: u64 = windows.iter().sum();
+    assert!(
+        total <= (8 << 20) + 12 * min,
+        "windows beyond the pool: {windows:?}"
+    );
+    assert!(bounds.window_bytes_granted() <= 8 << 20);
+    drop(connections);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bounds.window_bytes_granted() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "closed connections kept their windows"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let send = connect(addr).await.expect("served");
+    assert_eq!(
+        send_window(send, addr).await,
+        4 << 20,
+        "the pool is whole again"
+    );
 }

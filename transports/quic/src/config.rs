@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use streamhouse::transport::frame::MAX_FRAME;
 
-/// QUIC settings shared by client and server. The receive windows (2 MiB per stream, 8 MiB
-/// per connection) are what one peer can make the other buffer before it reads, so they stay
-/// small; raise them for links with a large bandwidth-delay product.
+/// QUIC settings shared by client and server. The receive windows (8 MiB per stream and per
+/// connection) are what one peer can make the other buffer before it reads, so they stay
+/// small; raise them for links with a large bandwidth-delay product. A server grants
+/// connection windows from its bounds' pool (`ServerLimits::max_window_bytes`): the first
+/// connections get `connection_window`, a crowd of them smaller ones.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct QuicConfig {
@@ -18,11 +20,11 @@ pub struct QuicConfig {
     pub keep_alive: Duration,
     /// How long the client waits for the handshake. Default 5 s.
     pub connect_timeout: Duration,
-    /// Per-stream receive window. Default 2 MiB.
+    /// Per-stream receive window. Default 8 MiB.
     pub stream_window: u32,
     /// Per-connection receive window: also what a server may buffer per connection for
     /// requests it has not read yet. Default 8 MiB (a producer's five 1 MiB requests in flight
-    /// fit).
+    /// fit). A server gives it while its window pool has room, less after.
     pub connection_window: u32,
     /// Per-connection send window: what quinn buffers of answers (server) or requests (client)
     /// the peer has not acknowledged. Default 32 MiB.

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use streamhouse::serve::ConnectionPass;
+use streamhouse::serve::{ConnectionPass, MIN_WINDOW, WindowGrant};
 use streamhouse::transport::frame::{self, FrameError, decode_request, read_frame_within};
 use streamhouse::transport::{AgentService, Request};
 use tokio::sync::watch;
@@ -71,9 +71,14 @@ impl QuicServer {
                         let peer = incoming.remote_address().ip();
                         match self.config.bounds.admit(peer) {
                             Ok(pass) => {
+                                let window = self
+                                    .config
+                                    .bounds
+                                    .grant_window(self.config.connection_window.into());
                                 connections.spawn(connection(
                                     incoming,
                                     Arc::new(pass),
+                                    window,
                                     agent.clone(),
                                     StreamLimits {
                                         frame: self.config.max_frame_size,
@@ -140,10 +145,12 @@ struct StreamLimits {
 
 /// One connection: its streams, each handled in its own task. Closed after `idle_timeout`
 /// without a request in progress, or `first_request_timeout` before its first (QUIC
-/// keep-alives alone do not keep it open).
+/// keep-alives alone do not keep it open). Its receive window is `window`, granted from the
+/// bounds' pool and held until the connection ends (the handshake offers only the smallest).
 async fn connection(
     incoming: quinn::Incoming,
     pass: Arc<ConnectionPass>,
+    window: WindowGrant,
     agent: AgentService,
     stream_limits: StreamLimits,
     limits: streamhouse::serve::ServerLimits,
@@ -154,6 +161,8 @@ async fn connection(
         // connection is affected.
         return;
     };
+    connection
+        .set_receive_window(quinn::VarInt::from_u64(window.bytes()).unwrap_or(quinn::VarInt::MAX));
     let mut streams = JoinSet::new();
     let idle_check = tokio::time::sleep(limits.first_request_timeout.min(limits.idle_timeout));
     tokio::pin!(idle_check);
@@ -189,7 +198,11 @@ fn server_config(config: &QuicConfig, tls: &ServerTls) -> Result<quinn::ServerCo
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(tls)?)
         .map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(config.transport());
+    // The handshake offers the smallest window; each connection is raised to the window
+    // granted it once established, so a crowd of connections shares one pool.
+    let mut offered = config.clone();
+    offered.connection_window = offered.connection_window.min(MIN_WINDOW as u32);
+    server.transport_config(offered.transport());
     Ok(server)
 }
 

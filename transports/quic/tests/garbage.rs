@@ -339,3 +339,44 @@ async fn half_sent_frames_hold_at_most_the_request_budget() {
     assert_eq!(bounds.request_bytes_held(), 1 << 20);
     drop(open);
 }
+
+/// Found by an outside run: "QUIC half-sent with 10 connections +131 MiB" — each connection
+/// could fill its own 8 MiB receive window, however tight the request budgets. Windows now
+/// come from one pool: a crowd of connections gets ever smaller ones, a connection with the
+/// smallest still carries a large request (its window is raised as the server reads), and
+/// closed connections give theirs back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_connections_shares_one_pool_of_receive_windows() {
+    let (mut config, bounds) = bounded(|l| l.max_window_bytes = 8 << 20);
+    config.connection_window = 4 << 20;
+    let (_certs, addr, ca) = start_server_with(config);
+    let client = raw_client(&ca, ALPN);
+    let mut connections = Vec::new();
+    for _ in 0..12 {
+        let connection = client.connect(addr, "localhost").unwrap().await.unwrap();
+        still_answers(&connection).await;
+        connections.push(connection);
+    }
+    let granted = bounds.window_bytes_granted();
+    assert!(granted > 4 << 20 && granted <= 8 << 20, "granted {granted}");
+    // 2 MiB through the smallest window (64 KiB): a frame of an unknown kind, read whole
+    // before it is refused.
+    let mut frame = (2u32 << 20).to_be_bytes().to_vec();
+    frame.resize(4 + (2 << 20), 0xff);
+    let last = connections.last().unwrap();
+    assert_eq!(
+        send_raw(last, &frame).await,
+        Some(u64::from(streamhouse_quic::reset::MALFORMED))
+    );
+    for connection in &connections {
+        connection.close(0u32.into(), b"done");
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while bounds.window_bytes_granted() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "closed connections kept their windows"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
