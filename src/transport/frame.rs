@@ -109,8 +109,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         return Ok(None);
     };
     // Grown as the bytes arrive, never allocated at the declared size up front: a peer that
-    // declares 16 MiB and sends ten bytes holds ten bytes (and a small first chunk) of ours.
-    let mut body = Vec::with_capacity(wanted.min(FIRST_CHUNK));
+    // declares 16 MiB and sends ten bytes holds at most one step of ours.
+    let mut body = Vec::with_capacity(wanted.min(LEASE_STEP));
     let read = (&mut *reader)
         .take(wanted as u64)
         .read_to_end(&mut body)
@@ -121,10 +121,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some((kind, body)))
 }
 
-/// [`read_frame`] for a server: each chunk of the body is leased from `budget` before it is
-/// read, so while the budget is spent the bytes stay with the peer (held back by flow control)
-/// instead of in memory. The lease comes back with the frame; drop it once the message is
-/// decoded.
+/// [`read_frame`] for a server: each step of the body (at most [`LEASE_STEP`]) is leased from
+/// `budget` and only then allocated and read, so while the budget is spent the bytes stay with
+/// the peer (held back by flow control) instead of in memory, and a frame that declares much
+/// and sends little holds at most one step more than arrived. The lease comes back with the
+/// frame; drop it once the message is decoded.
 pub async fn read_frame_within<R: AsyncRead + Unpin>(
     reader: &mut R,
     limit: usize,
@@ -136,8 +137,10 @@ pub async fn read_frame_within<R: AsyncRead + Unpin>(
     let mut lease = budget.lease();
     let mut body = Vec::new();
     while body.len() < wanted {
-        let chunk = (wanted - body.len()).min(FIRST_CHUNK);
+        let chunk = (wanted - body.len()).min(LEASE_STEP);
         budget.grow(&mut lease, chunk).await;
+        // The first step is allocated exactly (a frame of one step is never copied), later
+        // ones grow the buffer geometrically.
         body.reserve(chunk);
         let read = (&mut *reader)
             .take(chunk as u64)
@@ -176,8 +179,10 @@ async fn read_head<R: AsyncRead + Unpin>(
     Ok(Some((kind[0], size - 1)))
 }
 
-/// What a frame's body buffer starts at before bytes arrive.
-const FIRST_CHUNK: usize = 64 << 10;
+/// The most of a frame's body [`read_frame_within`] leases and allocates ahead of the bytes:
+/// a producer's whole default request (1 MiB), so the usual frame is read into one buffer of
+/// its exact size, while a frame that declares 16 MiB and stops holds one step.
+pub const LEASE_STEP: usize = 1 << 20;
 
 async fn read_exact<R: AsyncRead + Unpin>(
     reader: &mut R,
