@@ -69,8 +69,13 @@ pub async fn serve(
         servers.spawn(server);
         lanes.push((window, send));
     }
-    let incoming = Incoming::new(listener, config.bounds.clone(), config.connection_window);
-    let mut incoming = std::pin::pin!(incoming);
+    // Boxed, so that dropping it when shutdown begins closes the listening socket at once (new
+    // clients are refused instead of hanging while requests in flight finish).
+    let mut incoming = Box::pin(Incoming::new(
+        listener,
+        config.bounds.clone(),
+        config.connection_window,
+    ));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {

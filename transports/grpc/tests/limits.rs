@@ -318,3 +318,45 @@ async fn a_crowd_of_connections_shares_one_pool_of_receive_windows() {
         "the pool is whole again"
     );
 }
+
+/// Found in review: the listening socket stayed open while shutdown waited for requests in
+/// flight, so new clients connected and then hung. It is closed as soon as shutdown begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_are_refused_as_soon_as_shutdown_begins() {
+    let (mut config, bounds) = bounded(|_| {});
+    config.request_timeout = Duration::from_secs(60);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = MockAgent::new().with_topic("t", 1);
+    let server = tokio::spawn(serve(agent.service(), listener, config, async {
+        let _ = stopped.await;
+    }));
+    // A half-sent request keeps the drain going for the whole request timeout.
+    let send = connect(addr).await.expect("served");
+    let _held = half_send(send, addr, 1_000).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bounds.request_bytes_held() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "request never read");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await;
+        match attempt {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "still accepting connections after shutdown began"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    if server.is_finished() {
+        panic!("the drain should still be waiting: {:?}", server.await);
+    }
+    server.abort();
+}
