@@ -189,10 +189,11 @@ async fn garbage_ends_only_its_own_stream() {
 
 /// Issue 12, seen: "QUIC allocates a frame at its declared size before the bytes arrive
 /// (256 streams × 16 MiB per connection)". Twenty streams declaring 16 MiB frames and sending
-/// 100 bytes each now hold about what arrived.
+/// 100 bytes each now hold one leased step (1 MiB) each at most, not what they declared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_frames_hold_only_what_arrived() {
-    let (_certs, addr, ca) = start_server();
+    let (config, bounds) = bounded(|_| {});
+    let (_certs, addr, ca) = start_server_with(config);
     let client = raw_client(&ca, ALPN);
     let connection = client.connect(addr, "localhost").unwrap().await.unwrap();
     still_answers(&connection).await;
@@ -205,8 +206,17 @@ async fn half_sent_frames_hold_only_what_arrived() {
         send.write_all(&[1u8; 101]).await.unwrap(); // kind + 100 bytes, then nothing
         open.push((send, recv));
     }
-    // Let the server take the streams and start reading their bodies.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The server has taken every stream once each holds its first step's lease (1 MiB, 20 MiB
+    // in all: the connection's whole budget).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while bounds.request_bytes_held() < 20 * streamhouse::transport::frame::LEASE_STEP {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never read the streams: {} bytes leased",
+            bounds.request_bytes_held()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     still_answers(&connection).await;
     let grown = ALLOCATOR.allocated().saturating_sub(before);
     assert!(
