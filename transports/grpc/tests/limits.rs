@@ -37,9 +37,18 @@ async fn start(config: GrpcConfig) -> std::net::SocketAddr {
 async fn the_server_bounds_concurrent_streams_per_connection() {
     let addr = start(GrpcConfig::default()).await;
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (_send, mut connection) = h2::client::handshake(tcp).await.unwrap();
-    // Drive the connection long enough to take the server's SETTINGS.
-    let _ = tokio::time::timeout(Duration::from_millis(300), &mut connection).await;
+    let (send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    // Drive the connection through one answered request: the server's SETTINGS come first.
+    let (response, _) = send
+        .ready()
+        .await
+        .unwrap()
+        .send_request(grpc_call(addr, "NoSuchMethod"), true)
+        .unwrap();
+    tokio::select! {
+        ended = &mut connection => panic!("connection ended: {ended:?}"),
+        answered = response => { answered.unwrap(); }
+    }
     assert_eq!(connection.max_concurrent_send_streams(), 100);
 }
 
