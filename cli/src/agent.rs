@@ -99,10 +99,17 @@ pub(crate) struct Args {
     /// [default: 20971520, 20 MiB].
     #[arg(long, value_name = "BYTES")]
     max_connection_request_bytes: Option<usize>,
+    /// Requests in progress at once (HTTP/2 and QUIC streams), all clients together; past it
+    /// new requests are refused at once as unavailable (clients retry) [default: 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests: Option<u64>,
+    /// The same, for the clients of one IP address together [default: 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests_per_peer: Option<u64>,
     /// Receive-window bytes (HTTP/2 and QUIC) granted to connections, all together: what
     /// clients can make the agent buffer before it reads. The first connections get the full
-    /// 8 MiB window, later ones smaller windows as this runs out, down to 64 KiB
-    /// [default: 33554432, 32 MiB].
+    /// 8 MiB window, later ones smaller windows as this runs out, down to 64 KiB; one IP
+    /// address gets at most half [default: 33554432, 32 MiB].
     #[arg(long, value_name = "BYTES")]
     max_window_bytes: Option<usize>,
     /// Fetch answers read and not yet delivered, all clients together; past it fetches wait
@@ -198,6 +205,12 @@ fn server_limits(args: &Args, fd_limit: u64) -> (ServerLimits, GrpcConfig, QuicC
     }
     if let Some(bytes) = args.max_peer_answer_bytes {
         limits.max_peer_answer_bytes = bytes;
+    }
+    if let Some(n) = args.max_requests {
+        limits.max_requests = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = args.max_requests_per_peer {
+        limits.max_requests_per_peer = usize::try_from(n).unwrap_or(usize::MAX);
     }
     if let Some(bytes) = args.max_window_bytes {
         limits.max_window_bytes = bytes;

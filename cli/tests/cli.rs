@@ -155,6 +155,8 @@ fn every_bound_has_a_flag_with_its_default_in_agent_help() {
         "--max-fetch-answer-bytes",
         "--max-peer-answer-bytes",
         "--max-window-bytes",
+        "--max-requests ",
+        "--max-requests-per-peer",
         "--max-request-decompressed-bytes",
         "--max-queued-bytes",
         "--max-topics",

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! accept ─▶ ServerBounds::admit (total, per peer address) ─▶ ConnectionPass (per connection)
-//!        └▶ ServerBounds::grant_window ─▶ WindowGrant: the receive window this connection gets
+//!        └▶ ConnectionPass::grant_window ─▶ WindowGrant: the receive window this connection gets
+//!   each request ─▶ ConnectionPass::begin (in progress: total, per peer address)
 //!   request bytes as they arrive ─▶ RequestBudget::take (connection, peer, all connections)
 //!   └ a full budget stops reading: the peer is held back by flow control, not buffered
 //! ```
@@ -48,11 +49,19 @@ pub struct ServerLimits {
     /// together (the agent's own budget bounds all of them): one client that never reads its
     /// answers cannot hold every other client's share. Default 16 MiB.
     pub max_peer_answer_bytes: usize,
+    /// Requests in progress at once (HTTP/2 or QUIC streams being read, handled or answered),
+    /// all connections together. Each costs memory beyond its bytes (stream state, buffers,
+    /// headers up to 16 KiB); past it new requests are refused at once as unavailable
+    /// (retriable). Default 1,024.
+    pub max_requests: usize,
+    /// The same, for the connections of one peer address together. Default 256.
+    pub max_requests_per_peer: usize,
     /// Receive-window bytes granted to connections, all together: what the transports may
     /// buffer of requests not read yet. A connection gets its transport's full window while
     /// that is at most half of what is left, then a quarter of it, a sixteenth, … down to
-    /// 64 KiB, which every connection gets even with nothing left. Default 32 MiB (four
-    /// connections with the full 8 MiB window, then smaller ones).
+    /// 64 KiB, which every connection gets even with nothing left. The connections of one
+    /// peer address get at most half of it. Default 32 MiB (three connections with the full
+    /// 8 MiB window, then smaller ones).
     pub max_window_bytes: usize,
     /// The same, per connection. More than one largest message (with its framing), or that
     /// message could never be read whole. Default 20 MiB.
@@ -69,6 +78,8 @@ impl Default for ServerLimits {
             max_request_bytes: 64 << 20,
             max_peer_request_bytes: 32 << 20,
             max_peer_answer_bytes: 16 << 20,
+            max_requests: 1_024,
+            max_requests_per_peer: 256,
             max_window_bytes: 32 << 20,
             max_connection_request_bytes: 20 << 20,
         }
@@ -81,7 +92,11 @@ pub struct ServerBounds {
     limits: ServerLimits,
     gate: Arc<Mutex<Gate>>,
     requests: ByteBudget,
+    /// The part of the request budget kept for peers that hold little of it.
+    reserve: ByteBudget,
     windows: WindowPool,
+    /// Requests in progress, all connections.
+    in_progress: Arc<AtomicUsize>,
 }
 
 impl Default for ServerBounds {
@@ -95,6 +110,8 @@ impl Default for ServerBounds {
 struct PeerBudgets {
     requests: ByteBudget,
     answers: ByteBudget,
+    windows: ByteBudget,
+    in_progress: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Default)]
@@ -119,13 +136,17 @@ pub enum ConnectionRefused {
 impl ServerBounds {
     /// Counters for `limits`.
     pub fn new(limits: ServerLimits) -> ServerBounds {
-        let requests = ByteBudget::new("request_bytes", limits.max_request_bytes);
+        let reserved = limits.max_request_bytes / 4;
+        let requests = ByteBudget::new("request_bytes", limits.max_request_bytes - reserved);
+        let reserve = ByteBudget::new("reserved_request_bytes", reserved);
         let windows = WindowPool::new(limits.max_window_bytes);
         ServerBounds {
             limits,
             gate: Arc::default(),
             requests,
+            reserve,
             windows,
+            in_progress: Arc::default(),
         }
     }
 
@@ -141,20 +162,18 @@ impl ServerBounds {
 
     /// Request bytes received and not yet handled, all connections together.
     pub fn request_bytes_held(&self) -> usize {
-        self.requests.leased()
+        self.requests.leased() + self.reserve.leased()
+    }
+
+    /// Requests in progress now, all connections.
+    pub fn requests_in_progress(&self) -> usize {
+        self.in_progress.load(Ordering::Acquire)
     }
 
     /// Receive-window bytes granted to open connections now (the smallest windows past
     /// `max_window_bytes` not counted).
     pub fn window_bytes_granted(&self) -> usize {
         self.windows.granted()
-    }
-
-    /// The receive window a new connection gets, when its transport's is `wanted`: all of it
-    /// while the pool has room, less as it runs out (see `max_window_bytes`). Hold the grant
-    /// as long as the connection: dropping it gives the bytes back.
-    pub fn grant_window(&self, wanted: u64) -> WindowGrant {
-        self.windows.grant(wanted)
     }
 
     /// Admits a connection from `peer`, or says which bound it would cross. The pass gives the
@@ -181,6 +200,8 @@ impl ServerBounds {
             let budgets = PeerBudgets {
                 requests: ByteBudget::new("peer_request_bytes", limits.max_peer_request_bytes),
                 answers: ByteBudget::new("peer_answer_bytes", limits.max_peer_answer_bytes),
+                windows: ByteBudget::new("peer_window_bytes", limits.max_window_bytes / 2),
+                in_progress: Arc::default(),
             };
             (0, budgets)
         });
@@ -188,6 +209,8 @@ impl ServerBounds {
         let PeerBudgets {
             requests: peer_budget,
             answers,
+            windows: peer_windows,
+            in_progress: peer_in_progress,
         } = shared.clone();
         Ok(ConnectionPass {
             gate: self.gate.clone(),
@@ -205,7 +228,13 @@ impl ServerBounds {
                 ),
                 peer_budget,
                 self.requests.clone(),
+                self.reserve.clone(),
             ),
+            windows: (self.windows.clone(), peer_windows),
+            in_progress: Counts {
+                all: (self.in_progress.clone(), self.limits.max_requests),
+                peer: (peer_in_progress, self.limits.max_requests_per_peer),
+            },
         })
     }
 
@@ -231,6 +260,28 @@ pub struct ConnectionPass {
     requests: RequestBudget,
     /// Answer bytes of this peer address's connections together.
     answers: ByteBudget,
+    /// The server's window pool and this peer address's share of it.
+    windows: (WindowPool, ByteBudget),
+    in_progress: Counts,
+}
+
+/// Requests in progress, all connections and this peer's, each with its limit.
+#[derive(Debug)]
+struct Counts {
+    all: (Arc<AtomicUsize>, usize),
+    peer: (Arc<AtomicUsize>, usize),
+}
+
+/// Why a request was not started ([`ConnectionPass::begin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestRefused {
+    /// `max_requests` are in progress.
+    #[error("{0} requests in progress (the limit)")]
+    Total(usize),
+    /// `max_requests_per_peer` are in progress from this address.
+    #[error("{0} requests in progress from this address (the limit)")]
+    Peer(usize),
 }
 
 impl ConnectionPass {
@@ -250,12 +301,32 @@ impl ConnectionPass {
         &self.answers
     }
 
-    /// Marks a request in progress until the returned guard is dropped.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    /// Marks a request in progress until the returned guard is dropped, or refuses it when
+    /// `max_requests` (all connections) or `max_requests_per_peer` (this address) are in
+    /// progress already; refuse the stream then, before reading anything.
+    pub fn begin(self: &Arc<Self>) -> Result<InFlight, RequestRefused> {
+        let Counts { all, peer } = &self.in_progress;
+        if !take_one(&peer.0, peer.1) {
+            metrics::counter!("streamhouse_limit_hits_total", "limit" => "requests_per_peer")
+                .increment(1);
+            return Err(RequestRefused::Peer(peer.1));
+        }
+        if !take_one(&all.0, all.1) {
+            peer.0.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("streamhouse_limit_hits_total", "limit" => "requests").increment(1);
+            return Err(RequestRefused::Total(all.1));
+        }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.started.store(true, Ordering::Release);
         self.touch();
-        InFlight(self.clone())
+        Ok(InFlight(self.clone()))
+    }
+
+    /// The receive window this connection gets, when its transport's is `wanted`: all of it
+    /// while the pool has room, less as it runs out (see `max_window_bytes`). Hold the grant
+    /// as long as the connection: dropping it gives the bytes back.
+    pub fn grant_window(&self, wanted: u64) -> WindowGrant {
+        self.windows.0.grant(wanted, &self.windows.1)
     }
 
     /// How much longer the connection may stay without a request under `limits` before it
@@ -304,7 +375,18 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_progress.all.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_progress.peer.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Adds one to `count` unless it is at `limit` already.
+fn take_one(count: &AtomicUsize, limit: usize) -> bool {
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .is_ok()
 }
 
 impl Drop for ConnectionPass {
@@ -377,7 +459,7 @@ mod tests {
     fn a_connection_is_never_idle_while_a_request_is_in_progress() {
         let pass = Arc::new(ServerBounds::default().admit(local(1)).unwrap());
         assert!(pass.idle_for().is_some());
-        let request = pass.begin();
+        let request = pass.begin().unwrap();
         assert_eq!(pass.idle_for(), None);
         drop(request);
         assert!(pass.idle_for().unwrap() < Duration::from_secs(60));
@@ -400,9 +482,14 @@ mod tests {
         let blocked =
             tokio::time::timeout(Duration::from_millis(20), one.requests().grow(&mut more, 1));
         assert!(blocked.await.is_err());
-        // Another connection has its own, but the server-wide budget has only 20 left.
+        // Another address holding nothing draws on the reserve (a quarter of the server's
+        // budget, for addresses holding at most 1/32 of it: 3 bytes here)...
         let mut other = two.requests().lease();
-        two.requests().grow(&mut other, 20).await;
+        two.requests().grow(&mut other, 3).await;
+        // (A lease larger than a budget takes the whole budget: 75 of the server's 100 are
+        // outside the reserve.)
+        assert_eq!(bounds.request_bytes_held(), 75 + 3);
+        // ...but once it holds more, it waits for the server's budget like everyone.
         let waiting = tokio::spawn({
             let budget = two.requests().clone();
             async move {
@@ -417,10 +504,62 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), 30);
     }
 
+    /// Found by an outside run: each open stream cost ~11 KiB (30 KiB with padded headers)
+    /// whether or not it sent a byte, and nothing counted streams beyond 100 per connection:
+    /// 200 connections grew the agent by 264 MiB. Requests in progress are capped per address
+    /// and in all, and the slots come back.
+    #[test]
+    fn requests_in_progress_are_capped_per_address_and_in_all() {
+        let bounds = ServerBounds::new(ServerLimits {
+            max_requests: 3,
+            max_requests_per_peer: 2,
+            ..ServerLimits::default()
+        });
+        let a = Arc::new(bounds.admit(local(1)).unwrap());
+        let a2 = Arc::new(bounds.admit(local(1)).unwrap());
+        let b = Arc::new(bounds.admit(local(2)).unwrap());
+        let first = a.begin().unwrap();
+        let _second = a2.begin().unwrap();
+        assert_eq!(a.begin().unwrap_err(), RequestRefused::Peer(2));
+        let _third = b.begin().unwrap();
+        assert_eq!(b.begin().unwrap_err(), RequestRefused::Total(3));
+        assert_eq!(bounds.requests_in_progress(), 3);
+        drop(first);
+        assert!(a.begin().is_ok(), "an ended request frees its slot");
+    }
+
+    /// Found by an outside run: half-sent requests from two addresses filled the server's
+    /// whole request budget (2 × 32 MiB) and a client on a third waited 20 s. A quarter is
+    /// kept for addresses that hold little of it.
+    #[tokio::test]
+    async fn addresses_that_fill_their_shares_leave_the_reserve_to_others() {
+        let bounds = ServerBounds::new(ServerLimits {
+            max_request_bytes: 64 << 20,
+            max_peer_request_bytes: 32 << 20,
+            max_connection_request_bytes: 32 << 20,
+            ..ServerLimits::default()
+        });
+        let attackers: Vec<_> = (1..=3).map(|i| bounds.admit(local(i)).unwrap()).collect();
+        let mut held = Vec::new();
+        for attacker in &attackers {
+            // Each takes all it can get of the server's budget (not the reserve).
+            while let Some(lease) = attacker.requests().try_take(1 << 20) {
+                held.push(lease);
+            }
+        }
+        // All but the reserve, of which the third took what an address holding little may.
+        assert_eq!(bounds.request_bytes_held(), (48 + 2) << 20);
+        let honest = bounds.admit(local(9)).unwrap();
+        let lease = tokio::time::timeout(Duration::from_secs(5), honest.requests().take(1 << 20))
+            .await
+            .expect("the honest address waited behind the others");
+        assert_eq!(lease.bytes(), 1 << 20);
+    }
+
     #[test]
     fn the_connections_of_one_peer_share_its_request_budget() {
         let bounds = ServerBounds::new(ServerLimits {
-            max_request_bytes: 100,
+            max_request_bytes: 200,
             max_peer_request_bytes: 50,
             max_connection_request_bytes: 40,
             ..ServerLimits::default()

@@ -4,7 +4,9 @@
 //! when dropped. Waiting for a full budget counts in `streamhouse_limit_hits_total{limit}`.
 //! A [`RequestBudget`] is three of them — the connection's, its peer address's and the
 //! server's — taken together, so one connection cannot take a peer's share and one peer
-//! cannot take everyone's.
+//! cannot take everyone's. A quarter of the server's budget is kept back for peer addresses
+//! that hold little of it (at most 1/32 of the server's budget), so a few addresses that
+//! fill their shares cannot hold every other client back.
 //!
 //! ```
 //! use streamhouse::serve::ByteBudget;
@@ -30,26 +32,64 @@ pub struct RequestBudget {
     connection: ByteBudget,
     peer: ByteBudget,
     all: ByteBudget,
+    /// Kept for peers holding at most `reserve_for` bytes, when `all` is spent.
+    reserve: ByteBudget,
+    reserve_for: usize,
 }
 
 impl RequestBudget {
-    /// Bytes counted against `connection`, `peer` and `all` together.
-    pub(super) fn new(connection: ByteBudget, peer: ByteBudget, all: ByteBudget) -> RequestBudget {
+    /// Bytes counted against `connection`, `peer` and `all` together (or `reserve` in place of
+    /// `all`, for a peer that holds little).
+    pub(super) fn new(
+        connection: ByteBudget,
+        peer: ByteBudget,
+        all: ByteBudget,
+        reserve: ByteBudget,
+    ) -> RequestBudget {
+        let reserve_for = (all.total() + reserve.total()) / 32;
         RequestBudget {
             connection,
             peer,
             all,
+            reserve,
+            reserve_for,
         }
     }
 
-    /// Waits until `n` more bytes fit both budgets and adds them to `lease`.
+    /// Whether this peer, holding what it holds now, may draw on the reserve.
+    fn may_use_reserve(&self) -> bool {
+        self.peer.leased() <= self.reserve_for
+    }
+
+    /// Waits until `n` more bytes fit the budgets and adds them to `lease`.
     pub async fn grow(&self, lease: &mut RequestLease, n: usize) {
         let connection = self.connection.take(n).await;
         let peer = self.peer.take(n).await;
-        let all = self.all.take(n).await;
+        let (all, reserve) = match self.try_server(n) {
+            Some(taken) => taken,
+            None if self.may_use_reserve() => tokio::select! {
+                all = self.all.take(n) => (all, self.reserve.empty()),
+                reserve = self.reserve.take(n) => (self.all.empty(), reserve),
+            },
+            None => (self.all.take(n).await, self.reserve.empty()),
+        };
         lease.connection.merge(connection);
         lease.peer.merge(peer);
         lease.all.merge(all);
+        lease.reserve.merge(reserve);
+    }
+
+    /// `n` bytes of the server's budget, or of its reserve when this peer may use it, if free
+    /// now.
+    fn try_server(&self, n: usize) -> Option<(Lease, Lease)> {
+        if let Some(all) = self.all.try_take(n) {
+            return Some((all, self.reserve.empty()));
+        }
+        let reserve = self
+            .may_use_reserve()
+            .then(|| self.reserve.try_take(n))
+            .flatten()?;
+        Some((self.all.empty(), reserve))
     }
 
     /// Waits until `n` bytes fit both budgets; an owned future, for poll-based callers.
@@ -65,15 +105,16 @@ impl RequestBudget {
         }
     }
 
-    /// `n` bytes from both budgets if they are free now.
+    /// `n` bytes from the budgets if they are free now.
     pub fn try_take(&self, n: usize) -> Option<RequestLease> {
         let connection = self.connection.try_take(n)?;
         let peer = self.peer.try_take(n)?;
-        let all = self.all.try_take(n)?;
+        let (all, reserve) = self.try_server(n)?;
         Some(RequestLease {
             connection,
             peer,
             all,
+            reserve,
         })
     }
 
@@ -83,6 +124,7 @@ impl RequestBudget {
             connection: self.connection.empty(),
             peer: self.peer.empty(),
             all: self.all.empty(),
+            reserve: self.reserve.empty(),
         }
     }
 }
@@ -93,18 +135,22 @@ pub struct RequestLease {
     connection: Lease,
     peer: Lease,
     all: Lease,
+    reserve: Lease,
 }
 
 impl RequestLease {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.all.bytes()
+        self.connection.bytes()
     }
 
     /// Gives back all but `n` bytes.
     pub fn shrink_to(&mut self, n: usize) {
         self.connection.shrink_to(n);
         self.peer.shrink_to(n);
+        // The server's part is split between the budget and the reserve: the reserve goes
+        // back first.
+        self.reserve.shrink_to(n.saturating_sub(self.all.bytes()));
         self.all.shrink_to(n);
     }
 
@@ -113,6 +159,7 @@ impl RequestLease {
         self.connection.merge(other.connection);
         self.peer.merge(other.peer);
         self.all.merge(other.all);
+        self.reserve.merge(other.reserve);
     }
 }
 

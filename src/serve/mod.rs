@@ -20,8 +20,8 @@ mod validate;
 mod window;
 
 pub use bounds::{
-    ConnectionPass, ConnectionRefused, InFlight, ServerBounds, ServerLimits, client_answers,
-    for_client,
+    ConnectionPass, ConnectionRefused, InFlight, RequestRefused, ServerBounds, ServerLimits,
+    client_answers, for_client,
 };
 pub use budget::{ByteBudget, Lease, RequestBudget, RequestLease};
 pub use window::{MIN_WINDOW, WindowGrant, window_sizes};

@@ -5,25 +5,27 @@
 //! client can make the server hold, however tight the request budgets behind it. A fixed window
 //! per connection makes that memory grow with the number of connections; a pool bounds it.
 //!
-//! [`ServerBounds::grant_window`](super::ServerBounds::grant_window) gives a new connection
-//! the window its transport wants while that is at most half of what the pool has left, then
-//! the largest of [`window_sizes`] that is — so the first connections (a producer's) get
-//! the full window and a flood of connections gets ever smaller ones, down to [`MIN_WINDOW`],
-//! which every connection gets even from an empty pool (HTTP/2's own default window). The
-//! grant goes back to the pool when the connection closes.
+//! [`ConnectionPass::grant_window`](super::ConnectionPass::grant_window) gives a new
+//! connection the window its transport wants while that is at most half of what the pool has
+//! left and fits in what is left of its peer address's share (half the pool), then the
+//! largest of [`window_sizes`] that does — so the first connections (a producer's) get the
+//! full window, one address cannot take more than half of the pool, and a flood of
+//! connections gets ever smaller windows, down to [`MIN_WINDOW`], which every connection gets
+//! even from an empty pool (HTTP/2's own default window). The grant goes back to the pool
+//! when the connection closes.
 //!
 //! ```
-//! use streamhouse::serve::{MIN_WINDOW, ServerBounds, ServerLimits};
+//! use std::net::Ipv4Addr;
+//! use streamhouse::serve::{ServerBounds, ServerLimits};
 //! let mut limits = ServerLimits::default();
-//! limits.max_window_bytes = 16 << 20;
+//! limits.max_window_bytes = 32 << 20;
 //! let bounds = ServerBounds::new(limits);
-//! let first = bounds.grant_window(8 << 20);
-//! assert_eq!(first.bytes(), 8 << 20, "half the pool: the full window");
-//! let second = bounds.grant_window(8 << 20);
-//! assert_eq!(second.bytes(), 2 << 20, "a quarter of the window fits in half of what is left");
-//! drop(first);
-//! assert_eq!(bounds.window_bytes_granted(), 2 << 20);
-//! # let _ = MIN_WINDOW;
+//! let (a, b) = (Ipv4Addr::new(127, 0, 0, 1).into(), Ipv4Addr::new(127, 0, 0, 2).into());
+//! let grant = |peer| bounds.admit(peer).unwrap().grant_window(8 << 20).bytes();
+//! assert_eq!(grant(a), 8 << 20, "the full window");
+//! assert_eq!(grant(a), 8 << 20, "the rest of this address's half of the pool");
+//! assert_eq!(grant(a), 65_535, "this address has had its half");
+//! assert_eq!(grant(b), 8 << 20, "another address still gets the full window");
 //! ```
 
 use super::budget::{ByteBudget, Lease};
@@ -59,7 +61,7 @@ pub fn window_sizes(wanted: u64) -> Vec<u64> {
 #[derive(Debug)]
 pub struct WindowGrant {
     bytes: u64,
-    _lease: Lease,
+    _leases: (Lease, Lease),
 }
 
 impl WindowGrant {
@@ -87,22 +89,26 @@ impl WindowPool {
         self.budget.leased()
     }
 
-    pub(super) fn grant(&self, wanted: u64) -> WindowGrant {
+    /// A window for a connection whose peer address's share is `peer`.
+    pub(super) fn grant(&self, wanted: u64, peer: &ByteBudget) -> WindowGrant {
         let sizes = window_sizes(wanted);
         let granted = sizes.iter().find_map(|&size| {
-            let fits = usize::try_from(size).is_ok_and(|n| n <= self.budget.available() / 2);
-            // Another connection may take the bytes between the check and the lease.
-            let lease = fits
-                .then(|| self.budget.try_take(size as usize))
-                .flatten()?;
+            let size_bytes = usize::try_from(size).ok()?;
+            let fits = size_bytes <= self.budget.available() / 2 && size_bytes <= peer.available();
+            if !fits {
+                return None;
+            }
+            // Another connection may take the bytes between the check and the leases.
+            let all = self.budget.try_take(size_bytes)?;
+            let own = peer.try_take(size_bytes)?;
             Some(WindowGrant {
                 bytes: size,
-                _lease: lease,
+                _leases: (all, own),
             })
         });
         let granted = granted.unwrap_or_else(|| WindowGrant {
             bytes: *sizes.last().expect("never empty"),
-            _lease: self.budget.empty(),
+            _leases: (self.budget.empty(), peer.empty()),
         });
         if granted.bytes < wanted {
             metrics::counter!("streamhouse_limit_hits_total", "limit" => "window_bytes")
@@ -119,8 +125,9 @@ mod tests {
     #[test]
     fn windows_shrink_as_the_pool_empties_and_grow_back_when_connections_close() {
         let pool = WindowPool::new(8 << 20);
+        let peer = ByteBudget::new("peer", 8 << 20);
         let wanted = 4 << 20;
-        let grants: Vec<WindowGrant> = (0..12).map(|_| pool.grant(wanted)).collect();
+        let grants: Vec<WindowGrant> = (0..12).map(|_| pool.grant(wanted, &peer)).collect();
         let sizes: Vec<u64> = grants.iter().map(WindowGrant::bytes).collect();
         assert_eq!(
             sizes[0], wanted,
@@ -139,12 +146,17 @@ mod tests {
         assert!(pool.granted() <= 8 << 20);
         drop(grants);
         assert_eq!(pool.granted(), 0);
-        assert_eq!(pool.grant(wanted).bytes(), wanted, "all of it came back");
+        assert_eq!(
+            pool.grant(wanted, &peer).bytes(),
+            wanted,
+            "all of it came back"
+        );
     }
 
     #[test]
     fn a_window_below_the_smallest_is_granted_as_asked() {
         let pool = WindowPool::new(1);
-        assert_eq!(pool.grant(16 << 10).bytes(), 16 << 10);
+        let peer = ByteBudget::new("peer", 1);
+        assert_eq!(pool.grant(16 << 10, &peer).bytes(), 16 << 10);
     }
 }

@@ -106,7 +106,7 @@ impl<S, B> Service<http::Request<tonic::body::Body>> for Bounded<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
     S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Default + Send + Unpin + 'static,
     B::Error: Into<tower::BoxError>,
 {
     type Response = http::Response<Delivered<B>>;
@@ -120,7 +120,21 @@ where
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         // Connections not accepted by `serve` (a simulated network's) carry no pass.
         let pass = connection_of(request.extensions()).map(|c| c.pass.clone());
-        let in_flight = pass.as_ref().map(|p| p.begin());
+        let in_flight = match pass.as_ref().map(|p| p.begin()).transpose() {
+            Ok(in_flight) => in_flight,
+            Err(refused) => {
+                // Refused before anything is read: the stream's memory goes at once. Retriable.
+                let status = Status::unavailable(refused.to_string());
+                let response = status.into_http::<B>().map(|inner| Delivered {
+                    inner,
+                    rest: Bytes::new(),
+                    _keep: Keep::default(),
+                    _in_flight: None,
+                    watchdog: None,
+                });
+                return Box::pin(async move { Ok(response) });
+            }
+        };
         let request = match &pass {
             Some(pass) => {
                 let budget = pass.requests().clone();

@@ -4,7 +4,7 @@
 //! accepted socket is admitted by the shared [`ServerBounds`] (total and per-peer caps; one
 //! past a cap is closed at once, counted in `streamhouse_limit_hits_total`) and wrapped in a
 //! [`Conn`] that closes itself after the idle timeout without a request, with the receive
-//! window [`ServerBounds::grant_window`] gave it (which [`serve`](crate::serve) uses to pick
+//! window [`ConnectionPass::grant_window`] gave it (which [`serve`](crate::serve) uses to pick
 //! the HTTP/2 server it goes to). When `accept` fails —
 //! out of descriptors (`EMFILE`/`ENFILE`), out of memory — the listener backs off instead of
 //! spinning on the error, and new connections wait in the kernel's backlog meanwhile.
@@ -65,7 +65,7 @@ impl Stream for Incoming {
                     match this.bounds.admit(peer.ip()) {
                         Ok(pass) => {
                             let _ = stream.set_nodelay(true);
-                            let window = this.bounds.grant_window(this.window);
+                            let window = pass.grant_window(this.window);
                             return Poll::Ready(Some(Ok(Conn::new(
                                 stream,
                                 peer,

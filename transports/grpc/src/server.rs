@@ -44,11 +44,11 @@ pub enum ServeError {
 /// connections are accepted.
 ///
 /// A connection gets `config.connection_window` while the bounds' window pool has room, and
-/// a smaller window once it runs low ([`ServerBounds::grant_window`]). tonic fixes windows per
+/// a smaller window once it runs low ([`ConnectionPass::grant_window`]). tonic fixes windows per
 /// server, so there is one HTTP/2 server per window size, each fed the connections granted it.
 ///
 /// [`ServerBounds`]: streamhouse::serve::ServerBounds
-/// [`ServerBounds::grant_window`]: streamhouse::serve::ServerBounds::grant_window
+/// [`ConnectionPass::grant_window`]: streamhouse::serve::ConnectionPass::grant_window
 pub async fn serve(
     agent: AgentService,
     listener: TcpListener,

@@ -232,16 +232,18 @@ async fn half_sent_messages_hold_at_most_the_request_budgets() {
             held.push(half_send(send.clone(), addr, 3 << 20).await);
         }
     }
-    // Both connections fill their own budget (1 MiB each), which is the whole server's.
+    // The two connections (one address, holding more than the reserve is for) fill the
+    // server's budget but for its reserved quarter.
+    let full = (2 << 20) - (2 << 20) / 4;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bounds.request_bytes_held() < 2 << 20 {
+    while bounds.request_bytes_held() < full {
         assert!(
             tokio::time::Instant::now() < deadline,
             "budgets never filled"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(bounds.request_bytes_held(), 2 << 20);
+    assert_eq!(bounds.request_bytes_held(), full);
     // An honest producer waits for the budget, and is served once the request timeout has
     // dropped the half-sent messages.
     let transport = streamhouse_grpc::GrpcTransport::new(GrpcConfig::default());
@@ -368,4 +370,42 @@ async fn new_connections_are_refused_as_soon_as_shutdown_begins() {
         panic!("the drain should still be waiting: {:?}", server.await);
     }
     server.abort();
+}
+
+/// Found by an outside run: every open stream cost memory whether or not it sent a byte
+/// (200 connections × 100 streams: +264 MiB). Past `max_requests_per_peer` a new request is
+/// refused at once, as UNAVAILABLE (the producer retries it), before anything is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_per_address_cap_are_refused_at_once() {
+    let (config, bounds) = bounded(|l| l.max_requests_per_peer = 3);
+    let addr = start(config).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let send = connect(addr).await.expect("served");
+        held.push(half_send(send, addr, 1_000).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bounds.requests_in_progress() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let send = connect(addr).await.expect("served");
+    let mut ready = send.ready().await.unwrap();
+    let (response, _) = ready
+        .send_request(grpc_call(addr, "Metadata"), true)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(status.as_deref(), Some("14"), "UNAVAILABLE: {response:?}");
+    assert_eq!(bounds.requests_in_progress(), 3);
+    drop(held);
 }

@@ -71,10 +71,8 @@ impl QuicServer {
                         let peer = incoming.remote_address().ip();
                         match self.config.bounds.admit(peer) {
                             Ok(pass) => {
-                                let window = self
-                                    .config
-                                    .bounds
-                                    .grant_window(self.config.connection_window.into());
+                                let window =
+                                    pass.grant_window(self.config.connection_window.into());
                                 connections.spawn(connection(
                                     incoming,
                                     Arc::new(pass),
@@ -216,12 +214,15 @@ async fn stream(
     agent: AgentService,
     limits: StreamLimits,
 ) {
-    let _in_flight = pass.begin();
     let limit = limits.frame;
     let refuse = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: u32| {
         let code = quinn::VarInt::from_u32(code);
         let _ = recv.stop(code);
         let _ = send.reset(code);
+    };
+    let Ok(_in_flight) = pass.begin() else {
+        // Too many requests in progress: refused before anything is read (retriable).
+        return refuse(&mut send, &mut recv, UNAVAILABLE);
     };
     let reading = read_frame_within(&mut recv, limit, pass.requests());
     let Ok(read) = tokio::time::timeout(limits.read_timeout, reading).await else {
