@@ -52,7 +52,8 @@ pub struct ServerLimits {
     /// Requests in progress at once (HTTP/2 or QUIC streams being read, handled or answered),
     /// all connections together. Each costs memory beyond its bytes (stream state, buffers,
     /// headers up to 16 KiB); past it new requests are refused at once as unavailable
-    /// (retriable). Default 1,024.
+    /// (retriable). The last quarter is only for addresses with at most 1/32 of it in
+    /// progress. Default 1,024.
     pub max_requests: usize,
     /// The same, for the connections of one peer address together. Default 256.
     pub max_requests_per_peer: usize,
@@ -311,7 +312,11 @@ impl ConnectionPass {
                 .increment(1);
             return Err(RequestRefused::Peer(peer.1));
         }
-        if !take_one(&all.0, all.1) {
+        // The last quarter of the slots is kept for addresses with few requests in progress
+        // (at most 1/32 of all), so a few busy addresses cannot lock every other client out.
+        let few = peer.0.load(Ordering::Acquire) <= all.1 / 32;
+        let open_to_this_peer = if few { all.1 } else { all.1 - all.1 / 4 };
+        if !take_one(&all.0, open_to_this_peer) {
             peer.0.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!("streamhouse_limit_hits_total", "limit" => "requests").increment(1);
             return Err(RequestRefused::Total(all.1));
@@ -506,25 +511,36 @@ mod tests {
 
     /// Found by an outside run: each open stream cost ~11 KiB (30 KiB with padded headers)
     /// whether or not it sent a byte, and nothing counted streams beyond 100 per connection:
-    /// 200 connections grew the agent by 264 MiB. Requests in progress are capped per address
-    /// and in all, and the slots come back.
+    /// 200 connections grew the agent by 219 MiB without sending a body. Requests in progress
+    /// are capped per address and in all, and the slots come back. Then: four busy addresses
+    /// took all 1,024 slots and every other client was refused; the last quarter is kept for
+    /// addresses with few requests in progress.
     #[test]
     fn requests_in_progress_are_capped_per_address_and_in_all() {
         let bounds = ServerBounds::new(ServerLimits {
-            max_requests: 3,
-            max_requests_per_peer: 2,
+            max_requests: 64,
+            max_requests_per_peer: 20,
             ..ServerLimits::default()
         });
         let a = Arc::new(bounds.admit(local(1)).unwrap());
         let a2 = Arc::new(bounds.admit(local(1)).unwrap());
-        let b = Arc::new(bounds.admit(local(2)).unwrap());
-        let first = a.begin().unwrap();
-        let _second = a2.begin().unwrap();
-        assert_eq!(a.begin().unwrap_err(), RequestRefused::Peer(2));
-        let _third = b.begin().unwrap();
-        assert_eq!(b.begin().unwrap_err(), RequestRefused::Total(3));
-        assert_eq!(bounds.requests_in_progress(), 3);
-        drop(first);
+        let mut held: Vec<InFlight> = (0..19).map(|_| a.begin().unwrap()).collect();
+        held.push(a2.begin().unwrap());
+        assert_eq!(a.begin().unwrap_err(), RequestRefused::Peer(20));
+        // Two more busy addresses reach the shared three quarters (48)...
+        for last in [2, 3] {
+            let pass = Arc::new(bounds.admit(local(last)).unwrap());
+            while let Ok(request) = pass.begin() {
+                held.push(request);
+            }
+        }
+        assert_eq!(bounds.requests_in_progress(), 48);
+        // ...and the last quarter is left to addresses with at most 2 (64/32) in progress.
+        let quiet = Arc::new(bounds.admit(local(9)).unwrap());
+        let quiet_requests = [quiet.begin().unwrap(), quiet.begin().unwrap()];
+        assert_eq!(quiet.begin().unwrap_err(), RequestRefused::Total(64));
+        drop(quiet_requests);
+        held.remove(0); // one of the first address's
         assert!(a.begin().is_ok(), "an ended request frees its slot");
     }
 
