@@ -21,11 +21,18 @@
 //! limits.max_window_bytes = 32 << 20;
 //! let bounds = ServerBounds::new(limits);
 //! let (a, b) = (Ipv4Addr::new(127, 0, 0, 1).into(), Ipv4Addr::new(127, 0, 0, 2).into());
-//! let grant = |peer| bounds.admit(peer).unwrap().grant_window(8 << 20).bytes();
-//! assert_eq!(grant(a), 8 << 20, "the full window");
-//! assert_eq!(grant(a), 8 << 20, "the rest of this address's half of the pool");
-//! assert_eq!(grant(a), 65_535, "this address has had its half");
-//! assert_eq!(grant(b), 8 << 20, "another address still gets the full window");
+//! let mut open = Vec::new(); // connections and their grants, held open
+//! let mut connect = |peer| {
+//!     let pass = bounds.admit(peer).unwrap();
+//!     let grant = pass.grant_window(8 << 20);
+//!     let bytes = grant.bytes();
+//!     open.push((pass, grant));
+//!     bytes
+//! };
+//! assert_eq!(connect(a), 8 << 20, "the full window");
+//! assert_eq!(connect(a), 8 << 20, "the rest of this address's half of the pool");
+//! assert_eq!(connect(a), 65_535, "this address has had its half");
+//! assert_eq!(connect(b), 8 << 20, "another address still gets the full window");
 //! ```
 
 use super::budget::{ByteBudget, Lease};
