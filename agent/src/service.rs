@@ -140,31 +140,30 @@ impl Shared {
             keys.push((batch.topic.clone(), batch.partition));
             routed.push(self.route(&batch).await.map(|route| (route, batch.batch)));
         }
-        let validated = self.clone().validate(routed).await;
         let mut throttled = false;
-        let slots: Vec<Slot> = validated
-            .into_iter()
-            .map(|checked| {
-                let submitted = checked.and_then(|((log, shard, topic), batch)| {
-                    let (reply, rx) = oneshot::channel();
-                    let job = AppendJob {
-                        log,
-                        topic,
-                        batch,
-                        durable,
-                        reply,
-                    };
-                    self.io.submit(shard, job).map(|()| rx)
-                });
-                match submitted {
-                    Ok(rx) => Slot::Waiting(rx),
-                    Err(r) => {
-                        throttled |= r.code == ErrorCode::Throttled;
-                        Slot::Done(r.code, r.message, -1)
-                    }
+        // Each batch goes to its write thread as soon as it is checked, so the writes of the
+        // first batches overlap the checks of the rest.
+        let submit = |checked: Result<(Route, Batch), Rejection>| {
+            let submitted = checked.and_then(|((log, shard, topic), batch)| {
+                let (reply, rx) = oneshot::channel();
+                let job = AppendJob {
+                    log,
+                    topic,
+                    batch,
+                    durable,
+                    reply,
+                };
+                self.io.submit(shard, job).map(|()| rx)
+            });
+            match submitted {
+                Ok(rx) => Slot::Waiting(rx),
+                Err(r) => {
+                    throttled |= r.code == ErrorCode::Throttled;
+                    Slot::Done(r.code, r.message, -1)
                 }
-            })
-            .collect();
+            }
+        };
+        let slots = self.clone().validate(routed, submit).await;
         let deadline = tokio::time::Instant::now() + timeout;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -243,11 +242,13 @@ impl Shared {
     /// (ordinary requests: a hop to another thread costs them ~10%); the rest of a larger
     /// request moves to a blocking thread, at most one request per core at a time, so the
     /// async runtime, and with it every other connection's metadata and fetches, never waits
-    /// behind more than that.
+    /// behind more than that. Each batch is handed to `submit` (its write thread) as soon as it
+    /// is checked, in request order.
     async fn validate(
         self: Arc<Self>,
         routed: Vec<Result<(Route, Bytes), Rejection>>,
-    ) -> Vec<Result<(Route, Batch), Rejection>> {
+        mut submit: impl FnMut(Result<(Route, Batch), Rejection>) -> Slot,
+    ) -> Vec<Slot> {
         let count = routed.len();
         let mut budget = self.config.max_request_decompressed_bytes;
         let mut inline_left = INLINE_DECOMPRESSED.min(budget);
@@ -258,7 +259,7 @@ impl Shared {
             let (route, bytes) = match entry {
                 Ok(entry) => entry,
                 Err(r) => {
-                    checked.push(Err(r));
+                    checked.push(submit(Err(r)));
                     continue;
                 }
             };
@@ -272,7 +273,7 @@ impl Shared {
                 result => {
                     budget -= inline_left - left;
                     inline_left = left;
-                    checked.push(result.map(|batch| (route, batch)));
+                    checked.push(submit(result.map(|batch| (route, batch))));
                 }
             }
         }
@@ -283,10 +284,10 @@ impl Shared {
         let remaining = rest.len();
         let Ok(_permit) = self.validating.clone().acquire_owned().await else {
             checked.extend((0..remaining).map(|_| {
-                Err(Rejection::new(
+                submit(Err(Rejection::new(
                     ErrorCode::Unavailable,
                     "agent is shutting down",
-                ))
+                )))
             }));
             return checked;
         };
@@ -315,7 +316,7 @@ impl Shared {
                 .map(|_| Err(Rejection::new(ErrorCode::Internal, "validation failed")))
                 .collect()
         });
-        checked.extend(offloaded);
+        checked.extend(offloaded.into_iter().map(submit));
         checked
     }
 
