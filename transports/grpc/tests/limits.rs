@@ -92,6 +92,16 @@ async fn a_half_sent_message_is_dropped_at_the_request_timeout() {
     }
 }
 
+/// Waits (up to 10 s, checking every 10 ms) while `pending` holds; fails with `what` if it
+/// never stops holding.
+async fn wait_while(what: &str, mut pending: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pending() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn bounded(set: impl FnOnce(&mut ServerLimits)) -> (GrpcConfig, ServerBounds) {
     let mut limits = ServerLimits::default();
     set(&mut limits);
@@ -137,11 +147,7 @@ async fn connections_past_the_limit_are_closed_at_once_and_slots_come_back() {
     );
     open.pop();
     // The server notices the closed connection when it reads its end.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bounds.open_connections() > 2 {
-        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_while("slot never freed", || bounds.open_connections() > 2).await;
     assert!(
         connect(addr).await.is_some(),
         "the freed slot was not reused"
@@ -166,11 +172,7 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     response.await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(20), connection).await;
     assert!(ended.is_ok(), "the idle connection was kept open");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bounds.open_connections() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_while("slot never freed", || bounds.open_connections() > 0).await;
 }
 
 /// Found by an outside run: 768 silent sockets (or half-sent TLS ClientHellos) held every
@@ -189,11 +191,7 @@ async fn a_silent_connection_is_closed_at_the_first_request_timeout() {
     })
     .await;
     assert!(closed.is_ok(), "the silent connection was kept open");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bounds.open_connections() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_while("slot never freed", || bounds.open_connections() > 0).await;
 }
 
 /// Starts a produce request whose gRPC message declares 8 MiB, sends `bytes` of it and never
@@ -235,14 +233,10 @@ async fn half_sent_messages_hold_at_most_the_request_budgets() {
     // The two connections (one address, holding more than the reserve is for) fill the
     // server's budget but for its reserved quarter.
     let full = (2 << 20) - (2 << 20) / 4;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bounds.request_bytes_held() < full {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "budgets never filled"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_while("budgets never filled", || {
+        bounds.request_bytes_held() < full
+    })
+    .await;
     assert_eq!(bounds.request_bytes_held(), full);
     // An honest producer waits for the budget, and is served once the request timeout has
     // dropped the half-sent messages.
@@ -314,14 +308,10 @@ async fn a_crowd_of_connections_shares_one_pool_of_receive_windows() {
     );
     assert!(bounds.window_bytes_granted() <= 8 << 20);
     drop(connections);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bounds.window_bytes_granted() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "closed connections kept their windows"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_while("closed connections kept their windows", || {
+        bounds.window_bytes_granted() > 0
+    })
+    .await;
     let send = connect(addr).await.expect("served");
     assert_eq!(
         send_window(send, addr).await,
@@ -346,11 +336,7 @@ async fn new_connections_are_refused_as_soon_as_shutdown_begins() {
     // A half-sent request keeps the drain going for the whole request timeout.
     let send = connect(addr).await.expect("served");
     let _held = half_send(send, addr, 1_000).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bounds.request_bytes_held() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "request never read");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_while("request never read", || bounds.request_bytes_held() == 0).await;
     stop.send(()).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -384,14 +370,10 @@ async fn requests_past_the_per_address_cap_are_refused_at_once() {
         let send = connect(addr).await.expect("served");
         held.push(half_send(send, addr, 1_000).await);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bounds.requests_in_progress() < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "requests never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_while("requests never started", || {
+        bounds.requests_in_progress() < 3
+    })
+    .await;
     let send = connect(addr).await.expect("served");
     let mut ready = send.ready().await.unwrap();
     let (response, _) = ready

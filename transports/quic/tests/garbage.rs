@@ -260,6 +260,16 @@ async fn a_half_sent_frame_is_reset_at_the_read_timeout() {
     still_answers(&connection).await;
 }
 
+/// Waits (up to 10 s, checking every 10 ms) while `pending` holds; fails with `what` if it
+/// never stops holding.
+async fn wait_while(what: &str, mut pending: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pending() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 fn bounded(set: impl FnOnce(&mut ServerLimits)) -> (QuicConfig, ServerBounds) {
     let mut limits = ServerLimits::default();
     set(&mut limits);
@@ -285,11 +295,7 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() {
         "{third:?}"
     );
     first.close(0u32.into(), b"done");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while bounds.open_connections() > 1 {
-        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_while("slot never freed", || bounds.open_connections() > 1).await;
     let again = client.connect(addr, "localhost").unwrap().await.unwrap();
     still_answers(&again).await;
 }
@@ -338,14 +344,10 @@ async fn half_sent_frames_hold_at_most_the_request_budget() {
         });
         open.push((writer, recv));
     }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while bounds.request_bytes_held() < 1 << 20 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "budget never filled"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_while("budget never filled", || {
+        bounds.request_bytes_held() < 1 << 20
+    })
+    .await;
     assert_eq!(bounds.request_bytes_held(), 1 << 20);
     drop(open);
 }
@@ -381,14 +383,10 @@ async fn a_crowd_of_connections_shares_one_pool_of_receive_windows() {
     for connection in &connections {
         connection.close(0u32.into(), b"done");
     }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while bounds.window_bytes_granted() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "closed connections kept their windows"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_while("closed connections kept their windows", || {
+        bounds.window_bytes_granted() > 0
+    })
+    .await;
 }
 
 /// Found by an outside run: every open stream cost memory whether or not it sent a byte.
@@ -407,14 +405,10 @@ async fn requests_past_the_per_address_cap_are_refused_at_once() {
         send.write_all(&[1u8; 10]).await.unwrap();
         open.push((send, recv));
     }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while bounds.requests_in_progress() < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "requests never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_while("requests never started", || {
+        bounds.requests_in_progress() < 3
+    })
+    .await;
     let metadata = frame::encode_request(
         &RequestMessage::Metadata(MetadataRequest::default()),
         MAX_FRAME,
