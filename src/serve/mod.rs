@@ -26,7 +26,9 @@ pub use bounds::{
 pub use budget::{ByteBudget, Lease, RequestBudget, RequestLease};
 pub use window::{MIN_WINDOW, WindowGrant, window_sizes};
 
-pub use partition::{Admission, DEDUP_WINDOW, PartitionState, ProducerLimits};
+pub use partition::{
+    Admission, DEDUP_WINDOW, PartitionState, ProducerLimits, ProducerSnapshot, RememberedBatch,
+};
 pub use validate::{
     MAX_TOPIC_NAME_LEN, validate_batch, validate_batch_within, validate_topic_name,
 };

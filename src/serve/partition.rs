@@ -58,6 +58,29 @@ pub enum Admission {
     },
 }
 
+/// One batch a partition remembers of a producer (part of a [`ProducerSnapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RememberedBatch {
+    /// The batch's first sequence number.
+    pub first_sequence: i32,
+    /// Its last sequence number.
+    pub last_sequence: i32,
+    /// The offset it was appended at.
+    pub base_offset: i64,
+}
+
+/// A producer's epoch and last [`DEDUP_WINDOW`] batches in one partition, oldest first: what
+/// [`PartitionState::snapshot`] gives and [`PartitionState::restore_snapshot`] takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerSnapshot {
+    /// The producer id.
+    pub producer_id: i64,
+    /// Its epoch.
+    pub epoch: i16,
+    /// Its remembered batches, oldest first.
+    pub batches: Vec<RememberedBatch>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Remembered {
     first_sequence: i32,
@@ -228,6 +251,78 @@ impl PartitionState {
     pub fn restore(&mut self, header: &BatchHeader) {
         self.remember(header, header.base_offset, Instant::now());
         self.next_offset = self.next_offset.max(header.last_offset() + 1);
+    }
+
+    /// What this partition remembers of one producer: what a new owner of the partition needs
+    /// to answer that producer's retries as duplicates (see [`restore_snapshot`]).
+    ///
+    /// [`restore_snapshot`]: Self::restore_snapshot
+    pub fn snapshot(&self, producer_id: i64) -> Option<ProducerSnapshot> {
+        let window = self.producers.get(&producer_id)?;
+        Some(ProducerSnapshot {
+            producer_id,
+            epoch: window.epoch,
+            batches: window
+                .recent
+                .iter()
+                .map(|b| RememberedBatch {
+                    first_sequence: b.first_sequence,
+                    last_sequence: b.last_sequence,
+                    base_offset: b.base_offset,
+                })
+                .collect(),
+        })
+    }
+
+    /// Merges a snapshot taken elsewhere (a metadata store, another agent) into this state.
+    /// An unknown producer is taken as is; a known one keeps the newer epoch, and within one
+    /// epoch the union of both windows by offset, newest [`DEDUP_WINDOW`] kept. The snapshot's
+    /// producer counts as active now and is kept even past `max_producers` (as [`restore`]).
+    ///
+    /// ```
+    /// use streamhouse::serve::{PartitionState, ProducerSnapshot, RememberedBatch};
+    /// let snapshot = ProducerSnapshot {
+    ///     producer_id: 7,
+    ///     epoch: 0,
+    ///     batches: vec![RememberedBatch { first_sequence: 0, last_sequence: 9, base_offset: 40 }],
+    /// };
+    /// let mut state = PartitionState::new(50);
+    /// state.restore_snapshot(&snapshot);
+    /// assert_eq!(state.snapshot(7), Some(snapshot));
+    /// ```
+    ///
+    /// [`restore`]: Self::restore
+    pub fn restore_snapshot(&mut self, snapshot: &ProducerSnapshot) {
+        let now = Instant::now();
+        let window = self
+            .producers
+            .entry(snapshot.producer_id)
+            .or_insert_with(|| ProducerWindow {
+                epoch: snapshot.epoch,
+                recent: VecDeque::with_capacity(DEDUP_WINDOW),
+                last_active: now,
+            });
+        if snapshot.epoch < window.epoch {
+            return;
+        }
+        if snapshot.epoch > window.epoch {
+            window.epoch = snapshot.epoch;
+            window.recent.clear();
+        }
+        let mut all: Vec<Remembered> = window.recent.drain(..).collect();
+        for b in &snapshot.batches {
+            if !all.iter().any(|r| r.base_offset == b.base_offset) {
+                all.push(Remembered {
+                    first_sequence: b.first_sequence,
+                    last_sequence: b.last_sequence,
+                    base_offset: b.base_offset,
+                });
+            }
+        }
+        all.sort_by_key(|r| r.base_offset);
+        let skip = all.len().saturating_sub(DEDUP_WINDOW);
+        window.recent.extend(all.into_iter().skip(skip));
+        window.last_active = now;
     }
 
     fn remember(&mut self, header: &BatchHeader, base_offset: i64, now: Instant) {

@@ -1,0 +1,117 @@
+//! The StreamHouse metadata store: the durable state of agents that keep their records in
+//! object storage.
+//!
+//! ```text
+//! agent ── every flush: PUT one object (batches of many partitions, bytes unchanged)
+//!   │
+//!   └─► MetadataStore::commit, one transaction:
+//!         hw(p) == first offset of the range ?  insert index rows (offset range → object,
+//!                                                byte range), save producer state, advance hw(p)
+//!                                            :  Conflict (nothing written)
+//!       Acks::Durable is answered after this commit.
+//! ```
+//!
+//! The store holds topics and their configuration, each partition's committed high watermark
+//! and log start, the object index, and per partition the idempotent producers' epochs and last
+//! five batches (what a new owner needs to answer a retry as a duplicate). An agent restarted
+//! with an empty disk rebuilds every partition from it.
+//!
+//! [`MetadataStore`] is the seam; [`SqlStore`] implements it over one schema in SQLite (embedded,
+//! `sqlite://PATH`, no service) or PostgreSQL (`postgres://…`, for many machines). [`open`]
+//! picks by URL and runs the schema migrations.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use streamhouse_metastore::{CommittedRange, MetadataStore, ObjectRef};
+//!
+//! let store = streamhouse_metastore::open("sqlite::memory:").await?;
+//! store.ensure_topic("orders", 2).await?;
+//! let object = ObjectRef { key: "v1/agent-1/0".into(), size: 300 };
+//! let range = CommittedRange {
+//!     topic: "orders".into(),
+//!     partition: 1,
+//!     first_offset: 0,
+//!     next_offset: 10,
+//!     byte_start: 0,
+//!     byte_len: 300,
+//!     producers: vec![],
+//! };
+//! store.commit(&object, &[range]).await?;
+//! assert_eq!(store.partition("orders", 1).await?.unwrap().high_watermark, 10);
+//! assert_eq!(store.index("orders", 1, 5, 10).await?[0].object, "v1/agent-1/0");
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod schema;
+mod snapshot;
+mod sql;
+mod types;
+
+pub mod testing;
+
+pub use error::StoreError;
+pub use sql::SqlStore;
+pub use types::{CommittedRange, IndexEntry, ObjectRef, PartitionMeta, StoreStats, TopicConfig};
+
+use std::sync::Arc;
+use streamhouse::serve::ProducerSnapshot;
+
+/// The durable state of agents: topics, partitions' committed offsets, the object index and
+/// producer state. Every method is one transaction; implementations are shared by many tasks.
+#[async_trait::async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// The topic with at least `partitions` partitions: created, grown, or as it is. New
+    /// partitions start empty (high watermark 0).
+    async fn ensure_topic(&self, name: &str, partitions: u32) -> Result<TopicConfig, StoreError>;
+
+    /// Creates a topic; [`StoreError::TopicExists`] if it is there already.
+    async fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicConfig, StoreError>;
+
+    /// Every topic, by name.
+    async fn topics(&self) -> Result<Vec<TopicConfig>, StoreError>;
+
+    /// Deletes a topic with its partitions, index rows and producer state; `false` if there was
+    /// none. Its objects are left for garbage collection.
+    async fn delete_topic(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// A partition's committed high watermark and log start, if it exists.
+    async fn partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<PartitionMeta>, StoreError>;
+
+    /// Records one object and its ranges, all or nothing. Each range must start at its
+    /// partition's high watermark, which moves to the range's end; otherwise
+    /// [`StoreError::Conflict`] and nothing is written. Committing an object that is already
+    /// committed (a retry after a lost answer) succeeds without change.
+    async fn commit(&self, object: &ObjectRef, ranges: &[CommittedRange]) -> Result<(), StoreError>;
+
+    /// Index entries of a partition from the one holding `from`, in offset order, at most
+    /// `limit`.
+    async fn index(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>, StoreError>;
+
+    /// The producer state committed for a partition (as of its high watermark).
+    async fn producers(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<ProducerSnapshot>, StoreError>;
+
+    /// Objects and bytes indexed for a partition.
+    async fn stats(&self, topic: &str, partition: u32) -> Result<StoreStats, StoreError>;
+}
+
+/// Opens the store a URL names and brings its schema up to date: `sqlite://PATH` (the file is
+/// created if missing), `sqlite::memory:` (one connection, gone at drop), or
+/// `postgres://USER@HOST:PORT/DB`.
+pub async fn open(url: &str) -> Result<Arc<dyn MetadataStore>, StoreError> {
+    Ok(Arc::new(SqlStore::open(url).await?))
+}

@@ -1,0 +1,87 @@
+//! The schema and its migrations. One schema serves SQLite and PostgreSQL: only `TEXT` and
+//! `BIGINT` columns, `ON CONFLICT` upserts, `$N` parameters. Each migration runs once, in a
+//! transaction, and bumps the version in `sh_schema`; a store whose version is newer than this
+//! build knows is refused ([`StoreError::SchemaTooNew`]).
+
+use crate::StoreError;
+use sqlx::{AnyPool, Row};
+
+/// Migrations in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE IF NOT EXISTS sh_topics (
+        name TEXT PRIMARY KEY,
+        partitions BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS sh_partitions (
+        topic TEXT NOT NULL,
+        partition_id BIGINT NOT NULL,
+        log_start BIGINT NOT NULL,
+        high_watermark BIGINT NOT NULL,
+        PRIMARY KEY (topic, partition_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS sh_objects (
+        object_key TEXT PRIMARY KEY,
+        size BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS sh_index (
+        topic TEXT NOT NULL,
+        partition_id BIGINT NOT NULL,
+        first_offset BIGINT NOT NULL,
+        next_offset BIGINT NOT NULL,
+        object_key TEXT NOT NULL,
+        byte_start BIGINT NOT NULL,
+        byte_len BIGINT NOT NULL,
+        PRIMARY KEY (topic, partition_id, first_offset)
+    )",
+    "CREATE INDEX IF NOT EXISTS sh_index_by_object ON sh_index (object_key)",
+    "CREATE TABLE IF NOT EXISTS sh_producers (
+        topic TEXT NOT NULL,
+        partition_id BIGINT NOT NULL,
+        producer_id BIGINT NOT NULL,
+        epoch BIGINT NOT NULL,
+        batches TEXT NOT NULL,
+        PRIMARY KEY (topic, partition_id, producer_id)
+    )",
+]];
+
+/// The newest schema version this build knows.
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the store's schema to [`VERSION`].
+pub(crate) async fn migrate(pool: &AnyPool, postgres: bool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    if postgres {
+        // Agents starting together against one database migrate one at a time.
+        sqlx::query("SELECT pg_advisory_xact_lock(7468756)")
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("CREATE TABLE IF NOT EXISTS sh_schema (version BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let found: Option<i64> = sqlx::query("SELECT MAX(version) FROM sh_schema")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+    let found = found.unwrap_or(0);
+    if found > VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: VERSION,
+        });
+    }
+    for (i, steps) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        for step in *steps {
+            sqlx::query(*step).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO sh_schema (version) VALUES ($1)")
+            .bind(i as i64 + 1)
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version = i + 1, "metadata store schema migrated");
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! [`SqlStore`]: the [`MetadataStore`] over SQLite or PostgreSQL through sqlx's `Any` driver
+//! (one set of queries for both; see `schema` for the dialect rules they keep to).
+
+use crate::schema;
+use crate::snapshot;
+use crate::{
+    CommittedRange, IndexEntry, MetadataStore, ObjectRef, PartitionMeta, StoreError, StoreStats,
+    TopicConfig,
+};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use streamhouse::serve::ProducerSnapshot;
+
+/// A metadata store in SQLite or PostgreSQL. Cheap to share (`Arc`); holds a connection pool.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+}
+
+/// How long a call waits for a pooled connection before it fails as
+/// [`StoreError::Unavailable`]: a store that is down is reported, not waited for.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl SqlStore {
+    /// Connects to the store a URL names (see [`crate::open`]) and migrates its schema.
+    /// An unreachable server, a missing permission or an unreadable file fails here.
+    pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        sqlx::any::install_default_drivers();
+        let invalid = |reason: &str| StoreError::InvalidUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (url, postgres, connections) = if url == "sqlite::memory:" {
+            // Every connection to `:memory:` is a database of its own: one connection only.
+            (url.to_owned(), false, 1)
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            let (file, query) = path.split_once('?').unwrap_or((path, ""));
+            if file.is_empty() {
+                return Err(invalid("no file path after sqlite://"));
+            }
+            if let Some(parent) = std::path::Path::new(file).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Backend(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+            let url = if query.contains("mode=") {
+                format!("sqlite://{path}")
+            } else if query.is_empty() {
+                format!("sqlite://{file}?mode=rwc")
+            } else {
+                format!("sqlite://{file}?{query}&mode=rwc")
+            };
+            (url, false, 4)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (url.to_owned(), true, 8)
+        } else {
+            return Err(invalid(
+                "expected sqlite://PATH, sqlite::memory: or postgres://USER@HOST:PORT/DB",
+            ));
+        };
+        let options =
+            AnyConnectOptions::from_str(&url).map_err(|e| invalid(&e.to_string()))?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !postgres {
+                        // Commits are durable (fsynced) before they are answered; readers
+                        // do not block the writer.
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA synchronous=FULL").await?;
+                        conn.execute("PRAGMA busy_timeout=5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        schema::migrate(&pool, postgres).await?;
+        Ok(SqlStore { pool })
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn topic_from(row: &sqlx::any::AnyRow) -> Result<TopicConfig, StoreError> {
+    let partitions: i64 = row.try_get(1)?;
+    Ok(TopicConfig {
+        name: row.try_get(0)?,
+        partitions: u32::try_from(partitions)
+            .map_err(|_| StoreError::Corrupt(format!("partition count {partitions}")))?,
+        created_ms: row.try_get(2)?,
+    })
+}
+
+fn unsigned(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value}")))
+}
+
+#[async_trait::async_trait]
+impl MetadataStore for SqlStore {
+    async fn ensure_topic(&self, name: &str, partitions: u32) -> Result<TopicConfig, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sh_topics (name, partitions, created_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET partitions = excluded.partitions
+             WHERE sh_topics.partitions < excluded.partitions",
+        )
+        .bind(name)
+        .bind(i64::from(partitions))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT name, partitions, created_ms FROM sh_topics WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        let topic = topic_from(&row)?;
+        for partition in 0..topic.partitions {
+            sqlx::query(
+                "INSERT INTO sh_partitions (topic, partition_id, log_start, high_watermark)
+                 VALUES ($1, $2, 0, 0) ON CONFLICT (topic, partition_id) DO NOTHING",
+            )
+            .bind(name)
+            .bind(i64::from(partition))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(topic)
+    }
+
+    async fn create_topic(&self, name: &str, partitions: u32) -> Result<TopicConfig, StoreError> {
+        let exists = sqlx::query("SELECT 1 FROM sh_topics WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::TopicExists(name.to_owned()));
+        }
+        self.ensure_topic(name, partitions).await
+    }
+
+    async fn topics(&self) -> Result<Vec<TopicConfig>, StoreError> {
+        sqlx::query("SELECT name, partitions, created_ms FROM sh_topics ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(topic_from)
+            .collect()
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for delete in [
+            "DELETE FROM sh_index WHERE topic = $1",
+            "DELETE FROM sh_producers WHERE topic = $1",
+            "DELETE FROM sh_partitions WHERE topic = $1",
+        ] {
+            sqlx::query(delete)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let deleted = sqlx::query("DELETE FROM sh_topics WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    async fn partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<PartitionMeta>, StoreError> {
+        let row = sqlx::query(
+            "SELECT log_start, high_watermark FROM sh_partitions
+             WHERE topic = $1 AND partition_id = $2",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(PartitionMeta {
+                log_start: row.try_get(0)?,
+                high_watermark: row.try_get(1)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn commit(&self, object: &ObjectRef, ranges: &[CommittedRange]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("SELECT 1 FROM sh_objects WHERE object_key = $1")
+            .bind(&object.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if done.is_some() {
+            // Committed before; the answer was lost.
+            return Ok(());
+        }
+        sqlx::query("INSERT INTO sh_objects (object_key, size, created_ms) VALUES ($1, $2, $3)")
+            .bind(&object.key)
+            .bind(object.size as i64)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        for range in ranges {
+            let partition = i64::from(range.partition);
+            let moved = sqlx::query(
+                "UPDATE sh_partitions SET high_watermark = $1
+                 WHERE topic = $2 AND partition_id = $3 AND high_watermark = $4",
+            )
+            .bind(range.next_offset)
+            .bind(&range.topic)
+            .bind(partition)
+            .bind(range.first_offset)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved != 1 {
+                let found = sqlx::query(
+                    "SELECT high_watermark FROM sh_partitions
+                     WHERE topic = $1 AND partition_id = $2",
+                )
+                .bind(&range.topic)
+                .bind(partition)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get::<i64, _>(0))
+                .transpose()?
+                .unwrap_or(-1);
+                return Err(StoreError::Conflict {
+                    topic: range.topic.clone(),
+                    partition: range.partition,
+                    expected: range.first_offset,
+                    found,
+                });
+            }
+            sqlx::query(
+                "INSERT INTO sh_index (topic, partition_id, first_offset, next_offset, \
+                 object_key, byte_start, byte_len) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&range.topic)
+            .bind(partition)
+            .bind(range.first_offset)
+            .bind(range.next_offset)
+            .bind(&object.key)
+            .bind(range.byte_start as i64)
+            .bind(range.byte_len as i64)
+            .execute(&mut *tx)
+            .await?;
+            for producer in &range.producers {
+                sqlx::query(
+                    "INSERT INTO sh_producers (topic, partition_id, producer_id, epoch, batches)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (topic, partition_id, producer_id)
+                     DO UPDATE SET epoch = excluded.epoch, batches = excluded.batches",
+                )
+                .bind(&range.topic)
+                .bind(partition)
+                .bind(producer.producer_id)
+                .bind(i64::from(producer.epoch))
+                .bind(snapshot::encode(producer))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn index(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT first_offset, next_offset, object_key, byte_start, byte_len FROM sh_index
+             WHERE topic = $1 AND partition_id = $2 AND next_offset > $3
+             ORDER BY first_offset LIMIT $4",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(from)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(IndexEntry {
+                    first_offset: row.try_get(0)?,
+                    next_offset: row.try_get(1)?,
+                    object: row.try_get(2)?,
+                    byte_start: unsigned(row.try_get(3)?, "byte start")?,
+                    byte_len: unsigned(row.try_get(4)?, "byte length")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn producers(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<ProducerSnapshot>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT producer_id, epoch, batches FROM sh_producers
+             WHERE topic = $1 AND partition_id = $2 ORDER BY producer_id",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let batches: String = row.try_get(2)?;
+                snapshot::decode(row.try_get(0)?, row.try_get(1)?, &batches)
+            })
+            .collect()
+    }
+
+    async fn stats(&self, topic: &str, partition: u32) -> Result<StoreStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(DISTINCT object_key), CAST(COALESCE(SUM(byte_len), 0) AS BIGINT), COUNT(*)
+             FROM sh_index WHERE topic = $1 AND partition_id = $2",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(StoreStats {
+            objects: unsigned(row.try_get(0)?, "object count")?,
+            bytes: unsigned(row.try_get(1)?, "byte total")?,
+            entries: unsigned(row.try_get(2)?, "entry count")?,
+        })
+    }
+}

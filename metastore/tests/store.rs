@@ -1,0 +1,224 @@
+//! The metadata store's contract, run on SQLite (a file, and memory) and on PostgreSQL (the
+//! server `scripts/test` starts; without it the PostgreSQL tests fail, never skip).
+
+use std::sync::Arc;
+use streamhouse::serve::{ProducerSnapshot, RememberedBatch};
+use streamhouse_metastore::{CommittedRange, MetadataStore, ObjectRef, StoreError, testing};
+
+fn range(topic: &str, partition: u32, first: i64, next: i64, start: u64) -> CommittedRange {
+    CommittedRange {
+        topic: topic.into(),
+        partition,
+        first_offset: first,
+        next_offset: next,
+        byte_start: start,
+        byte_len: 100,
+        producers: vec![],
+    }
+}
+
+fn object(key: &str) -> ObjectRef {
+    ObjectRef {
+        key: key.into(),
+        size: 1000,
+    }
+}
+
+fn producer(id: i64, epoch: i16, offsets: &[i64]) -> ProducerSnapshot {
+    ProducerSnapshot {
+        producer_id: id,
+        epoch,
+        batches: offsets
+            .iter()
+            .enumerate()
+            .map(|(i, &base_offset)| RememberedBatch {
+                first_sequence: i as i32 * 10,
+                last_sequence: i as i32 * 10 + 9,
+                base_offset,
+            })
+            .collect(),
+    }
+}
+
+/// Everything a store must do, on one store.
+async fn contract(store: Arc<dyn MetadataStore>) {
+    // Topics: created, grown, never shrunk; create of an existing one refused.
+    let t = store.ensure_topic("orders", 2).await.unwrap();
+    assert_eq!(t.partitions, 2);
+    assert_eq!(store.ensure_topic("orders", 1).await.unwrap().partitions, 2);
+    assert_eq!(store.ensure_topic("orders", 3).await.unwrap().partitions, 3);
+    assert!(matches!(
+        store.create_topic("orders", 5).await,
+        Err(StoreError::TopicExists(name)) if name == "orders"
+    ));
+    store.create_topic("audit", 1).await.unwrap();
+    let names: Vec<String> = store
+        .topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["audit", "orders"]);
+    let p2 = store.partition("orders", 2).await.unwrap().unwrap();
+    assert_eq!((p2.log_start, p2.high_watermark), (0, 0));
+    assert_eq!(store.partition("orders", 3).await.unwrap(), None);
+
+    // A commit moves the high watermarks of all its partitions, and indexes the ranges.
+    let mut first = vec![range("orders", 0, 0, 10, 0), range("orders", 1, 0, 4, 100)];
+    first[0].producers = vec![producer(7, 0, &[0, 5])];
+    store.commit(&object("o/1"), &first).await.unwrap();
+    assert_eq!(store.partition("orders", 0).await.unwrap().unwrap().high_watermark, 10);
+    assert_eq!(store.partition("orders", 1).await.unwrap().unwrap().high_watermark, 4);
+    // The same object again (a retry after a lost answer): no change, no error.
+    store.commit(&object("o/1"), &first).await.unwrap();
+    assert_eq!(store.partition("orders", 0).await.unwrap().unwrap().high_watermark, 10);
+
+    // A range not starting at the high watermark: conflict, and nothing of the object lands,
+    // not even its other, valid range.
+    let stale = [range("orders", 1, 4, 6, 0), range("orders", 0, 3, 12, 100)];
+    match store.commit(&object("o/2"), &stale).await {
+        Err(StoreError::Conflict {
+            partition: 0,
+            expected: 3,
+            found: 10,
+            ..
+        }) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.partition("orders", 1).await.unwrap().unwrap().high_watermark, 4);
+    assert_eq!(store.index("orders", 1, 0, 10).await.unwrap().len(), 1);
+    // A partition that does not exist is a conflict too.
+    assert!(matches!(
+        store.commit(&object("o/3"), &[range("orders", 9, 0, 1, 0)]).await,
+        Err(StoreError::Conflict { found: -1, .. })
+    ));
+
+    // The producer state is replaced by newer commits.
+    let mut next = range("orders", 0, 10, 20, 0);
+    next.producers = vec![producer(7, 0, &[0, 5, 10]), producer(8, 2, &[15])];
+    store.commit(&object("o/4"), &[next]).await.unwrap();
+    let producers = store.producers("orders", 0).await.unwrap();
+    assert_eq!(producers, [producer(7, 0, &[0, 5, 10]), producer(8, 2, &[15])]);
+    assert!(store.producers("orders", 1).await.unwrap().is_empty());
+
+    // The index from any offset: the entry holding it first, in order, limited.
+    let index = store.index("orders", 0, 12, 10).await.unwrap();
+    assert_eq!(index.len(), 1);
+    assert_eq!((index[0].first_offset, index[0].next_offset), (10, 20));
+    assert_eq!(index[0].object, "o/4");
+    let index = store.index("orders", 0, 0, 1).await.unwrap();
+    assert_eq!(index.len(), 1);
+    assert_eq!(index[0].object, "o/1");
+    assert!(store.index("orders", 0, 20, 10).await.unwrap().is_empty());
+    let stats = store.stats("orders", 0).await.unwrap();
+    assert_eq!((stats.objects, stats.bytes, stats.entries), (2, 200, 2));
+
+    // Deleting a topic takes its partitions, index and producers with it.
+    assert!(store.delete_topic("orders").await.unwrap());
+    assert!(!store.delete_topic("orders").await.unwrap());
+    assert_eq!(store.partition("orders", 0).await.unwrap(), None);
+    assert!(store.index("orders", 0, 0, 10).await.unwrap().is_empty());
+    assert!(store.producers("orders", 0).await.unwrap().is_empty());
+    // Recreated, it starts empty.
+    store.ensure_topic("orders", 1).await.unwrap();
+    assert_eq!(store.partition("orders", 0).await.unwrap().unwrap().high_watermark, 0);
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_keeps_the_contract() {
+    contract(streamhouse_metastore::open("sqlite::memory:").await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn sqlite_file_keeps_the_contract_and_its_state_across_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/sub/meta.db", dir.path().display());
+    contract(streamhouse_metastore::open(&url).await.unwrap()).await;
+    let reopened = streamhouse_metastore::open(&url).await.unwrap();
+    assert_eq!(reopened.topics().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn postgres_keeps_the_contract() {
+    let url = testing::fresh_postgres().await;
+    contract(streamhouse_metastore::open(&url).await.unwrap()).await;
+    // A second agent opening the same database finds the schema in place.
+    let again = streamhouse_metastore::open(&url).await.unwrap();
+    assert_eq!(again.topics().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn commits_to_one_partition_from_two_writers_never_both_land() {
+    let url = testing::fresh_postgres().await;
+    let (a, b) = (
+        streamhouse_metastore::open(&url).await.unwrap(),
+        streamhouse_metastore::open(&url).await.unwrap(),
+    );
+    a.ensure_topic("t", 1).await.unwrap();
+    for round in 0..20i64 {
+        let (oa, ob) = (object(&format!("a/{round}")), object(&format!("b/{round}")));
+        let (ra, rb) = (
+            [range("t", 0, round * 10, round * 10 + 10, 0)],
+            [range("t", 0, round * 10, round * 10 + 10, 0)],
+        );
+        let (x, y) = tokio::join!(a.commit(&oa, &ra), b.commit(&ob, &rb));
+        assert!(
+            x.is_ok() != y.is_ok(),
+            "round {round}: exactly one commit lands: {x:?} {y:?}"
+        );
+        assert!(matches!(x.err().or(y.err()), Some(StoreError::Conflict { .. })));
+    }
+    assert_eq!(a.index("t", 0, 0, 100).await.unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn bad_urls_and_unreachable_stores_are_typed_errors() {
+    for url in ["mysql://x", "sqlite://", "", "postgres//nope"] {
+        assert!(
+            matches!(
+                streamhouse_metastore::open(url).await,
+                Err(StoreError::InvalidUrl { .. })
+            ),
+            "{url:?}"
+        );
+    }
+    // Nothing listens on the port a just-closed listener had.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let error = streamhouse_metastore::open(&format!("postgres://u@127.0.0.1:{port}/db"))
+        .await
+        .err()
+        .expect("nothing to connect to");
+    assert!(error.is_retriable(), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // A file SQLite cannot create.
+    let error = streamhouse_metastore::open("sqlite:///proc/nope/meta.db")
+        .await
+        .err()
+        .expect("/proc is not writable");
+    assert!(!error.is_retriable(), "{error}");
+}
+
+#[tokio::test]
+async fn a_store_migrated_by_a_newer_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/meta.db", dir.path().display());
+    drop(streamhouse_metastore::open(&url).await.unwrap());
+    // A newer build bumped the version.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("INSERT INTO sh_schema (version) VALUES (99)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    match streamhouse_metastore::open(&url).await {
+        Err(StoreError::SchemaTooNew { found: 99, .. }) => {}
+        other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
+    }
+}
