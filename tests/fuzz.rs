@@ -247,6 +247,7 @@ fn response_seeds() -> Vec<Response> {
                 log_start_offset: 0,
             }],
             throttle_ms: 0,
+            durability: 0,
         }),
         Response::Metadata(MetadataResponse {
             agents: vec![AgentInfo {

@@ -50,6 +50,74 @@ pub struct AgentConfig {
     /// Idempotent-producer state kept per partition. Default: 10,000 producers, forgotten only
     /// after 15 minutes idle.
     pub producer_limits: ProducerLimits,
+    /// Keep the durable state in a metadata store and object storage (see [`RemoteConfig`]).
+    /// Default: none (local disk only; `acks=durable` means fsync).
+    pub remote: Option<RemoteConfig>,
+}
+
+/// Where an agent keeps its durable state when its disk is only a cache: a metadata store and
+/// object storage. Every `flush_interval` or `flush_bytes` of new batches, whichever comes first,
+/// the agent writes one object holding the new batches of all its partitions and commits its
+/// index to the store; `acks=durable` answers after that commit.
+///
+/// ```
+/// use streamhouse_agent::{AgentConfig, RemoteConfig};
+/// let config = AgentConfig::new("./data")
+///     .remote(RemoteConfig::new("sqlite://./data/meta.db", "file://./data/objects"));
+/// assert_eq!(config.remote.unwrap().flush_bytes, 8 << 20);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RemoteConfig {
+    /// The metadata store: `sqlite://PATH`, `sqlite::memory:` or `postgres://USER@HOST:PORT/DB`.
+    pub metadata: String,
+    /// Object storage: `file://DIR`, `memory://`, or `s3://BUCKET[/PREFIX]` (feature `s3`).
+    pub objects: String,
+    /// S3 endpoint, region and credentials, over the usual `AWS_*` environment variables.
+    pub s3: S3Options,
+    /// Longest time new batches wait before they are written to an object. Default 100 ms.
+    pub flush_interval: std::time::Duration,
+    /// New bytes that start a flush at once; also the most one object holds (a larger backlog
+    /// is written as several objects). Default 8 MiB.
+    pub flush_bytes: usize,
+    /// How long an `acks=durable` batch waits for its commit while object storage or the
+    /// metadata store fails, before it is answered `STORAGE_ERROR` (retriable: written locally,
+    /// not yet durable; the retry is answered as a duplicate once committed). Default 5 s.
+    pub durable_timeout: std::time::Duration,
+    /// Bytes of object ranges kept in memory for fetches below the local log. Default 64 MiB.
+    pub read_cache_bytes: usize,
+}
+
+impl RemoteConfig {
+    /// Defaults for a metadata store and object storage named by URL.
+    pub fn new(metadata: impl Into<String>, objects: impl Into<String>) -> RemoteConfig {
+        RemoteConfig {
+            metadata: metadata.into(),
+            objects: objects.into(),
+            s3: S3Options::default(),
+            flush_interval: std::time::Duration::from_millis(100),
+            flush_bytes: 8 << 20,
+            durable_timeout: std::time::Duration::from_secs(5),
+            read_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// How to reach an S3-compatible service. Unset fields fall back to the usual environment
+/// variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, …).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct S3Options {
+    /// The service's URL (e.g. `http://127.0.0.1:9000` for a local S3 server); plain `http` is
+    /// allowed when set here.
+    pub endpoint: Option<String>,
+    /// The region. Default from the environment, else `us-east-1`.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
 }
 
 impl AgentConfig {
@@ -72,7 +140,15 @@ impl AgentConfig {
             io_threads: std::thread::available_parallelism().map_or(2, usize::from),
             endpoints: Vec::new(),
             producer_limits: ProducerLimits::default(),
+            remote: None,
         }
+    }
+
+    /// Keeps the durable state in a metadata store and object storage.
+    #[must_use]
+    pub fn remote(mut self, remote: RemoteConfig) -> AgentConfig {
+        self.remote = Some(remote);
+        self
     }
 
     /// Adds a topic to create at start.

@@ -27,6 +27,7 @@ pub(crate) type AppendReply = Result<Appended, Rejection>;
 pub(crate) struct AppendJob {
     pub(crate) log: Arc<PartitionLog>,
     pub(crate) topic: Arc<str>,
+    pub(crate) partition: u32,
     pub(crate) batch: Batch,
     pub(crate) durable: bool,
     pub(crate) reply: oneshot::Sender<AppendReply>,
@@ -48,7 +49,13 @@ pub(crate) struct Io {
 const MAX_ROUND: usize = 4096;
 
 impl Io {
-    pub(crate) fn start(threads: usize, max_queued: usize) -> std::io::Result<Io> {
+    /// Starts `threads` shards. With `remote`, durable answers wait for the commit of their
+    /// object (the flusher's) instead of an fsync.
+    pub(crate) fn start(
+        threads: usize,
+        max_queued: usize,
+        remote: Option<Arc<crate::remote::Sink>>,
+    ) -> std::io::Result<Io> {
         let mut shards = Vec::new();
         let mut handles = Vec::new();
         let fsyncs = Arc::new(AtomicU64::new(0));
@@ -59,6 +66,7 @@ impl Io {
             let (sync_tx, sync_rx) = std::sync::mpsc::channel();
             let fsyncs = fsyncs.clone();
             let taken = queued.clone();
+            let sink = remote.clone();
             let syncer = std::thread::Builder::new()
                 .name(format!("streamhouse-sync-{i}"))
                 .spawn(move || sync_loop(&sync_rx, &fsyncs))?;
@@ -66,7 +74,7 @@ impl Io {
                 std::thread::Builder::new()
                     .name(format!("streamhouse-io-{i}"))
                     .spawn(move || {
-                        run(rx, &sync_tx, &taken);
+                        run(rx, &sync_tx, &taken, sink.as_deref());
                         // Every durable answer is given before the shard counts as stopped.
                         drop(sync_tx);
                         let _ = syncer.join();
@@ -131,7 +139,12 @@ impl Io {
     }
 }
 
-fn run(mut rx: mpsc::UnboundedReceiver<AppendJob>, sync: &SyncSender, queued: &AtomicUsize) {
+fn run(
+    mut rx: mpsc::UnboundedReceiver<AppendJob>,
+    sync: &SyncSender,
+    queued: &AtomicUsize,
+    remote: Option<&crate::remote::Sink>,
+) {
     let mut round = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         round.push(first);
@@ -143,7 +156,7 @@ fn run(mut rx: mpsc::UnboundedReceiver<AppendJob>, sync: &SyncSender, queued: &A
         }
         let taken: usize = round.iter().map(|j| j.batch.as_bytes().len()).sum();
         queued.fetch_sub(taken, Ordering::Relaxed);
-        process(std::mem::take(&mut round), sync);
+        process(std::mem::take(&mut round), sync, remote);
     }
 }
 
@@ -157,10 +170,11 @@ type SyncSender = std::sync::mpsc::Sender<(Arc<PartitionLog>, Waiting)>;
 struct Group {
     log: Arc<PartitionLog>,
     topic: Arc<str>,
+    partition: u32,
     jobs: Vec<AppendJob>,
 }
 
-fn process(round: Vec<AppendJob>, sync: &SyncSender) {
+fn process(round: Vec<AppendJob>, sync: &SyncSender, remote: Option<&crate::remote::Sink>) {
     let mut groups: Vec<Group> = Vec::new();
     for job in round {
         match groups.iter_mut().find(|g| Arc::ptr_eq(&g.log, &job.log)) {
@@ -168,6 +182,7 @@ fn process(round: Vec<AppendJob>, sync: &SyncSender) {
             None => groups.push(Group {
                 log: job.log.clone(),
                 topic: job.topic.clone(),
+                partition: job.partition,
                 jobs: vec![job],
             }),
         }
@@ -175,6 +190,39 @@ fn process(round: Vec<AppendJob>, sync: &SyncSender) {
     for group in groups {
         let batches: Vec<&Batch> = group.jobs.iter().map(|j| &j.batch).collect();
         let results = group.log.append(&batches);
+        if let Some(remote) = remote {
+            let appended: usize = results
+                .iter()
+                .map(|r| match r {
+                    Ok(Appended::New { bytes, .. }) => *bytes,
+                    _ => 0,
+                })
+                .sum();
+            remote.appended(appended);
+            // Durable answers wait for the commit of every offset up to their batch's end (a
+            // duplicate's: everything appended so far, which holds its original).
+            let log_end = group.log.next_offset();
+            let mut waiters = Vec::new();
+            for (job, result) in group.jobs.into_iter().zip(results) {
+                record_metrics(&group.topic, &result);
+                let end = match &result {
+                    Ok(Appended::New {
+                        base_offset,
+                        records,
+                        ..
+                    }) => base_offset + i64::from(*records),
+                    Ok(Appended::Duplicate { .. }) => log_end,
+                    Err(_) => -1,
+                };
+                if job.durable && end >= 0 {
+                    waiters.push(crate::remote::Waiter::new(end, job.reply, result));
+                } else {
+                    let _ = job.reply.send(result);
+                }
+            }
+            remote.wait(&group.topic, group.partition, waiters);
+            continue;
+        }
         let mut waiting = Vec::new();
         for (job, result) in group.jobs.into_iter().zip(results) {
             record_metrics(&group.topic, &result);
@@ -265,6 +313,7 @@ mod tests {
         let job = |batch| AppendJob {
             log: log.clone(),
             topic: Arc::from("t"),
+            partition: 0,
             batch,
             durable: false,
             reply: oneshot::channel().0,

@@ -61,12 +61,14 @@ mod config;
 mod io;
 mod listen;
 mod log;
+mod remote;
 mod service;
 mod topics;
 
-pub use config::{AgentConfig, TopicSpec};
+pub use config::{AgentConfig, RemoteConfig, S3Options, TopicSpec};
 pub use listen::{ListenError, ListenOptions, Listeners, Serving};
 pub use log::{PartitionRecovery, RecoveryReport};
+pub use remote::RemoteStats;
 
 use io::Io;
 use log::LogConfig;
@@ -104,6 +106,24 @@ pub enum AgentError {
     /// A setting cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The metadata store could not be opened (bad URL, unreachable, permissions, schema).
+    #[error("metadata store {url}: {source}")]
+    Metadata {
+        /// Its URL (password hidden).
+        url: String,
+        /// What failed.
+        #[source]
+        source: streamhouse_metastore::StoreError,
+    },
+    /// Object storage could not be opened or used (bad URL, unreachable, missing bucket,
+    /// permissions).
+    #[error("object storage {url}: {reason}")]
+    Objects {
+        /// Its URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
     /// A configured topic is invalid.
     #[error("topic {name:?}: {rejection}")]
     Topic {
@@ -135,6 +155,8 @@ pub(crate) struct Shared {
     answers: streamhouse::serve::ByteBudget,
     /// The exclusive lock on the data directory, held until shutdown.
     lock: std::sync::Mutex<Option<std::fs::File>>,
+    /// The metadata store and object storage, when the durable state lives there.
+    remote: Option<Arc<remote::Remote>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -174,6 +196,10 @@ impl Agent {
             )));
         }
         let lock = lock_data_dir(&config.data_dir)?;
+        let remote = match &config.remote {
+            Some(remote) => Some(remote::Remote::open(remote, config.id).await?),
+            None => None,
+        };
         let log_config = LogConfig {
             segment_bytes: config.segment_bytes,
             index_interval: config.index_interval,
@@ -181,22 +207,15 @@ impl Agent {
             producers: config.producer_limits,
         };
         let dir = config.data_dir.clone();
-        // Recovery reads files: off the async threads.
-        let (topics, mut recovery) =
-            tokio::task::spawn_blocking(move || Topics::open(dir, log_config))
+        let specs = config.topics.clone();
+        let opening = remote.clone();
+        // Recovery reads files and the store: off the async threads.
+        let (topics, recovery) =
+            tokio::task::spawn_blocking(move || open_topics(dir, log_config, opening, &specs))
                 .await
-                .map_err(|e| io_error(std::io::Error::other(e)))?
-                .map_err(io_error)?;
-        for spec in &config.topics {
-            let (_, reports) = topics
-                .ensure(&spec.name, spec.partitions)
-                .map_err(|rejection| AgentError::Topic {
-                    name: spec.name.clone(),
-                    rejection,
-                })?;
-            recovery.extend(reports);
-        }
-        let io = Io::start(config.io_threads, config.max_queued_bytes).map_err(io_error)?;
+                .map_err(|e| io_error(std::io::Error::other(e)))??;
+        let sink = remote.as_ref().map(|r| r.sink());
+        let io = Io::start(config.io_threads, config.max_queued_bytes, sink).map_err(io_error)?;
         Ok(Agent {
             shared: Arc::new(Shared {
                 limits: config.limits(),
@@ -209,6 +228,7 @@ impl Agent {
                     std::thread::available_parallelism().map_or(2, usize::from),
                 )),
                 lock: std::sync::Mutex::new(Some(lock)),
+                remote,
                 answers: streamhouse::serve::ByteBudget::new(
                     "fetch_answer_bytes",
                     config.max_fetch_answer_bytes,
@@ -255,6 +275,20 @@ impl Agent {
         Some(log.next_offset())
     }
 
+    /// Object storage and metadata store counters since start, when the agent keeps its
+    /// durable state there.
+    pub fn remote_stats(&self) -> Option<RemoteStats> {
+        self.shared.remote.as_ref().map(|r| r.stats())
+    }
+
+    /// What `acks=durable` means on this agent.
+    pub fn durability(&self) -> streamhouse_proto::v1::Durability {
+        match self.shared.remote {
+            Some(_) => streamhouse_proto::v1::Durability::ObjectStore,
+            None => streamhouse_proto::v1::Durability::LocalFsync,
+        }
+    }
+
     /// fsyncs performed since start (one per partition per group commit).
     pub fn fsyncs(&self) -> u64 {
         self.shared.io.fsyncs()
@@ -266,8 +300,12 @@ impl Agent {
     pub async fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Release);
         let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.io.shutdown()).await;
+        if let Some(remote) = &self.shared.remote {
+            remote.shutdown().await;
+        }
+        let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            shared.io.shutdown();
             for topic in shared.topics.all() {
                 for (log, _) in &topic.partitions {
                     if let Err(e) = log.sync() {
@@ -324,6 +362,39 @@ pub fn connection_limit_for(fd_limit: u64) -> usize {
     let reserve = (fd_limit / 4).max(256);
     let usable = fd_limit.saturating_sub(reserve);
     usize::try_from(usable).unwrap_or(usize::MAX).min(4_096)
+}
+
+/// Opens the partition logs found in `dir`, then (with object storage) every topic in the
+/// metadata store, then the configured topics. Blocking.
+fn open_topics(
+    dir: std::path::PathBuf,
+    config: LogConfig,
+    remote: Option<Arc<remote::Remote>>,
+    specs: &[TopicSpec],
+) -> Result<(Topics, Vec<PartitionRecovery>), AgentError> {
+    let io_error = |source| AgentError::Io {
+        path: dir.clone(),
+        source,
+    };
+    let (topics, mut recovery) =
+        Topics::open(dir.clone(), config, remote.clone()).map_err(io_error)?;
+    let mut wanted: Vec<(String, u32)> = match &remote {
+        Some(remote) => remote
+            .topics_blocking()
+            .map_err(|source| AgentError::Metadata {
+                url: String::from("(listing topics)"),
+                source,
+            })?,
+        None => Vec::new(),
+    };
+    wanted.extend(specs.iter().map(|s| (s.name.clone(), s.partitions)));
+    for (name, partitions) in wanted {
+        let (_, reports) = topics
+            .ensure(&name, partitions)
+            .map_err(|rejection| AgentError::Topic { name, rejection })?;
+        recovery.extend(reports);
+    }
+    Ok((topics, recovery))
 }
 
 /// Takes the exclusive lock (`flock`) on the data directory itself, creating it if needed.

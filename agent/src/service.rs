@@ -12,9 +12,9 @@ use streamhouse::serve::{
     ByteBudget, Lease, Rejection, validate_batch_within, validate_topic_name,
 };
 use streamhouse_proto::v1::{
-    Acks, AgentInfo, ErrorCode, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
-    PartitionBatch, PartitionMetadata, PartitionResult, ProduceRequest, ProduceResponse,
-    TopicMetadata,
+    Acks, AgentInfo, Durability, ErrorCode, FetchRequest, FetchResponse, MetadataRequest,
+    MetadataResponse, PartitionBatch, PartitionMetadata, PartitionResult, ProduceRequest,
+    ProduceResponse, TopicMetadata,
 };
 use tokio::sync::oneshot;
 
@@ -110,8 +110,8 @@ impl AsRef<[u8]> for Held {
     }
 }
 
-/// A batch's partition log, its I/O shard, and its topic's name.
-type Route = (Arc<crate::log::PartitionLog>, usize, Arc<str>);
+/// A batch's partition log, its I/O shard, its topic's name and its partition.
+type Route = (Arc<crate::log::PartitionLog>, usize, Arc<str>, u32);
 
 /// Decompressed bytes of a request checked on the async runtime before the rest of its
 /// validation moves to a blocking thread.
@@ -126,6 +126,17 @@ enum Slot {
 }
 
 impl Shared {
+    /// Leases an answer of up to `max_bytes` (or one largest batch) from the client's and the
+    /// agent's answer budgets, as `long_poll` does.
+    async fn lease_answer(&self, max_bytes: usize) -> AnswerLease {
+        let wanted = max_bytes.max(self.config.max_batch_bytes);
+        let client = match streamhouse::serve::client_answers() {
+            Some(client) => Some(client.take(wanted).await),
+            None => None,
+        };
+        (client, self.answers.take(wanted).await)
+    }
+
     pub(crate) async fn produce(self: Arc<Self>, request: ProduceRequest) -> ProduceResponse {
         metrics::counter!("streamhouse_produce_requests_total").increment(1);
         let acks = Acks::try_from(request.acks).unwrap_or(Acks::Unspecified);
@@ -144,11 +155,12 @@ impl Shared {
         // Each batch goes to its write thread as soon as it is checked, so the writes of the
         // first batches overlap the checks of the rest.
         let submit = |checked: Result<(Route, Batch), Rejection>| {
-            let submitted = checked.and_then(|((log, shard, topic), batch)| {
+            let submitted = checked.and_then(|((log, shard, topic, partition), batch)| {
                 let (reply, rx) = oneshot::channel();
                 let job = AppendJob {
                     log,
                     topic,
+                    partition,
                     batch,
                     durable,
                     reply,
@@ -204,9 +216,15 @@ impl Shared {
                 log_start_offset: 0,
             });
         }
+        let durability = match (durable, &self.remote) {
+            (false, _) => Durability::Unspecified,
+            (true, Some(_)) => Durability::ObjectStore,
+            (true, None) => Durability::LocalFsync,
+        };
         ProduceResponse {
             results,
             throttle_ms: if throttled { THROTTLE_MS } else { 0 },
+            durability: durability as i32,
         }
     }
 
@@ -234,7 +252,7 @@ impl Shared {
                 )
             })?
             .clone();
-        Ok((log, shard, topic.name.clone()))
+        Ok((log, shard, topic.name.clone(), batch.partition))
     }
 
     /// Validates a request's batches (every record; decompression) within the request's
@@ -428,10 +446,30 @@ impl Shared {
         };
         let wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_FETCH_WAIT);
         let read = match log {
-            Ok(log) => {
-                let largest = self.config.max_batch_bytes;
-                long_poll(log, request.offset, max_bytes, wait, &self.answers, largest).await
-            }
+            Ok(log) => match &self.remote {
+                Some(remote) if request.offset < log.local_range().0 => {
+                    // Below the local log: from objects (no waiting: those records exist).
+                    let end = log.local_range().1;
+                    let lease = self.lease_answer(max_bytes).await;
+                    remote
+                        .read(
+                            &request.topic,
+                            request.partition,
+                            request.offset,
+                            max_bytes,
+                            end,
+                        )
+                        .await
+                        .map(|mut read| {
+                            read.batches = hold(read.batches, lease);
+                            read
+                        })
+                }
+                _ => {
+                    let largest = self.config.max_batch_bytes;
+                    long_poll(log, request.offset, max_bytes, wait, &self.answers, largest).await
+                }
+            },
             Err(r) => Err(r),
         };
         match read {

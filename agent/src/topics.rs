@@ -1,6 +1,7 @@
 //! The topics an agent holds: names to partition logs, created on demand, found on disk.
 
 use crate::log::{LogConfig, PartitionLog, PartitionRecovery};
+use crate::remote::Remote;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,9 @@ pub(crate) struct Topics {
     /// produce to an existing topic does not wait for another topic's creation.
     creating: std::sync::Mutex<()>,
     next_shard: AtomicUsize,
+    /// With object storage: topics live in the metadata store too, and partitions open
+    /// against their committed state there.
+    remote: Option<Arc<Remote>>,
 }
 
 /// A partition directory name: `<topic>-<partition>`.
@@ -34,6 +38,7 @@ impl Topics {
     pub(crate) fn open(
         dir: PathBuf,
         config: LogConfig,
+        remote: Option<Arc<Remote>>,
     ) -> std::io::Result<(Topics, Vec<PartitionRecovery>)> {
         std::fs::create_dir_all(&dir)?;
         let mut found: HashMap<String, u32> = HashMap::new();
@@ -63,6 +68,7 @@ impl Topics {
             map: RwLock::new(HashMap::new()),
             creating: std::sync::Mutex::new(()),
             next_shard: AtomicUsize::new(0),
+            remote,
         };
         let mut reports = Vec::new();
         for (name, partitions) in found {
@@ -148,26 +154,45 @@ impl Topics {
                 format!("the agent holds {max_topics} topics, its limit (--max-topics)"),
             ));
         }
+        // The store may know more partitions (created by another agent, or before a restart).
+        let partitions = match &self.remote {
+            Some(remote) => remote
+                .ensure_topic_blocking(name, partitions)?
+                .max(partitions),
+            None => partitions,
+        };
+        let shared_name: Arc<str> = Arc::from(name);
         let mut logs = current.map(|t| t.partitions.clone()).unwrap_or_default();
         let mut reports = Vec::new();
         for partition in existing..partitions {
             let dir = self.dir.join(dir_name(name, partition));
-            let (log, report) = PartitionLog::open(&dir, self.config.clone()).map_err(|e| {
-                Rejection::new(
-                    ErrorCode::Internal,
-                    format!("cannot open {}: {e}", dir.display()),
-                )
-            })?;
+            let (log, report) = match &self.remote {
+                Some(remote) => remote.open_partition(
+                    &self.dir,
+                    &dir,
+                    &shared_name,
+                    partition,
+                    self.config.clone(),
+                )?,
+                None => PartitionLog::open(&dir, self.config.clone())
+                    .map(|(log, report)| (Arc::new(log), report))
+                    .map_err(|e| {
+                        Rejection::new(
+                            ErrorCode::Internal,
+                            format!("cannot open {}: {e}", dir.display()),
+                        )
+                    })?,
+            };
             reports.push(PartitionRecovery {
                 topic: name.to_owned(),
                 partition,
                 report,
             });
             let shard = self.next_shard.fetch_add(1, Ordering::Relaxed);
-            logs.push((Arc::new(log), shard));
+            logs.push((log, shard));
         }
         let topic = Arc::new(Topic {
-            name: Arc::from(name),
+            name: shared_name,
             partitions: logs,
         });
         self.map

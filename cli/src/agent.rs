@@ -7,7 +7,7 @@ use std::time::Duration;
 use streamhouse::serve::ServerLimits;
 use streamhouse::transport::Endpoint;
 use streamhouse::transport::tls::ServerTls;
-use streamhouse_agent::{Agent, AgentConfig, ListenOptions, Listeners, TopicSpec};
+use streamhouse_agent::{Agent, AgentConfig, ListenOptions, Listeners, RemoteConfig, TopicSpec};
 use streamhouse_grpc::GrpcConfig;
 use streamhouse_quic::{QuicConfig, dev_certificate};
 
@@ -149,6 +149,63 @@ pub(crate) struct Args {
     /// appended twice [default: 900].
     #[arg(long, value_name = "SECONDS")]
     producer_idle_expiry_secs: Option<u64>,
+    /// Keep the durable state in this metadata store: `sqlite://PATH` (embedded) or
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DB`. Needs --objects. Without both, the local disk
+    /// is the only storage (acks=durable means fsync).
+    #[arg(long, value_name = "URL", requires = "objects")]
+    metadata: Option<String>,
+    /// Object storage for the records: `file://DIR` (embedded) or `s3://BUCKET[/PREFIX]`
+    /// (builds with the `s3` feature; endpoint, region and credentials from the --s3-* flags
+    /// or the usual AWS_* environment variables). Needs --metadata.
+    #[arg(long, value_name = "URL", requires = "metadata")]
+    objects: Option<String>,
+    /// Longest time new batches wait before they are written to an object, e.g. `100ms`,
+    /// `1s` [default: 100ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "objects")]
+    flush_interval: Option<std::time::Duration>,
+    /// New bytes that start writing an object at once; also the largest object
+    /// [default: 8388608, 8 MiB].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..), requires = "objects")]
+    flush_bytes: Option<u64>,
+    /// How long an acks=durable batch waits for its commit while object storage or the
+    /// metadata store fails, before it is answered STORAGE_ERROR (retriable) [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "objects")]
+    durable_timeout: Option<std::time::Duration>,
+    /// S3 endpoint URL, e.g. `http://127.0.0.1:9000` (default: AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL", requires = "objects")]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION", requires = "objects")]
+    s3_region: Option<String>,
+    /// S3 access key id (default: AWS_ACCESS_KEY_ID).
+    #[arg(long, value_name = "ID", requires = "objects")]
+    s3_access_key_id: Option<String>,
+    /// S3 secret access key (default: AWS_SECRET_ACCESS_KEY; prefer the variable: a flag shows
+    /// in the process list).
+    #[arg(long, value_name = "SECRET", requires = "objects")]
+    s3_secret_access_key: Option<String>,
+}
+
+/// A duration: `250ms`, `2s`, `1m`, or a bare number of milliseconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 100ms or 2s"))?;
+    let duration = match unit {
+        "" | "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?}: must be above zero"));
+    }
+    Ok(duration)
 }
 
 /// The agent's certificate, from files or the development directory.
@@ -314,6 +371,23 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
         config.producer_limits.idle_expiry = std::time::Duration::from_secs(secs);
     }
+    if let (Some(metadata), Some(objects)) = (args.metadata, args.objects) {
+        let mut remote = RemoteConfig::new(metadata, objects);
+        if let Some(interval) = args.flush_interval {
+            remote.flush_interval = interval;
+        }
+        if let Some(bytes) = args.flush_bytes {
+            remote.flush_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        if let Some(timeout) = args.durable_timeout {
+            remote.durable_timeout = timeout;
+        }
+        remote.s3.endpoint = args.s3_endpoint;
+        remote.s3.region = args.s3_region;
+        remote.s3.access_key_id = args.s3_access_key_id;
+        remote.s3.secret_access_key = args.s3_secret_access_key;
+        config.remote = Some(remote);
+    }
     if let Some(addr) = args.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -322,7 +396,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let agent = Agent::open(config)
         .await
-        .with_context(|| format!("cannot open data directory {}", args.data.display()))?;
+        .with_context(|| format!("cannot start the agent on {}", args.data.display()))?;
     for recovered in agent.recovery() {
         let report = &recovered.report;
         if report.truncated_bytes > 0 {

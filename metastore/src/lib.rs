@@ -86,7 +86,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// partition's high watermark, which moves to the range's end; otherwise
     /// [`StoreError::Conflict`] and nothing is written. Committing an object that is already
     /// committed (a retry after a lost answer) succeeds without change.
-    async fn commit(&self, object: &ObjectRef, ranges: &[CommittedRange]) -> Result<(), StoreError>;
+    async fn commit(&self, object: &ObjectRef, ranges: &[CommittedRange])
+    -> Result<(), StoreError>;
 
     /// Index entries of a partition from the one holding `from`, in offset order, at most
     /// `limit`.

@@ -62,8 +62,7 @@ impl SqlStore {
                 "expected sqlite://PATH, sqlite::memory: or postgres://USER@HOST:PORT/DB",
             ));
         };
-        let options =
-            AnyConnectOptions::from_str(&url).map_err(|e| invalid(&e.to_string()))?;
+        let options = AnyConnectOptions::from_str(&url).map_err(|e| invalid(&e.to_string()))?;
         let pool = AnyPoolOptions::new()
             .max_connections(connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -171,10 +170,7 @@ impl MetadataStore for SqlStore {
             "DELETE FROM sh_producers WHERE topic = $1",
             "DELETE FROM sh_partitions WHERE topic = $1",
         ] {
-            sqlx::query(delete)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(delete).bind(name).execute(&mut *tx).await?;
         }
         let deleted = sqlx::query("DELETE FROM sh_topics WHERE name = $1")
             .bind(name)
@@ -207,7 +203,11 @@ impl MetadataStore for SqlStore {
         .transpose()
     }
 
-    async fn commit(&self, object: &ObjectRef, ranges: &[CommittedRange]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        object: &ObjectRef,
+        ranges: &[CommittedRange],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("SELECT 1 FROM sh_objects WHERE object_key = $1")
             .bind(&object.key)

@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const POSTGRES_ENV: &str = "STREAMHOUSE_TEST_POSTGRES";
 
 /// What to run when a service is missing.
-pub const HOW_TO_START: &str =
-    "run the tests through scripts/test (it starts PostgreSQL and an S3 server on loopback), \
+pub const HOW_TO_START: &str = "run the tests through scripts/test (it starts PostgreSQL and an S3 server on loopback), \
      or start them with `eval \"$(scripts/services start)\"` first";
 
 /// The test server's URL; panics (failing the test) when it is not set.

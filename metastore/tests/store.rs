@@ -68,11 +68,35 @@ async fn contract(store: Arc<dyn MetadataStore>) {
     let mut first = vec![range("orders", 0, 0, 10, 0), range("orders", 1, 0, 4, 100)];
     first[0].producers = vec![producer(7, 0, &[0, 5])];
     store.commit(&object("o/1"), &first).await.unwrap();
-    assert_eq!(store.partition("orders", 0).await.unwrap().unwrap().high_watermark, 10);
-    assert_eq!(store.partition("orders", 1).await.unwrap().unwrap().high_watermark, 4);
+    assert_eq!(
+        store
+            .partition("orders", 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .high_watermark,
+        10
+    );
+    assert_eq!(
+        store
+            .partition("orders", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .high_watermark,
+        4
+    );
     // The same object again (a retry after a lost answer): no change, no error.
     store.commit(&object("o/1"), &first).await.unwrap();
-    assert_eq!(store.partition("orders", 0).await.unwrap().unwrap().high_watermark, 10);
+    assert_eq!(
+        store
+            .partition("orders", 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .high_watermark,
+        10
+    );
 
     // A range not starting at the high watermark: conflict, and nothing of the object lands,
     // not even its other, valid range.
@@ -86,11 +110,21 @@ async fn contract(store: Arc<dyn MetadataStore>) {
         }) => {}
         other => panic!("expected a conflict, got {other:?}"),
     }
-    assert_eq!(store.partition("orders", 1).await.unwrap().unwrap().high_watermark, 4);
+    assert_eq!(
+        store
+            .partition("orders", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .high_watermark,
+        4
+    );
     assert_eq!(store.index("orders", 1, 0, 10).await.unwrap().len(), 1);
     // A partition that does not exist is a conflict too.
     assert!(matches!(
-        store.commit(&object("o/3"), &[range("orders", 9, 0, 1, 0)]).await,
+        store
+            .commit(&object("o/3"), &[range("orders", 9, 0, 1, 0)])
+            .await,
         Err(StoreError::Conflict { found: -1, .. })
     ));
 
@@ -99,7 +133,10 @@ async fn contract(store: Arc<dyn MetadataStore>) {
     next.producers = vec![producer(7, 0, &[0, 5, 10]), producer(8, 2, &[15])];
     store.commit(&object("o/4"), &[next]).await.unwrap();
     let producers = store.producers("orders", 0).await.unwrap();
-    assert_eq!(producers, [producer(7, 0, &[0, 5, 10]), producer(8, 2, &[15])]);
+    assert_eq!(
+        producers,
+        [producer(7, 0, &[0, 5, 10]), producer(8, 2, &[15])]
+    );
     assert!(store.producers("orders", 1).await.unwrap().is_empty());
 
     // The index from any offset: the entry holding it first, in order, limited.
@@ -122,12 +159,25 @@ async fn contract(store: Arc<dyn MetadataStore>) {
     assert!(store.producers("orders", 0).await.unwrap().is_empty());
     // Recreated, it starts empty.
     store.ensure_topic("orders", 1).await.unwrap();
-    assert_eq!(store.partition("orders", 0).await.unwrap().unwrap().high_watermark, 0);
+    assert_eq!(
+        store
+            .partition("orders", 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .high_watermark,
+        0
+    );
 }
 
 #[tokio::test]
 async fn sqlite_in_memory_keeps_the_contract() {
-    contract(streamhouse_metastore::open("sqlite::memory:").await.unwrap()).await;
+    contract(
+        streamhouse_metastore::open("sqlite::memory:")
+            .await
+            .unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -167,7 +217,10 @@ async fn commits_to_one_partition_from_two_writers_never_both_land() {
             x.is_ok() != y.is_ok(),
             "round {round}: exactly one commit lands: {x:?} {y:?}"
         );
-        assert!(matches!(x.err().or(y.err()), Some(StoreError::Conflict { .. })));
+        assert!(matches!(
+            x.err().or(y.err()),
+            Some(StoreError::Conflict { .. })
+        ));
     }
     assert_eq!(a.index("t", 0, 0, 100).await.unwrap().len(), 20);
 }

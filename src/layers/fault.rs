@@ -230,6 +230,7 @@ fn injected_error(request: &Request, code: ErrorCode) -> Result<Response, BoxErr
                 })
                 .collect(),
             throttle_ms: 0,
+            durability: 0,
         })),
         _ => Err(TransportError::Unavailable(None).into()),
     }

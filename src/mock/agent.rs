@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 use streamhouse_proto::v1::{
-    Acks, AgentInfo, ErrorCode, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
-    PartitionMetadata, PartitionResult, ProduceRequest, ProduceResponse,
+    Acks, AgentInfo, Durability, ErrorCode, FetchRequest, FetchResponse, MetadataRequest,
+    MetadataResponse, PartitionMetadata, PartitionResult, ProduceRequest, ProduceResponse,
 };
 use tower::BoxError;
 
@@ -453,6 +453,8 @@ impl MockAgent {
         ProduceResponse {
             results,
             throttle_ms: if throttled { 10 } else { 0 },
+            // The mock keeps its logs in memory: durable means nothing more than appended.
+            durability: Durability::Unspecified as i32,
         }
     }
 

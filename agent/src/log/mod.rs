@@ -23,6 +23,7 @@ pub(crate) mod storage;
 #[cfg(test)]
 mod sim;
 
+pub(crate) use recovery::STORED;
 pub use recovery::{PartitionRecovery, RecoveryReport};
 
 use bytes::Bytes;
@@ -88,6 +89,8 @@ pub(crate) struct PartitionLog {
     checkpoint: Arc<dyn StorageFile>,
     /// The exclusive lock on the partition directory (real disks only), released at shutdown.
     dir_lock: Mutex<Option<std::fs::File>>,
+    /// Where the log starts when it has no segment (its earlier records are in objects).
+    floor: i64,
 }
 
 /// Why and until when a partition is offline.
@@ -149,9 +152,19 @@ impl PartitionLog {
         dir: &Path,
         config: LogConfig,
     ) -> io::Result<(PartitionLog, RecoveryReport)> {
+        PartitionLog::open_at(dir, config, 0)
+    }
+
+    /// [`open`](Self::open), starting an empty log at `floor` instead of 0 (the records before
+    /// it are in object storage).
+    pub(crate) fn open_at(
+        dir: &Path,
+        config: LogConfig,
+        floor: i64,
+    ) -> io::Result<(PartitionLog, RecoveryReport)> {
         config.storage.create_dir_durable(dir)?;
         let lock = config.storage.lock_dir(dir)?;
-        let recovered = recovery::recover(dir, &config)?;
+        let recovered = recovery::recover(dir, &config, floor)?;
         let checkpoint = checkpoint::open(config.storage.as_ref(), dir)?;
         let log = PartitionLog {
             config,
@@ -171,6 +184,7 @@ impl PartitionLog {
             appended: tokio::sync::Notify::new(),
             checkpoint,
             dir_lock: Mutex::new(lock),
+            floor,
         };
         Ok((log, recovered.report))
     }
@@ -195,6 +209,34 @@ impl PartitionLog {
     /// The offset the next appended record gets.
     pub(crate) fn next_offset(&self) -> i64 {
         self.lock().state.next_offset()
+    }
+
+    /// The first offset in the local files and the offset after the last whole batch in them.
+    pub(crate) fn local_range(&self) -> (i64, i64) {
+        let inner = self.lock();
+        let start = inner.segments.first().map_or(self.floor, |s| s.base_offset);
+        let end = inner.segments.last().map_or(start, |s| s.next_offset);
+        (start, end)
+    }
+
+    /// Why the log refuses appends, if recovery found it broken or it was fenced.
+    pub(crate) fn broken(&self) -> Option<String> {
+        self.lock().broken.clone()
+    }
+
+    /// Stops appends for good (until restart): another writer owns the partition's durable
+    /// state. Reads go on.
+    pub(crate) fn fence(&self, reason: String) {
+        tracing::error!(dir = %self.dir.display(), %reason, "partition fenced");
+        self.lock().broken = Some(reason);
+    }
+
+    /// Merges producer state saved elsewhere (the metadata store) into this log's.
+    pub(crate) fn restore_producers(&self, snapshots: &[streamhouse::serve::ProducerSnapshot]) {
+        let mut inner = self.lock();
+        for snapshot in snapshots {
+            inner.state.restore_snapshot(snapshot);
+        }
     }
 
     /// Admits and writes `batches` in order (one positional write per segment touched);
@@ -325,7 +367,7 @@ impl PartitionLog {
                 return;
             }
         }
-        match recovery::recover(&self.dir, &self.config) {
+        match recovery::recover(&self.dir, &self.config, self.floor) {
             Ok(recovered) => {
                 tracing::info!(dir = %self.dir.display(), "partition back online");
                 metrics::counter!("streamhouse_partitions_revived_total").increment(1);

@@ -74,14 +74,16 @@ struct Break {
 
 /// Limits for batches already stored: only the format's own bounds (the file's length bounds
 /// every read), never the configured limits of new traffic.
-pub(super) const STORED: DecodeLimits = DecodeLimits {
+pub(crate) const STORED: DecodeLimits = DecodeLimits {
     max_batch_bytes: usize::MAX,
     max_uncompressed_bytes: usize::MAX,
     max_records: usize::MAX,
     max_record_bytes: usize::MAX,
 };
 
-pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
+/// `floor`: where an empty log starts (0, or the committed high watermark of a partition whose
+/// earlier records are in object storage).
+pub(super) fn recover(dir: &Path, config: &LogConfig, floor: i64) -> io::Result<Recovered> {
     let storage_arc = &config.storage;
     let storage = config.storage.as_ref();
     let mut files: Vec<(i64, String)> = Vec::new();
@@ -100,7 +102,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
         ..RecoveryReport::default()
     };
     if files.is_empty() {
-        let mut segments = vec![Segment::create(storage_arc, dir, 0)?];
+        let mut segments = vec![Segment::create(storage_arc, dir, floor)?];
         if let Some(point) = point.filter(|p| p.synced > 0) {
             let why = format!(
                 "every segment file is missing, though segment {} held {} fsynced bytes",
@@ -111,7 +113,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> io::Result<Recovered> {
         }
         return Ok(Recovered {
             segments,
-            state: config.new_state(0),
+            state: config.new_state(floor),
             report,
         });
     }

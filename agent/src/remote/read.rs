@@ -1,0 +1,204 @@
+//! Fetches below the local log: the store's index rows name object byte ranges, fetched with
+//! ranged GETs and kept in a bounded cache (consumers reading one partition from the start hit
+//! each range once).
+
+use super::{Remote, bump};
+use crate::log::{ReadResult, STORED};
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use streamhouse::batch::{Batch, BatchHeader, HEADER_LEN};
+use streamhouse::serve::Rejection;
+use streamhouse_metastore::IndexEntry;
+use streamhouse_proto::v1::ErrorCode;
+
+/// Index rows asked of the store per fetch.
+const ENTRIES_PER_READ: usize = 16;
+
+/// Object ranges by (key, start), oldest evicted first past `max` bytes.
+pub(super) struct Cache {
+    inner: Mutex<CacheInner>,
+    max: usize,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<(String, u64), Bytes>,
+    order: VecDeque<(String, u64)>,
+    bytes: usize,
+}
+
+impl Cache {
+    pub(super) fn new(max: usize) -> Cache {
+        Cache {
+            inner: Mutex::new(CacheInner::default()),
+            max,
+        }
+    }
+
+    fn get(&self, key: &(String, u64)) -> Option<Bytes> {
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.map.get(key).cloned()
+    }
+
+    fn put(&self, key: (String, u64), bytes: Bytes) {
+        if bytes.len() > self.max {
+            return;
+        }
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.bytes += bytes.len();
+        if let Some(old) = inner.map.insert(key.clone(), bytes) {
+            inner.bytes -= old.len();
+        } else {
+            inner.order.push_back(key);
+        }
+        while inner.bytes > self.max {
+            let Some(oldest) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = inner.map.remove(&oldest) {
+                inner.bytes -= gone.len();
+            }
+        }
+    }
+}
+
+impl Remote {
+    /// Whole batches from the one holding `offset`, up to `max_bytes` (at least one), read
+    /// from objects. `high_watermark` is the local log's end, reported as for local reads.
+    pub(crate) async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+        high_watermark: i64,
+    ) -> Result<ReadResult, Rejection> {
+        let store = |e: streamhouse_metastore::StoreError| {
+            Rejection::new(ErrorCode::Unavailable, format!("metadata store: {e}"))
+        };
+        bump(&self.counters.object_reads, 1);
+        let meta = self
+            .store
+            .partition(topic, partition)
+            .await
+            .map_err(store)?
+            .ok_or_else(|| {
+                Rejection::new(ErrorCode::UnknownPartition, "not in the metadata store")
+            })?;
+        if offset < meta.log_start {
+            return Err(Rejection::new(
+                ErrorCode::OffsetOutOfRange,
+                format!("offset {offset} is before the log start {}", meta.log_start),
+            ));
+        }
+        let entries = self
+            .store
+            .index(topic, partition, offset, ENTRIES_PER_READ)
+            .await
+            .map_err(store)?;
+        let mut result = ReadResult {
+            batches: Vec::new(),
+            log_start_offset: meta.log_start,
+            high_watermark,
+        };
+        let mut total = 0usize;
+        for entry in entries {
+            let bytes = self.range(&entry).await?;
+            let mut pos = 0usize;
+            while pos + HEADER_LEN <= bytes.len() {
+                let corrupt = |why: String| {
+                    Rejection::new(
+                        ErrorCode::CorruptBatch,
+                        format!(
+                            "object {} at byte {}: {why}",
+                            entry.object,
+                            entry.byte_start + pos as u64
+                        ),
+                    )
+                };
+                let header = match BatchHeader::read(&bytes[pos..]) {
+                    Ok(h) if pos + h.total_len() <= bytes.len() => h,
+                    Ok(h) => {
+                        return finish(
+                            result,
+                            corrupt(format!("length {} past the range", h.total_len())),
+                        );
+                    }
+                    Err(e) => return finish(result, corrupt(e.to_string())),
+                };
+                let len = header.total_len();
+                if header.last_offset() >= offset {
+                    if !result.batches.is_empty() && total + len > max_bytes {
+                        return Ok(result);
+                    }
+                    let batch = bytes.slice(pos..pos + len);
+                    if let Err(e) = Batch::parse(batch.clone(), &STORED) {
+                        return finish(result, corrupt(e.to_string()));
+                    }
+                    total += len;
+                    result.batches.push(batch);
+                    if total >= max_bytes {
+                        return Ok(result);
+                    }
+                }
+                pos += len;
+            }
+        }
+        Ok(result)
+    }
+
+    /// An index entry's bytes, from the cache or one ranged GET.
+    async fn range(&self, entry: &IndexEntry) -> Result<Bytes, Rejection> {
+        let key = (entry.object.clone(), entry.byte_start);
+        if let Some(bytes) = self.cache.get(&key) {
+            return Ok(bytes);
+        }
+        bump(&self.counters.object_gets, 1);
+        let bytes = self
+            .objects
+            .get_range(
+                &entry.object,
+                entry.byte_start..entry.byte_start + entry.byte_len,
+            )
+            .await
+            .map_err(|e| {
+                let code = match e {
+                    object_store::Error::NotFound { .. } => ErrorCode::CorruptBatch,
+                    _ => ErrorCode::Unavailable,
+                };
+                Rejection::new(code, format!("object {}: {e}", entry.object))
+            })?;
+        if bytes.len() as u64 != entry.byte_len {
+            return Err(Rejection::new(
+                ErrorCode::CorruptBatch,
+                format!(
+                    "object {} returned {} bytes for a range of {}",
+                    entry.object,
+                    bytes.len(),
+                    entry.byte_len
+                ),
+            ));
+        }
+        self.cache.put(key, bytes.clone());
+        Ok(bytes)
+    }
+}
+
+/// A corrupt batch: the batches before it are served; the reader gets the error when it is
+/// the first one asked for.
+fn finish(result: ReadResult, rejection: Rejection) -> Result<ReadResult, Rejection> {
+    if result.batches.is_empty() {
+        tracing::error!(reason = %rejection.message, "corrupt batch in object storage");
+        metrics::counter!("streamhouse_corrupt_reads_total").increment(1);
+        Err(rejection)
+    } else {
+        Ok(result)
+    }
+}

@@ -1,0 +1,274 @@
+//! The agent with its durable state in a metadata store and object storage: acknowledged
+//! records survive the loss of its data directory, offsets continue where they were, and a
+//! retry of a committed batch is answered as a duplicate with its original offset — on SQLite
+//! with `file://` objects, and on PostgreSQL with an S3 server (both started by `scripts/test`;
+//! without them those tests fail, never skip).
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+use streamhouse::discovery::StaticDiscovery;
+use streamhouse::producer::{Acks, Producer, ProducerRecord};
+use streamhouse::transport::{Request, RequestMessage, Response};
+use streamhouse_agent::{AgentConfig, RemoteConfig};
+use streamhouse_proto::v1::{Durability, ErrorCode, PartitionBatch, ProduceRequest};
+use support::agent::{Kind, RunningAgent};
+use tower::ServiceExt;
+
+const PARTITIONS: u32 = 3;
+
+/// Where an agent's durable state lives in a test.
+#[derive(Clone)]
+struct Engines {
+    metadata: String,
+    objects: String,
+    s3: Option<(String, String)>,
+}
+
+impl Engines {
+    /// SQLite and a directory of objects, under `base`.
+    fn embedded(base: &std::path::Path) -> Engines {
+        Engines {
+            metadata: format!("sqlite://{}/meta.db", base.display()),
+            objects: format!("file://{}/objects", base.display()),
+            s3: None,
+        }
+    }
+
+    /// A fresh PostgreSQL database and a fresh prefix in the test bucket.
+    async fn real() -> Engines {
+        let metadata = streamhouse_metastore::testing::fresh_postgres().await;
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!(
+                    "this test needs an S3 server and {name} is not set: {}",
+                    streamhouse_metastore::testing::HOW_TO_START
+                )
+            })
+        };
+        let (endpoint, bucket) = (
+            var("STREAMHOUSE_TEST_S3_ENDPOINT"),
+            var("STREAMHOUSE_TEST_S3_BUCKET"),
+        );
+        let prefix = metadata.rsplit('/').next().unwrap().to_owned();
+        Engines {
+            metadata,
+            objects: format!("s3://{bucket}/{prefix}"),
+            s3: Some((endpoint, "us-east-1".into())),
+        }
+    }
+
+    fn config(&self, data: &std::path::Path) -> AgentConfig {
+        let mut remote = RemoteConfig::new(&self.metadata, &self.objects);
+        remote.flush_interval = Duration::from_millis(20);
+        remote.flush_bytes = 256 << 10;
+        if let Some((endpoint, region)) = &self.s3 {
+            remote.s3.endpoint = Some(endpoint.clone());
+            remote.s3.region = Some(region.clone());
+            remote.s3.access_key_id = Some("test".into());
+            remote.s3.secret_access_key = Some("test".into());
+        }
+        AgentConfig::new(data).topic("t", PARTITIONS).remote(remote)
+    }
+}
+
+/// Sends `count` records from `from` with acks=durable, idempotence on; returns
+/// (partition, offset) → record number.
+async fn produce(agent: &RunningAgent, from: u64, count: u64) -> HashMap<(u32, i64), u64> {
+    let producer = Producer::builder(
+        agent.transport(Kind::Grpc),
+        StaticDiscovery::new().with_topic("t", PARTITIONS, &agent.endpoint(Kind::Grpc)),
+    )
+    .acks(Acks::Durable)
+    .idempotence(true)
+    .build()
+    .unwrap();
+    let mut deliveries = Vec::new();
+    for i in from..from + count {
+        let (value, key) = (format!("{i:020}"), format!("k{i}"));
+        let record = ProducerRecord::new("t", value.as_bytes()).key(key.as_bytes());
+        deliveries.push((i, producer.send(record).await.unwrap()));
+    }
+    let mut acked = HashMap::new();
+    for (i, delivery) in deliveries {
+        let meta = delivery.await.expect("acknowledged");
+        assert!(acked.insert((meta.partition, meta.offset), i).is_none());
+    }
+    producer.close(Duration::from_secs(10)).await.unwrap();
+    acked
+}
+
+/// Every acknowledged record is read back at its offset, with nothing else in between.
+async fn check(agent: &RunningAgent, acked: &HashMap<(u32, i64), u64>) {
+    let mut seen = 0;
+    for partition in 0..PARTITIONS {
+        let records = agent.read(Kind::Grpc, "t", partition).await;
+        for (position, record) in records.iter().enumerate() {
+            assert_eq!(record.offset, position as i64, "partition {partition}");
+            let sent: u64 = std::str::from_utf8(record.value.as_deref().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                acked.get(&(partition, record.offset)),
+                Some(&sent),
+                "partition {partition} offset {}",
+                record.offset
+            );
+        }
+        seen += records.len();
+    }
+    assert_eq!(seen, acked.len(), "every acknowledged record, nothing more");
+}
+
+async fn survive_a_lost_disk(engines: Engines) {
+    let base = tempfile::tempdir().unwrap();
+    let data = base.path().join("data");
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    let mut acked = produce(&agent, 0, 3_000).await;
+    let stats = agent.agent.remote_stats().unwrap();
+    assert!(stats.objects_written > 0 && stats.commits == stats.objects_written);
+    agent.stop().await;
+
+    // The machine's disk is gone.
+    std::fs::remove_dir_all(&data).unwrap();
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    check(&agent, &acked).await;
+    assert!(
+        agent.agent.remote_stats().unwrap().object_gets > 0,
+        "read from objects"
+    );
+    // Appends continue at the committed offsets.
+    acked.extend(produce(&agent, 3_000, 600).await);
+    check(&agent, &acked).await;
+    agent.stop().await;
+
+    // And once more, without losing the disk: the local log and the store agree.
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    check(&agent, &acked).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_a_lost_data_directory_on_sqlite_and_files() {
+    let base = tempfile::tempdir().unwrap();
+    survive_a_lost_disk(Engines::embedded(base.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_a_lost_data_directory_on_postgres_and_s3() {
+    survive_a_lost_disk(Engines::real().await).await;
+}
+
+/// Sends one raw batch with acks=durable; (code, base offset, durability).
+async fn send(agent: &RunningAgent, bytes: bytes::Bytes) -> (ErrorCode, i64, Durability) {
+    let request = Request::new(RequestMessage::Produce(ProduceRequest {
+        acks: 3,
+        timeout_ms: 10_000,
+        batches: vec![PartitionBatch {
+            topic: "t".into(),
+            partition: 1,
+            batch: bytes,
+        }],
+    }));
+    match agent.agent.service().oneshot(request).await.unwrap() {
+        Response::Produce(r) => (
+            ErrorCode::from_wire(r.results[0].error_code),
+            r.results[0].base_offset,
+            Durability::try_from(r.durability).unwrap(),
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What the producer does after a lost answer, against an agent that lost its disk meanwhile:
+/// the retry reaches the rebuilt agent, which must answer it as a duplicate with the original
+/// offset (appending it again would duplicate the records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_committed_batch_after_a_wipe_is_a_duplicate_with_its_offset() {
+    let base = tempfile::tempdir().unwrap();
+    let engines = Engines::embedded(base.path());
+    let data = base.path().join("data");
+    let batch = |seq| support::idempotent_batch(4242, 0, seq, 5);
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    for i in 0..3 {
+        assert_eq!(
+            send(&agent, batch(i * 5)).await,
+            (ErrorCode::None, i64::from(i) * 5, Durability::ObjectStore)
+        );
+    }
+    agent.stop().await;
+    std::fs::remove_dir_all(&data).unwrap();
+
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    // Retries of every remembered batch: duplicates, at their first offsets.
+    for i in 0..3 {
+        assert_eq!(
+            send(&agent, batch(i * 5)).await,
+            (
+                ErrorCode::DuplicateSequence,
+                i64::from(i) * 5,
+                Durability::ObjectStore
+            )
+        );
+    }
+    // The next batch in sequence is appended after them; a gap is still refused.
+    assert_eq!(send(&agent, batch(15)).await.0, ErrorCode::None);
+    assert_eq!(
+        send(&agent, batch(30)).await.0,
+        ErrorCode::OutOfOrderSequence
+    );
+    assert_eq!(agent.agent.next_offset("t", 1), Some(20));
+    agent.stop().await;
+}
+
+/// Local disk only: the answer says durable meant fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_object_storage_durable_means_local_fsync() {
+    let base = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::start(AgentConfig::new(base.path()).topic("t", PARTITIONS)).await;
+    let (code, _, durability) = send(&agent, support::idempotent_batch(1, 0, 0, 1)).await;
+    assert_eq!(
+        (code, durability),
+        (ErrorCode::None, Durability::LocalFsync)
+    );
+    agent.stop().await;
+}
+
+/// Bad URLs and unreachable engines stop the agent at start with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_or_unreachable_engines_are_refused_at_start() {
+    let base = tempfile::tempdir().unwrap();
+    let open = |metadata: &str, objects: &str| {
+        let config =
+            AgentConfig::new(base.path().join("data")).remote(RemoteConfig::new(metadata, objects));
+        async move {
+            streamhouse_agent::Agent::open(config)
+                .await
+                .err()
+                .expect("refused")
+                .to_string()
+        }
+    };
+    let sqlite = format!("sqlite://{}/meta.db", base.path().display());
+    let files = format!("file://{}/objects", base.path().display());
+    let error = open("mysql://nope", &files).await;
+    assert!(
+        error.contains("metadata store") && error.contains("mysql://nope"),
+        "{error}"
+    );
+    let error = open(&sqlite, "ftp://nope").await;
+    assert!(error.contains("object storage ftp://nope"), "{error}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let error = open(&format!("postgres://u:secret@127.0.0.1:{port}/db"), &files).await;
+    assert!(error.contains("unreachable"), "{error}");
+    assert!(!error.contains("secret"), "no password in errors: {error}");
+    // A file:// directory the agent cannot write.
+    let error = open(&sqlite, "file:///proc/streamhouse-objects").await;
+    assert!(error.contains("object storage"), "{error}");
+}
