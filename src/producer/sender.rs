@@ -830,7 +830,11 @@ impl<'a> Settlement<'a> {
             batch.maybe_applied = true;
         }
         match code {
-            ErrorCode::None | ErrorCode::DuplicateSequence => self.succeed(batch, base_offset),
+            ErrorCode::None => self.succeed(batch, base_offset),
+            ErrorCode::DuplicateSequence => {
+                Counters::add(&self.inner.counters.duplicates, 1);
+                self.succeed(batch, base_offset);
+            }
             ErrorCode::UnknownProducerId if batch.maybe_applied => {
                 // An earlier attempt may have been appended and the agent has since lost this
                 // producer's state: sent again under a new epoch it could be appended twice.

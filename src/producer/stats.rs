@@ -14,6 +14,7 @@ pub(crate) struct Counters {
     pub(crate) wire_bytes: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) throttled: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
     /// Shared with the transport retry layer's policy.
     pub(crate) request_retries: Arc<AtomicU64>,
 }
@@ -34,6 +35,7 @@ impl Counters {
             wire_bytes: get(&self.wire_bytes),
             retries: get(&self.retries),
             throttled: get(&self.throttled),
+            duplicates: get(&self.duplicates),
             request_retries: get(&self.request_retries),
         }
     }
@@ -62,6 +64,9 @@ pub struct ProducerStats {
     /// Answers that asked this producer to hold off (`throttle_ms` > 0); it sent nothing more
     /// to that agent for that long.
     pub throttled: u64,
+    /// Batches the agent answered `DUPLICATE_SEQUENCE`: a retry of a batch it had already
+    /// appended (an earlier answer was lost), resolved with the original offset.
+    pub duplicates: u64,
     /// Requests sent again by the transport retry layer after a retriable transport error or
     /// a timeout (connection lost, agent unreachable).
     pub request_retries: u64,
