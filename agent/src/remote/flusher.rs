@@ -337,7 +337,11 @@ impl Flusher {
         let mut backoff = BACKOFF_FIRST;
         loop {
             let started = Instant::now();
-            match self.objects.put(&key, chunks.clone()).await {
+            let put = {
+                let (objects, key, chunks) = (self.objects.clone(), key.clone(), chunks.clone());
+                async move { objects.put(&key, chunks).await }
+            };
+            match self.watch(put).await {
                 Ok(()) => {
                     metrics::histogram!("streamhouse_object_put_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -362,7 +366,11 @@ impl Flusher {
         let mut backoff = BACKOFF_FIRST;
         loop {
             let started = Instant::now();
-            match self.store.commit(&object, &ranges).await {
+            let commit = {
+                let (store, object, ranges) = (self.store.clone(), object.clone(), ranges.clone());
+                async move { store.commit(&object, &ranges).await }
+            };
+            match self.watch(commit).await {
                 Ok(()) => {
                     metrics::histogram!("streamhouse_metadata_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -403,6 +411,21 @@ impl Flusher {
             }
         }
         true
+    }
+
+    /// Runs a PUT or commit to its end, answering messages and expiring waiters meanwhile (a
+    /// service that hangs must not hold the durable answers past their timeout).
+    async fn watch<T>(&mut self, op: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(op);
+        loop {
+            tokio::select! {
+                out = &mut op => return out,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    self.absorb();
+                    self.expire();
+                }
+            }
+        }
     }
 
     /// Waits before the next attempt, answering messages and expiring waiters meanwhile.

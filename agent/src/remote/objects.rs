@@ -162,7 +162,20 @@ fn s3_store(url: &str, rest: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore
     if bucket.is_empty() {
         return Err(invalid(url, "no bucket after s3://"));
     }
-    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    // Each request is bounded and retried little here: the flusher retries on its own, and
+    // must learn of an outage in seconds, not after object_store's default three minutes.
+    let retry = object_store::RetryConfig {
+        max_retries: 2,
+        retry_timeout: std::time::Duration::from_secs(10),
+        ..object_store::RetryConfig::default()
+    };
+    let client = object_store::ClientOptions::new()
+        .with_timeout(std::time::Duration::from_secs(10))
+        .with_connect_timeout(std::time::Duration::from_secs(3));
+    let mut builder = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry)
+        .with_client_options(client);
     if let Some(endpoint) = &s3.endpoint {
         builder = builder
             .with_endpoint(endpoint)

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod proxy;
+pub mod services;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
