@@ -57,6 +57,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod config;
 mod io;
 mod listen;
@@ -157,6 +158,8 @@ pub(crate) struct Shared {
     lock: std::sync::Mutex<Option<std::fs::File>>,
     /// The metadata store and object storage, when the durable state lives there.
     remote: Option<Arc<remote::Remote>>,
+    /// Held by topic administration (one change at a time).
+    admin_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -229,6 +232,7 @@ impl Agent {
                 )),
                 lock: std::sync::Mutex::new(Some(lock)),
                 remote,
+                admin_lock: tokio::sync::Mutex::new(()),
                 answers: streamhouse::serve::ByteBudget::new(
                     "fetch_answer_bytes",
                     config.max_fetch_answer_bytes,
@@ -260,6 +264,7 @@ impl Agent {
                     RequestMessage::Produce(r) => Response::Produce(shared.produce(r).await),
                     RequestMessage::Metadata(r) => Response::Metadata(shared.metadata(&r).await),
                     RequestMessage::Fetch(r) => Response::Fetch(shared.fetch(r).await),
+                    RequestMessage::Admin(r) => Response::Admin(shared.admin(r).await),
                     _ => {
                         return Err(BoxError::from("unsupported request"));
                     }

@@ -390,7 +390,7 @@ impl Shared {
         }
     }
 
-    fn describe(
+    pub(crate) fn describe(
         &self,
         name: &str,
         topic: Result<Arc<crate::topics::Topic>, Rejection>,

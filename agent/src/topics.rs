@@ -102,6 +102,34 @@ impl Topics {
         all
     }
 
+    /// Forgets a topic: its partition logs take no more appends and their directories are
+    /// moved to `<data>/deleted/` then removed. Does directory IO: call it off the runtime.
+    pub(crate) fn remove(&self, name: &str) -> Option<std::io::Result<()>> {
+        let _creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        let topic = self
+            .map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)?;
+        let deleted = self.dir.join("deleted");
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let result = (|| {
+            std::fs::create_dir_all(&deleted)?;
+            for (partition, (log, _)) in topic.partitions.iter().enumerate() {
+                log.fence(format!("topic {name:?} was deleted"));
+                log.release_lock();
+                let from = self.dir.join(dir_name(name, partition as u32));
+                let to = deleted.join(format!("{}.{stamp}", dir_name(name, partition as u32)));
+                std::fs::rename(&from, &to)?;
+                std::fs::remove_dir_all(&to)?;
+            }
+            std::fs::File::open(&self.dir)?.sync_all()
+        })();
+        Some(result)
+    }
+
     /// Topics held.
     pub(crate) fn count(&self) -> usize {
         self.map

@@ -47,6 +47,14 @@ impl ClientArgs {
         Ok((transport, discovery))
     }
 
+    /// The first seed URL (where administrative requests go).
+    pub(crate) fn first_seed(&self) -> anyhow::Result<Endpoint> {
+        seeds(&self.bootstrap)?
+            .into_iter()
+            .next()
+            .context("--bootstrap names no agent")
+    }
+
     fn transport(&self, seeds: &[Endpoint]) -> anyhow::Result<SchemeTransport> {
         let mut transport =
             SchemeTransport::new().with("grpc", GrpcTransport::new(GrpcConfig::default()));

@@ -40,7 +40,7 @@ enum Command {
     Bench(bench::Args),
     /// Print the records of a topic (all partitions, or one) from an offset to the end.
     Consume(consume::Args),
-    /// List the topics an agent knows, with their partitions' leaders.
+    /// List, describe, create or delete topics on an agent.
     Topics(topics::Args),
 }
 

@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn only_transient_codes_are_retriable() {
-        let retriable: Vec<_> = (0..=24)
+        let retriable: Vec<_> = (0..=25)
             .map(ErrorCode::from_wire)
             .filter(|c| c.is_retriable())
             .collect();

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 use streamhouse_proto::v1::{
-    Acks, AgentInfo, Durability, ErrorCode, FetchRequest, FetchResponse, MetadataRequest,
-    MetadataResponse, PartitionMetadata, PartitionResult, ProduceRequest, ProduceResponse,
+    Acks, AdminRequest, AdminResponse, AgentInfo, Durability, ErrorCode, FetchRequest,
+    FetchResponse, MetadataRequest, MetadataResponse, PartitionMetadata, PartitionResult,
+    ProduceRequest, ProduceResponse, admin_request,
 };
 use tower::BoxError;
 
@@ -347,7 +348,51 @@ impl MockAgent {
             RequestMessage::Produce(r) => Response::Produce(self.produce(r)),
             RequestMessage::Metadata(r) => Response::Metadata(self.metadata(&r)),
             RequestMessage::Fetch(r) => Response::Fetch(self.fetch(&r)),
+            RequestMessage::Admin(r) => Response::Admin(self.admin(r)),
         }))
+    }
+
+    /// Topic administration, as the agent does it (without its topic limit).
+    fn admin(&self, request: AdminRequest) -> AdminResponse {
+        let refuse = |code: ErrorCode, message: String| AdminResponse {
+            error_code: code as i32,
+            error_message: message,
+            topic: None,
+        };
+        match request.action {
+            Some(admin_request::Action::CreateTopic(create)) => {
+                if let Err(r) = crate::serve::validate_topic_name(&create.name) {
+                    return refuse(r.code, r.message);
+                }
+                if create.partitions == 0 {
+                    return refuse(ErrorCode::InvalidRequest, "no partitions".into());
+                }
+                if self.topics().contains_key(&create.name) {
+                    return refuse(
+                        ErrorCode::TopicAlreadyExists,
+                        format!("topic {:?} exists", create.name),
+                    );
+                }
+                self.create_topic(&create.name, create.partitions);
+                let described = self.metadata(&MetadataRequest {
+                    topics: vec![create.name],
+                });
+                AdminResponse {
+                    topic: described.topics.into_iter().next(),
+                    ..AdminResponse::default()
+                }
+            }
+            Some(admin_request::Action::DeleteTopic(delete)) => {
+                match self.topics().remove(&delete.name) {
+                    Some(_) => AdminResponse::default(),
+                    None => refuse(
+                        ErrorCode::UnknownTopic,
+                        format!("no topic {:?}", delete.name),
+                    ),
+                }
+            }
+            None => refuse(ErrorCode::InvalidRequest, "no admin action".into()),
+        }
     }
 
     fn produce(&self, request: ProduceRequest) -> ProduceResponse {

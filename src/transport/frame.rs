@@ -38,7 +38,8 @@ use super::{RequestMessage, Response, TransportError};
 use crate::serve::{RequestBudget, RequestLease};
 use streamhouse_proto::prost::Message;
 use streamhouse_proto::v1::{
-    FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    AdminRequest, AdminResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -48,6 +49,7 @@ pub const MAX_FRAME: usize = 16 << 20;
 const PRODUCE: u8 = 0x01;
 const METADATA: u8 = 0x02;
 const FETCH: u8 = 0x03;
+const ADMIN: u8 = 0x04;
 const RESPONSE: u8 = 0x80;
 /// Kind of an error frame.
 pub const ERROR: u8 = 0xFF;
@@ -217,6 +219,7 @@ pub fn request_len(request: &RequestMessage) -> usize {
         RequestMessage::Produce(m) => m.encoded_len(),
         RequestMessage::Metadata(m) => m.encoded_len(),
         RequestMessage::Fetch(m) => m.encoded_len(),
+        RequestMessage::Admin(m) => m.encoded_len(),
     }
 }
 
@@ -226,6 +229,7 @@ pub fn encode_request(request: &RequestMessage, limit: usize) -> Result<Vec<u8>,
         RequestMessage::Produce(m) => encode(PRODUCE, m, limit),
         RequestMessage::Metadata(m) => encode(METADATA, m, limit),
         RequestMessage::Fetch(m) => encode(FETCH, m, limit),
+        RequestMessage::Admin(m) => encode(ADMIN, m, limit),
     }
 }
 
@@ -235,6 +239,7 @@ pub fn encode_response(response: &Response, limit: usize) -> Result<Vec<u8>, Fra
         Response::Produce(m) => encode(PRODUCE | RESPONSE, m, limit),
         Response::Metadata(m) => encode(METADATA | RESPONSE, m, limit),
         Response::Fetch(m) => encode(FETCH | RESPONSE, m, limit),
+        Response::Admin(m) => encode(ADMIN | RESPONSE, m, limit),
     }
 }
 
@@ -259,6 +264,7 @@ pub fn decode_request(kind: u8, body: &[u8]) -> Result<RequestMessage, FrameErro
         PRODUCE => RequestMessage::Produce(decode::<ProduceRequest>("ProduceRequest", body)?),
         METADATA => RequestMessage::Metadata(decode::<MetadataRequest>("MetadataRequest", body)?),
         FETCH => RequestMessage::Fetch(decode::<FetchRequest>("FetchRequest", body)?),
+        ADMIN => RequestMessage::Admin(decode::<AdminRequest>("AdminRequest", body)?),
         other => return Err(FrameError::UnknownKind(other)),
     })
 }
@@ -274,6 +280,9 @@ pub fn decode_response(kind: u8, body: &[u8]) -> Result<Response, FrameError> {
         }
         k if k == FETCH | RESPONSE => {
             Response::Fetch(decode::<FetchResponse>("FetchResponse", body)?)
+        }
+        k if k == ADMIN | RESPONSE => {
+            Response::Admin(decode::<AdminResponse>("AdminResponse", body)?)
         }
         ERROR => {
             return Err(FrameError::Remote(

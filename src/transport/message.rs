@@ -1,7 +1,8 @@
 //! [`Request`] and [`Response`]: the protocol messages a connection carries.
 
 use streamhouse_proto::v1::{
-    FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    AdminRequest, AdminResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse,
 };
 use tokio::time::Instant;
 
@@ -15,6 +16,8 @@ pub enum RequestMessage {
     Metadata(MetadataRequest),
     /// Read batches back.
     Fetch(FetchRequest),
+    /// Create or delete a topic.
+    Admin(AdminRequest),
 }
 
 /// A request to an agent: the message, and the instant after which nobody waits for the
@@ -57,6 +60,12 @@ impl From<MetadataRequest> for Request {
     }
 }
 
+impl From<AdminRequest> for Request {
+    fn from(r: AdminRequest) -> Request {
+        Request::new(RequestMessage::Admin(r))
+    }
+}
+
 impl From<FetchRequest> for Request {
     fn from(r: FetchRequest) -> Request {
         Request::new(RequestMessage::Fetch(r))
@@ -73,4 +82,6 @@ pub enum Response {
     Metadata(MetadataResponse),
     /// Answer to [`RequestMessage::Fetch`].
     Fetch(FetchResponse),
+    /// Answer to [`RequestMessage::Admin`].
+    Admin(AdminResponse),
 }

@@ -227,7 +227,6 @@ impl PartitionLog {
     /// Stops appends for good (until restart): another writer owns the partition's durable
     /// state. Reads go on.
     pub(crate) fn fence(&self, reason: String) {
-        tracing::error!(dir = %self.dir.display(), %reason, "partition fenced");
         self.lock().broken = Some(reason);
     }
 

@@ -163,6 +163,24 @@ impl Flusher {
                     }
                 }
             },
+            Msg::Untrack { topic } => {
+                let gone: Vec<Key> = self
+                    .parts
+                    .keys()
+                    .filter(|(t, _)| *t == topic)
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    if let Some(cursor) = self.parts.remove(&key) {
+                        for waiter in cursor.waiters {
+                            waiter.fail(Rejection::new(
+                                ErrorCode::UnknownTopic,
+                                format!("topic {topic:?} was deleted"),
+                            ));
+                        }
+                    }
+                }
+            }
             Msg::Shutdown(done) => self.stopping = Some(done),
         }
     }
@@ -454,6 +472,7 @@ impl Flusher {
             "another writer committed to {topic}-{partition} in the metadata store (its high \
              watermark is {found}, this agent expected {expected})"
         );
+        tracing::error!(%reason, "partition fenced");
         metrics::counter!("streamhouse_partitions_fenced_total").increment(1);
         if let Some(cursor) = self.parts.get_mut(&(Arc::from(topic), partition)) {
             cursor.fenced = true;

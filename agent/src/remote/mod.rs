@@ -81,6 +81,8 @@ enum Msg {
         partition: u32,
         waiters: Vec<Waiter>,
     },
+    /// Forget a deleted topic's partitions.
+    Untrack { topic: Arc<str> },
     /// Upload everything, answer every waiter, stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -365,6 +367,31 @@ impl Remote {
             snapshots,
         });
         Ok((log, report))
+    }
+
+    /// Creates a topic in the store; `TOPIC_ALREADY_EXISTS` if it is there.
+    pub(crate) async fn create_topic(&self, name: &str, partitions: u32) -> Result<(), Rejection> {
+        match self.store.create_topic(name, partitions).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::TopicExists(_)) => Err(Rejection::new(
+                ErrorCode::TopicAlreadyExists,
+                format!("topic {name:?} exists in the metadata store"),
+            )),
+            Err(e) => Err(unavailable("creating the topic in the metadata store", &e)),
+        }
+    }
+
+    /// Deletes a topic from the store (its index rows and producer state; its objects are
+    /// left for garbage collection) and stops uploading it.
+    pub(crate) async fn delete_topic(&self, name: &str) -> Result<(), Rejection> {
+        self.store
+            .delete_topic(name)
+            .await
+            .map_err(|e| unavailable("deleting the topic from the metadata store", &e))?;
+        let _ = self.sink.tx.send(Msg::Untrack {
+            topic: Arc::from(name),
+        });
+        Ok(())
     }
 
     /// Uploads and commits everything appended, answers every waiting durable answer, and

@@ -1,15 +1,50 @@
 //! The agent the benchmark runs against: embedded (in this process, on loopback ports, in a
 //! temporary directory removed afterwards) or an external one reached through `--bootstrap`.
 
+use super::run::StorageFigures;
 use super::run::Target;
 use anyhow::Context;
 use std::sync::Arc;
 use streamhouse::discovery::{Discovery, StaticDiscovery};
 use streamhouse::transport::tls::{ClientTls, ServerTls};
 use streamhouse::transport::{Endpoint, Transport};
-use streamhouse_agent::{Agent, AgentConfig, ListenOptions, Listeners, Serving};
+use streamhouse_agent::{Agent, AgentConfig, ListenOptions, Listeners, RemoteConfig, Serving};
 use streamhouse_grpc::GrpcTransport;
 use streamhouse_quic::{QuicConfig, QuicTransport, dev_certificate};
+
+/// Object storage for the embedded agent (`bench --objects`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Storage {
+    /// `embedded` (a directory next to the cell's data), or an object storage URL.
+    pub(crate) objects: String,
+    /// The metadata store URL (default: SQLite next to the cell's data).
+    pub(crate) metadata: Option<String>,
+    pub(crate) s3_endpoint: Option<String>,
+    pub(crate) flush_interval_ms: Option<f64>,
+    pub(crate) flush_bytes: Option<usize>,
+}
+
+impl Storage {
+    fn config(&self, dir: &std::path::Path) -> RemoteConfig {
+        let objects = match self.objects.as_str() {
+            "embedded" => format!("file://{}", dir.join("objects").display()),
+            url => url.to_owned(),
+        };
+        let metadata = self
+            .metadata
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.join("meta.db").display()));
+        let mut remote = RemoteConfig::new(metadata, objects);
+        remote.s3.endpoint = self.s3_endpoint.clone();
+        if let Some(ms) = self.flush_interval_ms {
+            remote.flush_interval = std::time::Duration::from_secs_f64(ms / 1000.0);
+        }
+        if let Some(bytes) = self.flush_bytes {
+            remote.flush_bytes = bytes;
+        }
+        remote
+    }
+}
 
 /// An agent serving gRPC and QUIC on 127.0.0.1 from a temporary directory.
 pub(crate) struct Embedded {
@@ -20,7 +55,11 @@ pub(crate) struct Embedded {
 }
 
 impl Embedded {
-    pub(crate) async fn start(topic: &str, partitions: u32) -> anyhow::Result<Embedded> {
+    pub(crate) async fn start(
+        topic: &str,
+        partitions: u32,
+        storage: Option<&Storage>,
+    ) -> anyhow::Result<Embedded> {
         let dir = tempfile::Builder::new()
             .prefix("streamhouse-bench-")
             .tempdir()
@@ -35,6 +74,7 @@ impl Embedded {
         .await?;
         let mut config = AgentConfig::new(dir.path().join("data")).topic(topic, partitions);
         config.endpoints = listeners.endpoints().to_vec();
+        config.remote = storage.map(|s| s.config(dir.path()));
         let agent = Agent::open(config).await?;
         let serving = listeners.serve(&agent);
         Ok(Embedded {
@@ -75,11 +115,17 @@ impl Embedded {
         })
     }
 
-    /// Stops serving, shuts the agent down; the directory is removed when `self` drops.
-    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+    /// Stops serving, shuts the agent down (with object storage: after its last flush);
+    /// returns what it wrote to object storage. The directory is removed when `self` drops.
+    pub(crate) async fn stop(self) -> anyhow::Result<Option<StorageFigures>> {
         self.serving.stop().await?;
         self.agent.shutdown().await;
-        Ok(())
+        Ok(self.agent.remote_stats().map(|s| StorageFigures {
+            objects: s.objects_written,
+            bytes: s.bytes_written,
+            commits: s.commits,
+            errors: s.put_errors + s.commit_errors,
+        }))
     }
 }
 

@@ -96,6 +96,23 @@ pub(crate) struct Args {
     /// file (the README) with the results table (`bench-latency` markers with --latency)
     #[arg(long, value_name = "FILE")]
     update_readme: Option<PathBuf>,
+    /// Give the embedded agent object storage (acks=durable then means "in an object committed
+    /// to the metadata store"): `embedded` (a directory in each cell's temporary directory),
+    /// or a URL (`file://DIR`, `s3://BUCKET[/PREFIX]` with --s3-endpoint or AWS_* variables).
+    #[arg(long, value_name = "URL|embedded", conflicts_with = "bootstrap")]
+    objects: Option<String>,
+    /// The metadata store with --objects [default: SQLite in each cell's directory].
+    #[arg(long, value_name = "URL", requires = "objects")]
+    metadata: Option<String>,
+    /// S3 endpoint for --objects s3://… (e.g. a local S3 server's http://127.0.0.1:PORT).
+    #[arg(long, value_name = "URL", requires = "objects")]
+    s3_endpoint: Option<String>,
+    /// The agent's flush interval with --objects [default: 100ms].
+    #[arg(long, value_parser = parse_duration, requires = "objects")]
+    flush_interval: Option<Duration>,
+    /// The agent's flush bytes with --objects [default: 8388608].
+    #[arg(long, requires = "objects")]
+    flush_bytes: Option<usize>,
     /// Internal: run one cell in this process (JSON spec) and print its result as JSON.
     #[arg(long, hide = true, value_name = "SPEC")]
     cell: Option<String>,
@@ -121,6 +138,8 @@ struct CellSpec {
     bootstrap: Option<String>,
     ca: Option<PathBuf>,
     topic: String,
+    #[serde(default)]
+    storage: Option<embedded::Storage>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -215,7 +234,8 @@ async fn run_cell(spec: &CellSpec) -> anyhow::Result<CellResult> {
             )
         }
         None => {
-            let agent = embedded::Embedded::start("bench", spec.partitions).await?;
+            let agent =
+                embedded::Embedded::start("bench", spec.partitions, spec.storage.as_ref()).await?;
             let target = agent.target(&spec.transport, "bench", spec.partitions)?;
             (Some(agent), target)
         }
@@ -265,8 +285,12 @@ async fn run_cell(spec: &CellSpec) -> anyhow::Result<CellResult> {
         _ => run::producer_cell(&target, &settings, codec, payload, None, tick).await,
     };
     ticker.abort();
+    let mut result = result;
     if let Some(agent) = embedded {
-        agent.stop().await?;
+        let storage = agent.stop().await?;
+        if let Ok(result) = &mut result {
+            result.storage = storage;
+        }
     }
     result
 }
@@ -315,6 +339,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         bootstrap: args.bootstrap.clone(),
         ca: args.ca.clone(),
         topic: args.topic.clone(),
+        storage: args.objects.as_ref().map(|objects| embedded::Storage {
+            objects: objects.clone(),
+            metadata: args.metadata.clone(),
+            s3_endpoint: args.s3_endpoint.clone(),
+            flush_interval_ms: args.flush_interval.map(|d| d.as_secs_f64() * 1000.0),
+            flush_bytes: args.flush_bytes,
+        }),
     };
     let mut jobs = Vec::new();
     for &size in &args.value_size {
@@ -398,6 +429,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "latency_mode": args.latency,
             "rate": args.rate,
             "embedded_agent": args.bootstrap.is_none(),
+            "objects": args.objects,
+            "metadata": args.metadata,
+            "flush_interval_ms": args.flush_interval.map(|d| d.as_secs_f64() * 1000.0),
+            "flush_bytes": args.flush_bytes,
             "process_per_cell": true,
         }),
         cells: results,

@@ -101,7 +101,34 @@ pub(crate) fn table(report: &Report) -> String {
             .collect();
         table.add_row(cells);
     }
-    format!("{table}\nmachine: {}\n", report.machine.describe())
+    format!(
+        "{table}\n{}machine: {}\n",
+        storage_lines(report),
+        report.machine.describe()
+    )
+}
+
+/// One line per cell that ran with object storage: objects, PUTs per GiB, commits per second.
+fn storage_lines(report: &Report) -> String {
+    let mut out = String::new();
+    for cell in &report.cells {
+        if let Some(s) = &cell.storage {
+            let _ = writeln!(
+                out,
+                "{}/{}/{}B object storage: {} objects, {:.1} MiB, {:.0} PUTs per GiB, {:.1} \
+                 metadata commits/s, {} failed attempts",
+                cell.transport,
+                cell.codec,
+                cell.value_size,
+                s.objects,
+                s.bytes as f64 / f64::from(1u32 << 20),
+                s.puts_per_gib(),
+                s.commits as f64 / cell.seconds.max(1e-9),
+                s.errors
+            );
+        }
+    }
+    out
 }
 
 /// The markdown section for the README.

@@ -49,6 +49,33 @@ pub(crate) struct CellResult {
     pub(crate) requests: u64,
     #[serde(default)]
     pub(crate) batches: u64,
+    /// With `--objects`: what the embedded agent wrote to object storage and the store.
+    #[serde(default)]
+    pub(crate) storage: Option<StorageFigures>,
+}
+
+/// Object storage and metadata store work of one cell's agent (start to shutdown).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StorageFigures {
+    /// Objects written (PUTs that succeeded).
+    pub(crate) objects: u64,
+    /// Bytes in them.
+    pub(crate) bytes: u64,
+    /// Metadata store commits (one transaction per object).
+    pub(crate) commits: u64,
+    /// Failed PUT and commit attempts (retried).
+    pub(crate) errors: u64,
+}
+
+impl StorageFigures {
+    /// PUTs per GiB written.
+    pub(crate) fn puts_per_gib(&self) -> f64 {
+        if self.bytes == 0 {
+            0.0
+        } else {
+            self.objects as f64 / (self.bytes as f64 / f64::from(1u32 << 30))
+        }
+    }
 }
 
 /// Everything a cell needs to reach the agent.
@@ -224,6 +251,7 @@ pub(crate) async fn producer_cell(
         retries: stats.retries - before.retries,
         requests: stats.requests - before.requests,
         batches: stats.batches - before.batches,
+        storage: None,
     })
 }
 
@@ -420,6 +448,7 @@ pub(crate) async fn raw_cell(
         retries: 0,
         requests,
         batches: requests * u64::from(target.partitions),
+        storage: None,
     })
 }
 

@@ -225,6 +225,10 @@ impl Service<Request> for GrpcConnection {
                     .fetch(with_deadline(m, deadline))
                     .await
                     .map(|r| Response::Fetch(r.into_inner())),
+                RequestMessage::Admin(m) => client
+                    .admin(with_deadline(m, deadline))
+                    .await
+                    .map(|r| Response::Admin(r.into_inner())),
                 _ => return Err(TransportError::Protocol("unsupported request".into())),
             };
             result.map_err(|status| to_transport_error(status, max))

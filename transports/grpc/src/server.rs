@@ -12,7 +12,8 @@ use streamhouse::serve::window_sizes;
 use streamhouse::transport::{AgentService, Request, RequestMessage, Response};
 use streamhouse_proto::v1::agent_server::{Agent, AgentServer};
 use streamhouse_proto::v1::{
-    FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    AdminRequest, AdminResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -232,6 +233,16 @@ impl Agent for Adaptor {
                 response.extensions_mut().insert(keep);
                 Ok(response)
             }
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn admin(
+        &self,
+        request: tonic::Request<AdminRequest>,
+    ) -> Result<tonic::Response<AdminResponse>, Status> {
+        match self.call(request, RequestMessage::Admin).await? {
+            Response::Admin(r) => Ok(tonic::Response::new(r)),
             _ => Err(mismatched()),
         }
     }
