@@ -9,7 +9,7 @@
 //! Both bind 127.0.0.1 port 0 and stop when dropped.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,6 +51,8 @@ pub struct TcpProxy {
     accept: JoinHandle<()>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     cuts: AtomicU64,
+    /// While set, what the backend sends is dropped (answers lost on the way back).
+    muted: Arc<AtomicBool>,
 }
 
 impl TcpProxy {
@@ -60,17 +62,20 @@ impl TcpProxy {
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let registry = links.clone();
         let jitter = Arc::new(Jitter::new(seed));
+        let muted = Arc::new(AtomicBool::new(false));
+        let mute = muted.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let jitter = jitter.clone();
+                let mute = mute.clone();
                 let link = tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(backend).await else {
                         return; // agent down: the client sees the connection close
                     };
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
-                    let up = pipe(client_read, server_write, jitter.clone(), max_delay);
-                    let down = pipe(server_read, client_write, jitter, max_delay);
+                    let up = pipe(client_read, server_write, jitter.clone(), max_delay, None);
+                    let down = pipe(server_read, client_write, jitter, max_delay, Some(mute));
                     // Either direction ending ends the link, as a cut does.
                     tokio::select! {
                         _ = up => {}
@@ -87,11 +92,19 @@ impl TcpProxy {
             accept,
             links,
             cuts: AtomicU64::new(0),
+            muted,
         }
     }
 
-    /// Closes every open connection; new ones are accepted again at once.
+    /// From now until the next cut, drops everything the backend sends: requests still
+    /// arrive and are handled, their answers are lost.
+    pub fn mute_answers(&self) {
+        self.muted.store(true, Ordering::Relaxed);
+    }
+
+    /// Closes every open connection (and ends a mute); new ones are accepted again at once.
     pub fn cut(&self) {
+        self.muted.store(false, Ordering::Relaxed);
         for link in self.links.lock().unwrap().drain(..) {
             link.abort();
         }
@@ -117,6 +130,7 @@ async fn pipe(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     jitter: Arc<Jitter>,
     max_delay: Duration,
+    muted: Option<Arc<AtomicBool>>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let writer = async move {
@@ -133,6 +147,7 @@ async fn pipe(
         loop {
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
+                Ok(_) if muted.as_ref().is_some_and(|m| m.load(Ordering::Relaxed)) => {}
                 Ok(n) => {
                     last = last.max(Instant::now() + jitter.delay(max_delay));
                     if tx.send((last, buf[..n].to_vec())).is_err() {
