@@ -57,6 +57,10 @@ pub(crate) struct Args {
     /// Producer batch size in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     batch_size: usize,
+    /// Producer max request size in bytes (the producer's in-flight bytes per agent are up to
+    /// five of these) [default: 1048576].
+    #[arg(long)]
+    max_request_size: Option<usize>,
     /// Producer linger (e.g. 5ms).
     #[arg(long, default_value = "5ms", value_parser = parse_duration)]
     linger: Duration,
@@ -130,6 +134,8 @@ struct CellSpec {
     partitions: u32,
     acks: String,
     batch_size: usize,
+    #[serde(default)]
+    max_request_size: Option<usize>,
     linger_ms: f64,
     producers: usize,
     duration_s: f64,
@@ -212,6 +218,7 @@ async fn run_cell(spec: &CellSpec) -> anyhow::Result<CellResult> {
     let settings = Settings {
         acks,
         batch_size: spec.batch_size,
+        max_request_size: spec.max_request_size,
         linger: Duration::from_secs_f64(spec.linger_ms / 1000.0),
         producers: spec.producers,
         duration: Duration::from_secs_f64(spec.duration_s),
@@ -331,6 +338,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         partitions: args.partitions,
         acks: acks.clone(),
         batch_size: args.batch_size,
+        max_request_size: args.max_request_size,
         linger_ms: args.linger.as_secs_f64() * 1000.0,
         producers: args.producers.max(1),
         duration_s: args.duration.as_secs_f64(),
@@ -423,6 +431,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "partitions": args.partitions,
             "acks": acks,
             "batch_size": args.batch_size,
+            "max_request_size": args.max_request_size,
             "linger_ms": args.linger.as_secs_f64() * 1000.0,
             "producers": args.producers.max(1),
             "payload": args.payload.to_string(),

@@ -92,6 +92,8 @@ pub(crate) struct Target {
 pub(crate) struct Settings {
     pub(crate) acks: Acks,
     pub(crate) batch_size: usize,
+    /// The producer's largest request (its default when `None`).
+    pub(crate) max_request_size: Option<usize>,
     pub(crate) linger: Duration,
     pub(crate) producers: usize,
     pub(crate) duration: Duration,
@@ -159,12 +161,18 @@ pub(crate) async fn producer_cell(
     rate: Option<f64>,
     progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> anyhow::Result<CellResult> {
-    let producer = Producer::builder(target.transport.clone(), target.discovery.clone())
+    let mut builder = Producer::builder(target.transport.clone(), target.discovery.clone())
         .acks(settings.acks)
         .batch_size(settings.batch_size)
         .linger(settings.linger)
-        .codec_arc(codec.clone())
-        .build()?;
+        .codec_arc(codec.clone());
+    if let Some(bytes) = settings.max_request_size {
+        // Room for five requests in flight and as much again filling up.
+        builder = builder
+            .max_request_size(bytes)
+            .buffer_memory((10 * bytes).max(32 << 20));
+    }
+    let producer = builder.build()?;
     // Warm up: metadata and connections, outside the measurement.
     let (key, value) = &payload.records[0];
     producer
