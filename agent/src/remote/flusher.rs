@@ -1,49 +1,58 @@
-//! The flusher: one task that turns new batches of every partition into one object and one
-//! metadata commit, then answers the durable acknowledgements the commit covers.
+//! The flusher: one task that turns new batches of every partition into objects and metadata
+//! commits, then answers the durable acknowledgements each commit covers.
 //!
-//! A partition's *committed* offset is its high watermark in the store. Each flush reads every
-//! partition's batches from there to the end of its local log (at most `flush_bytes` in all,
-//! so a backlog becomes several objects), PUTs them as one object and commits the ranges.
-//! A failed PUT or commit is retried with backoff (the same object and ranges: the commit is
-//! idempotent by object key); meanwhile waiting answers older than `durable_timeout` are
-//! answered `STORAGE_ERROR`. A commit conflict (another writer moved the high watermark)
-//! fences the partition: it takes no more appends.
+//! Each partition has two cursors: *sent* (read for an object on its way) and *committed* (its
+//! high watermark in the store). Every `flush_interval`, and whenever `flush_bytes` are waiting,
+//! the flusher reads every partition's batches past *sent* from the local log (at most
+//! `flush_bytes` in all, so a backlog becomes several objects) and starts writing them as one
+//! object, in a task of its own: up to [`MAX_UPLOADS`] objects are on their way at once, and
+//! they are committed strictly in order (each range must start at its partition's high
+//! watermark). A failing PUT is retried by its task; a failing commit by the flusher, with
+//! backoff; meanwhile waiting answers older than `durable_timeout` are answered
+//! `STORAGE_ERROR`. A commit conflict (another writer moved the high watermark) fences the
+//! partition, and every object still on its way is dropped and rebuilt from *committed*.
 
+use super::upload::{BACKOFF_FIRST, BACKOFF_MAX, Key, Object, Part, read_new};
 use super::{Counters, Msg, Objects, Pressure, Waiter, bump};
 use crate::RemoteConfig;
 use crate::log::PartitionLog;
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use streamhouse::batch::BatchHeader;
 use streamhouse::serve::{PartitionState, ProducerSnapshot, Rejection};
-use streamhouse_metastore::{CommittedRange, MetadataStore, ObjectRef, StoreError};
+use streamhouse_metastore::{MetadataStore, StoreError};
 use streamhouse_proto::v1::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
+
+/// Objects written at once (each commit still waits for the ones before it).
+pub(super) const MAX_UPLOADS: usize = 4;
+/// How often waiting answers are checked against `durable_timeout` while nothing else happens.
+const HEARTBEAT: Duration = Duration::from_millis(50);
 
 /// A partition as the flusher sees it.
 struct Cursor {
     log: Arc<PartitionLog>,
     /// The committed high watermark: everything below it is in objects.
     committed: i64,
-    /// Producer state as of what has been read for upload (the source of the snapshots each
-    /// commit carries).
+    /// Everything below it is in an object written or on its way (≥ `committed`).
+    sent: i64,
+    /// Producer state as of `sent` (the source of the snapshots each commit carries).
     shadow: PartitionState,
+    /// The producer snapshots as committed: `shadow` is rebuilt from them on a rewind (it
+    /// must never run ahead of the objects that will carry it).
+    committed_producers: BTreeMap<i64, ProducerSnapshot>,
     waiters: Vec<Waiter>,
     /// Set after a commit conflict: not uploaded again.
     fenced: bool,
 }
 
-type Key = (Arc<str>, u32);
-
-/// One partition's part of the object being built.
-struct Part {
-    key: Key,
-    first: i64,
-    next: i64,
-    batches: Vec<Bytes>,
-    producers: Vec<ProducerSnapshot>,
+/// An object on its way: built, being written by its task.
+struct Upload {
+    object: Object,
+    bytes: usize,
+    task: tokio::task::JoinHandle<()>,
 }
 
 pub(super) struct Flusher {
@@ -56,17 +65,15 @@ pub(super) struct Flusher {
     next_object: u64,
     rx: mpsc::UnboundedReceiver<Msg>,
     parts: BTreeMap<Key, Cursor>,
+    /// Oldest first: committed in this order.
+    uploads: VecDeque<Upload>,
     /// Why the last PUT or commit failed, for the answers that give up.
-    last_error: String,
+    last_error: Arc<Mutex<String>>,
     /// Set once asked to stop: finish, then answer.
     stopping: Option<oneshot::Sender<()>>,
     /// When stopping: the time after which failing PUTs and commits are given up.
     give_up_at: Option<Instant>,
 }
-
-/// Backoff between attempts of a failing PUT or commit.
-const BACKOFF_FIRST: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 impl Flusher {
     pub(super) fn new(
@@ -88,7 +95,8 @@ impl Flusher {
             next_object: 0,
             rx,
             parts: BTreeMap::new(),
-            last_error: String::new(),
+            uploads: VecDeque::new(),
+            last_error: Arc::default(),
             stopping: None,
             give_up_at: None,
         }
@@ -99,20 +107,25 @@ impl Flusher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let pressure = self.pressure.clone();
         loop {
+            let mut due = false;
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.take(msg),
                     None => break,
                 },
-                () = pressure.wake.notified() => self.flush().await,
-                _ = tick.tick() => self.flush().await,
+                () = pressure.wake.notified() => {}
+                _ = tick.tick() => due = true,
+                written = front(&mut self.uploads) => self.written(written).await,
+                () = tokio::time::sleep(HEARTBEAT) => {}
             }
+            self.start_uploads(due).await;
             self.expire();
             if self.stopping.is_some() {
                 self.finish().await;
                 break;
             }
         }
+        self.abandon();
     }
 
     /// Handles one message (answers waiters already covered at once).
@@ -125,16 +138,18 @@ impl Flusher {
                 committed,
                 snapshots,
             } => {
-                let mut shadow = PartitionState::new(committed);
-                for snapshot in &snapshots {
-                    shadow.restore_snapshot(snapshot);
-                }
+                let committed_producers: BTreeMap<i64, ProducerSnapshot> = snapshots
+                    .into_iter()
+                    .map(|s| (s.producer_id, s))
+                    .collect();
                 self.parts.insert(
                     (topic, partition),
                     Cursor {
                         log,
                         committed,
-                        shadow,
+                        sent: committed,
+                        shadow: shadow_at(committed, &committed_producers),
+                        committed_producers,
                         waiters: Vec::new(),
                         fenced: false,
                     },
@@ -192,11 +207,19 @@ impl Flusher {
         }
     }
 
+    fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Answers `STORAGE_ERROR` to durable answers that have waited `durable_timeout`.
     fn expire(&mut self) {
         let timeout = self.config.durable_timeout;
         let now = Instant::now();
         let mut expired = 0;
+        let reason = self.last_error();
         for cursor in self.parts.values_mut() {
             if !cursor
                 .waiters
@@ -215,8 +238,8 @@ impl Flusher {
                     ErrorCode::StorageError,
                     format!(
                         "written to the local log but not committed to object storage within \
-                         {timeout:?} (retry; it will be answered as a duplicate once committed): {}",
-                        self.last_error
+                         {timeout:?} (retry; it will be answered as a duplicate once committed): \
+                         {reason}"
                     ),
                 ));
             }
@@ -227,165 +250,68 @@ impl Flusher {
         }
     }
 
-    /// Uploads what is new, as many objects as the backlog needs.
-    async fn flush(&mut self) {
-        loop {
+    /// Starts objects while fewer than [`MAX_UPLOADS`] are on their way: one when `due` (the
+    /// flush interval passed), and more while `flush_bytes` are waiting.
+    async fn start_uploads(&mut self, mut due: bool) {
+        while self.uploads.len() < MAX_UPLOADS {
+            let full = self.pressure.unflushed() >= self.config.flush_bytes;
+            if !(due || full) {
+                return;
+            }
+            due = false;
             let parts = self.collect().await;
             if parts.is_empty() {
                 return;
             }
-            let bytes: usize = parts.iter().flat_map(|p| &p.batches).map(Bytes::len).sum();
-            if !self.upload(parts).await {
-                return;
-            }
+            let bytes: usize = parts
+                .iter()
+                .flat_map(|p| &p.batches)
+                .map(Bytes::len)
+                .sum();
             self.pressure.uploaded(bytes);
-            if bytes < self.config.flush_bytes {
-                return;
-            }
-        }
-    }
-
-    /// At shutdown: upload everything (bounded in time), answer every waiter, say done.
-    async fn finish(&mut self) {
-        let deadline = Instant::now() + self.config.durable_timeout * 2;
-        self.give_up_at = Some(deadline);
-        while Instant::now() < deadline && self.parts.values().any(|c| has_new(c)) {
-            let before: Vec<i64> = self.parts.values().map(|c| c.committed).collect();
-            self.flush().await;
-            let after: Vec<i64> = self.parts.values().map(|c| c.committed).collect();
-            if before == after {
-                tokio::time::sleep(BACKOFF_MAX).await;
-            }
-        }
-        for cursor in self.parts.values_mut() {
-            for waiter in cursor.waiters.drain(..) {
-                waiter.fail(Rejection::new(
-                    ErrorCode::StorageError,
-                    format!(
-                        "written locally; the agent stopped before it was committed to object \
-                         storage ({}); it is uploaded at the next start",
-                        self.last_error
-                    ),
-                ));
-            }
-        }
-        if let Some(done) = self.stopping.take() {
-            let _ = done.send(());
-        }
-    }
-
-    /// Reads every partition's new batches from its local log, `flush_bytes` in all at most
-    /// (at least one batch).
-    async fn collect(&mut self) -> Vec<Part> {
-        let wanted: Vec<(Key, Arc<PartitionLog>, i64)> = self
-            .parts
-            .iter()
-            .filter(|(_, c)| has_new(c))
-            .map(|(k, c)| (k.clone(), c.log.clone(), c.committed))
-            .collect();
-        if wanted.is_empty() {
-            return Vec::new();
-        }
-        let budget = self.config.flush_bytes;
-        let read = tokio::task::spawn_blocking(move || read_new(wanted, budget))
-            .await
-            .unwrap_or_default();
-        let mut parts = Vec::with_capacity(read.len());
-        for (key, first, batches) in read {
-            let Some(cursor) = self.parts.get_mut(&key) else {
-                continue;
-            };
-            let mut next = first;
-            let mut seen = BTreeSet::new();
-            for batch in &batches {
-                let Ok(header) = BatchHeader::read(batch) else {
-                    continue;
-                };
-                // Read again after a failed object: remembered once.
-                if header.base_offset >= cursor.shadow.next_offset() {
-                    cursor.shadow.restore(&header);
-                }
-                if header.producer.producer_id >= 0 {
-                    seen.insert(header.producer.producer_id);
-                }
-                next = header.last_offset() + 1;
-            }
-            let producers = seen
-                .into_iter()
-                .filter_map(|id| cursor.shadow.snapshot(id))
-                .collect();
-            parts.push(Part {
-                key,
-                first,
-                next,
-                batches,
-                producers,
+            let key = format!("{}{:010}", self.prefix, self.next_object);
+            self.next_object += 1;
+            let mut object = Object::build(key, parts);
+            let task = object.spawn_put(
+                self.objects.clone(),
+                self.counters.clone(),
+                self.last_error.clone(),
+            );
+            self.uploads.push_back(Upload {
+                object,
+                bytes,
+                task,
             });
         }
-        parts
     }
 
-    /// PUTs one object holding `parts` and commits it; answers the waiters it covers. `false`
-    /// when it could not (stopping and out of time, or a conflict).
-    async fn upload(&mut self, parts: Vec<Part>) -> bool {
-        let key = format!("{}{:010}", self.prefix, self.next_object);
-        self.next_object += 1;
-        let mut chunks = Vec::new();
-        let mut ranges = Vec::with_capacity(parts.len());
-        let mut at = 0u64;
-        for part in &parts {
-            let len: u64 = part.batches.iter().map(|b| b.len() as u64).sum();
-            ranges.push(CommittedRange {
-                topic: part.key.0.to_string(),
-                partition: part.key.1,
-                first_offset: part.first,
-                next_offset: part.next,
-                byte_start: at,
-                byte_len: len,
-                producers: part.producers.clone(),
-            });
-            at += len;
-            chunks.extend(part.batches.iter().cloned());
-        }
-        let object = ObjectRef {
-            key: key.clone(),
-            size: at,
+    /// The oldest object is written (or its task failed): commit it.
+    async fn written(&mut self, written: Result<(), tokio::task::JoinError>) {
+        let Some(upload) = self.uploads.pop_front() else {
+            return;
         };
-        // PUT, retried until it works.
-        let mut backoff = BACKOFF_FIRST;
-        loop {
-            let started = Instant::now();
-            let put = {
-                let (objects, key, chunks) = (self.objects.clone(), key.clone(), chunks.clone());
-                async move { objects.put(&key, chunks).await }
-            };
-            match self.watch(put).await {
-                Ok(()) => {
-                    metrics::histogram!("streamhouse_object_put_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    break;
-                }
-                Err(e) => {
-                    bump(&self.counters.put_errors, 1);
-                    metrics::counter!("streamhouse_object_put_errors_total").increment(1);
-                    self.last_error = format!("object storage: {e}");
-                    tracing::warn!(%key, error = %e, "object PUT failed; retrying");
-                    if !self.pause(&mut backoff).await {
-                        return false;
-                    }
-                }
-            }
+        if written.is_err() {
+            // Aborted or panicked: build it again from the committed offsets.
+            self.pressure.add_back(upload.bytes);
+            self.rewind();
+            return;
         }
-        bump(&self.counters.objects_written, 1);
-        bump(&self.counters.bytes_written, at);
-        metrics::counter!("streamhouse_objects_written_total").increment(1);
-        metrics::counter!("streamhouse_object_bytes_written_total").increment(at);
-        // Commit, retried until it works or conflicts.
+        self.commit(upload).await;
+    }
+
+    /// Commits a written object, retried until it works or conflicts; answers the waiters
+    /// its ranges cover.
+    async fn commit(&mut self, upload: Upload) {
+        let object = &upload.object;
         let mut backoff = BACKOFF_FIRST;
         loop {
             let started = Instant::now();
             let commit = {
-                let (store, object, ranges) = (self.store.clone(), object.clone(), ranges.clone());
+                let (store, object, ranges) = (
+                    self.store.clone(),
+                    object.object.clone(),
+                    object.ranges.clone(),
+                );
                 async move { store.commit(&object, &ranges).await }
             };
             match self.watch(commit).await {
@@ -402,24 +328,38 @@ impl Flusher {
                 }) => {
                     bump(&self.counters.commit_errors, 1);
                     self.fence(&topic, partition, expected, found);
-                    return false;
+                    self.pressure.add_back(upload.bytes);
+                    self.rewind();
+                    return;
                 }
                 Err(e) => {
                     bump(&self.counters.commit_errors, 1);
                     metrics::counter!("streamhouse_metadata_commit_errors_total").increment(1);
-                    self.last_error = format!("metadata store: {e}");
-                    tracing::warn!(%key, error = %e, "metadata commit failed; retrying");
+                    *self
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        format!("metadata store: {e}");
+                    tracing::warn!(key = %object.object.key, error = %e,
+                        "metadata commit failed; retrying");
                     if !self.pause(&mut backoff).await {
-                        return false;
+                        self.pressure.add_back(upload.bytes);
+                        self.rewind();
+                        return;
                     }
                 }
             }
         }
         bump(&self.counters.commits, 1);
         metrics::counter!("streamhouse_metadata_commits_total").increment(1);
-        for part in parts {
-            if let Some(cursor) = self.parts.get_mut(&part.key) {
-                cursor.committed = part.next;
+        for (range, (key, next)) in upload.object.ranges.iter().zip(&upload.object.ends) {
+            if let Some(cursor) = self.parts.get_mut(key) {
+                cursor.committed = *next;
+                for snapshot in &range.producers {
+                    cursor
+                        .committed_producers
+                        .insert(snapshot.producer_id, snapshot.clone());
+                }
                 let committed = cursor.committed;
                 let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut cursor.waiters)
                     .into_iter()
@@ -428,17 +368,126 @@ impl Flusher {
                 done.into_iter().for_each(Waiter::answer);
             }
         }
-        true
     }
 
-    /// Runs a PUT or commit to its end, answering messages and expiring waiters meanwhile (a
-    /// service that hangs must not hold the durable answers past their timeout).
+    /// Drops every object on its way and starts again from the committed offsets (after a
+    /// conflict or a failure given up: the objects after it could not be committed).
+    fn rewind(&mut self) {
+        for upload in self.uploads.drain(..) {
+            upload.task.abort();
+            self.pressure.add_back(upload.bytes);
+        }
+        for cursor in self.parts.values_mut() {
+            if cursor.sent != cursor.committed {
+                cursor.sent = cursor.committed;
+                cursor.shadow = shadow_at(cursor.committed, &cursor.committed_producers);
+            }
+        }
+    }
+
+    /// Aborts every write on its way (the flusher stops).
+    fn abandon(&mut self) {
+        for upload in self.uploads.drain(..) {
+            upload.task.abort();
+        }
+    }
+
+    /// At shutdown: upload and commit everything (bounded in time), answer every waiter, say
+    /// done.
+    async fn finish(&mut self) {
+        let deadline = Instant::now() + self.config.durable_timeout * 2;
+        self.give_up_at = Some(deadline);
+        loop {
+            self.start_uploads(true).await;
+            let Some(front) = self.uploads.front_mut() else {
+                break;
+            };
+            match tokio::time::timeout_at(deadline.into(), &mut front.task).await {
+                Ok(written) => self.written(written).await,
+                Err(_) => break,
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        self.abandon();
+        let reason = self.last_error();
+        for cursor in self.parts.values_mut() {
+            for waiter in cursor.waiters.drain(..) {
+                waiter.fail(Rejection::new(
+                    ErrorCode::StorageError,
+                    format!(
+                        "written locally; the agent stopped before it was committed to object \
+                         storage ({reason}); it is uploaded at the next start"
+                    ),
+                ));
+            }
+        }
+        if let Some(done) = self.stopping.take() {
+            let _ = done.send(());
+        }
+    }
+
+    /// Reads every partition's new batches (past its *sent* cursor) from its local log,
+    /// `flush_bytes` in all at most (at least one batch), and moves the cursors past them.
+    async fn collect(&mut self) -> Vec<Part> {
+        let wanted: Vec<(Key, Arc<PartitionLog>, i64)> = self
+            .parts
+            .iter()
+            .filter(|(_, c)| has_new(c))
+            .map(|(k, c)| (k.clone(), c.log.clone(), c.sent))
+            .collect();
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let budget = self.config.flush_bytes;
+        let read = tokio::task::spawn_blocking(move || read_new(wanted, budget))
+            .await
+            .unwrap_or_default();
+        let mut parts = Vec::with_capacity(read.len());
+        for (key, first, batches) in read {
+            let Some(cursor) = self.parts.get_mut(&key) else {
+                continue;
+            };
+            if cursor.sent != first {
+                continue; // rewound meanwhile
+            }
+            let mut next = first;
+            let mut seen = BTreeSet::new();
+            for batch in &batches {
+                let Ok(header) = BatchHeader::read(batch) else {
+                    continue;
+                };
+                cursor.shadow.restore(&header);
+                if header.producer.producer_id >= 0 {
+                    seen.insert(header.producer.producer_id);
+                }
+                next = header.last_offset() + 1;
+            }
+            cursor.sent = next;
+            let producers = seen
+                .into_iter()
+                .filter_map(|id| cursor.shadow.snapshot(id))
+                .collect();
+            parts.push(Part {
+                key,
+                first,
+                next,
+                batches,
+                producers,
+            });
+        }
+        parts
+    }
+
+    /// Runs a commit to its end, answering messages and expiring waiters meanwhile (a store
+    /// that hangs must not hold the durable answers past their timeout).
     async fn watch<T>(&mut self, op: impl std::future::Future<Output = T>) -> T {
         tokio::pin!(op);
         loop {
             tokio::select! {
                 out = &mut op => return out,
-                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                () = tokio::time::sleep(HEARTBEAT) => {
                     self.absorb();
                     self.expire();
                 }
@@ -457,7 +506,7 @@ impl Flusher {
             if self.give_up_at.is_some_and(|at| Instant::now() >= at) {
                 return false;
             }
-            let step = tokio::time::Instant::now() + Duration::from_millis(50);
+            let step = tokio::time::Instant::now() + HEARTBEAT;
             if step >= until {
                 tokio::time::sleep_until(until).await;
                 return true;
@@ -484,52 +533,24 @@ impl Flusher {
     }
 }
 
-/// Whether a partition has batches past its committed offset.
-fn has_new(cursor: &Cursor) -> bool {
-    !cursor.fenced && cursor.log.local_range().1 > cursor.committed
+/// The oldest object's write finishing (never, when none is on its way).
+async fn front(uploads: &mut VecDeque<Upload>) -> Result<(), tokio::task::JoinError> {
+    match uploads.front_mut() {
+        Some(upload) => (&mut upload.task).await,
+        None => std::future::pending().await,
+    }
 }
 
-/// Blocking: each partition's whole batches from its committed offset, `budget` bytes in all
-/// (at least one batch). A partition whose log cannot be read is skipped (and logged); it is
-/// tried again next time.
-fn read_new(
-    wanted: Vec<(Key, Arc<PartitionLog>, i64)>,
-    budget: usize,
-) -> Vec<(Key, i64, Vec<Bytes>)> {
-    let mut left = budget;
-    let mut out = Vec::new();
-    for (key, log, from) in wanted {
-        if left == 0 {
-            break;
-        }
-        let mut offset = from;
-        let mut batches = Vec::new();
-        while left > 0 {
-            match log.read(offset, left) {
-                Ok(read) if read.batches.is_empty() => break,
-                Ok(read) => {
-                    for batch in read.batches {
-                        let Ok(header) = BatchHeader::read(&batch) else {
-                            break;
-                        };
-                        offset = header.last_offset() + 1;
-                        left = left.saturating_sub(batch.len());
-                        batches.push(batch);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(topic = %key.0, partition = key.1, error = %e.message,
-                        "cannot read the local log for upload");
-                    break;
-                }
-            }
-            if offset >= log.local_range().1 {
-                break;
-            }
-        }
-        if !batches.is_empty() {
-            out.push((key, from, batches));
-        }
+/// Producer state as committed: the snapshots, at the committed offset.
+fn shadow_at(committed: i64, producers: &BTreeMap<i64, ProducerSnapshot>) -> PartitionState {
+    let mut state = PartitionState::new(committed);
+    for snapshot in producers.values() {
+        state.restore_snapshot(snapshot);
     }
-    out
+    state
+}
+
+/// Whether a partition has batches past its *sent* cursor.
+fn has_new(cursor: &Cursor) -> bool {
+    !cursor.fenced && cursor.log.local_range().1 > cursor.sent
 }

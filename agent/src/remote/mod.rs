@@ -20,6 +20,7 @@
 mod flusher;
 mod objects;
 mod read;
+mod upload;
 
 use crate::io::AppendReply;
 use crate::log::{LogConfig, PartitionLog, RecoveryReport};
@@ -103,6 +104,15 @@ struct Pressure {
 }
 
 impl Pressure {
+    fn unflushed(&self) -> usize {
+        self.unflushed.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of objects dropped before their commit: waiting again.
+    fn add_back(&self, bytes: usize) {
+        self.unflushed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     fn uploaded(&self, bytes: usize) {
         let _ = self
             .unflushed
