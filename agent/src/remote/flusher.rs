@@ -103,7 +103,8 @@ impl Flusher {
     }
 
     pub(super) async fn run(mut self) {
-        let mut tick = tokio::time::interval(self.config.flush_interval);
+        // Checked four times per interval: a batch waits at most about 1.25 intervals.
+        let mut tick = tokio::time::interval(self.config.flush_interval / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let pressure = self.pressure.clone();
         loop {
@@ -114,7 +115,7 @@ impl Flusher {
                     None => break,
                 },
                 () = pressure.wake.notified() => {}
-                _ = tick.tick() => due = true,
+                _ = tick.tick() => due = self.pressure.waited() >= self.config.flush_interval,
                 written = front(&mut self.uploads) => self.written(written).await,
                 () = tokio::time::sleep(HEARTBEAT) => {}
             }
@@ -138,6 +139,10 @@ impl Flusher {
                 committed,
                 snapshots,
             } => {
+                if log.local_range().1 > committed {
+                    // A tail left by the last run: uploaded within the interval.
+                    self.pressure.waiting();
+                }
                 let committed_producers: BTreeMap<i64, ProducerSnapshot> = snapshots
                     .into_iter()
                     .map(|s| (s.producer_id, s))
@@ -250,12 +255,16 @@ impl Flusher {
         }
     }
 
-    /// Starts objects while fewer than [`MAX_UPLOADS`] are on their way: one when `due` (the
-    /// flush interval passed), and more while `flush_bytes` are waiting.
+    /// Starts objects while fewer than [`MAX_UPLOADS`] are on their way: whenever half of
+    /// `flush_bytes` is waiting (the writes stay busy under load), and when `due` (the oldest
+    /// waiting batch has waited the flush interval) with nothing being written. Under load no
+    /// object is smaller than half of `flush_bytes` (so at most `2 GiB / flush_bytes` PUTs per
+    /// GiB); a smaller one is written only when the interval runs out first.
     async fn start_uploads(&mut self, mut due: bool) {
         while self.uploads.len() < MAX_UPLOADS {
-            let full = self.pressure.unflushed() >= self.config.flush_bytes;
-            if !(due || full) {
+            let idle = self.uploads.is_empty();
+            let full = self.pressure.unflushed() >= self.config.flush_bytes / 2;
+            if !(due && idle || full) {
                 return;
             }
             due = false;
@@ -269,6 +278,8 @@ impl Flusher {
                 .map(Bytes::len)
                 .sum();
             self.pressure.uploaded(bytes);
+            let more = self.parts.values().any(has_new);
+            self.pressure.collected(more);
             let key = format!("{}{:010}", self.prefix, self.next_object);
             self.next_object += 1;
             let mut object = Object::build(key, parts);

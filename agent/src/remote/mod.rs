@@ -101,9 +101,33 @@ struct Pressure {
     unflushed: AtomicUsize,
     flush_bytes: usize,
     wake: tokio::sync::Notify,
+    /// When the oldest batch not yet collected for an object was appended.
+    oldest: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Pressure {
+    fn oldest(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.oldest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long the oldest batch not yet in an object has waited (zero when none waits).
+    fn waited(&self) -> std::time::Duration {
+        self.oldest().map_or(std::time::Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Batches were read for an object: `more` still wait (they wait from now).
+    fn collected(&self, more: bool) {
+        *self.oldest() = more.then(Instant::now);
+    }
+
+    /// Batches wait that were not appended through the sink (a local tail found at start,
+    /// or objects dropped before their commit).
+    fn waiting(&self) {
+        self.oldest().get_or_insert_with(Instant::now);
+    }
+
     fn unflushed(&self) -> usize {
         self.unflushed.load(Ordering::Relaxed)
     }
@@ -111,6 +135,7 @@ impl Pressure {
     /// Bytes of objects dropped before their commit: waiting again.
     fn add_back(&self, bytes: usize) {
         self.unflushed.fetch_add(bytes, Ordering::Relaxed);
+        self.waiting();
     }
 
     fn uploaded(&self, bytes: usize) {
@@ -129,8 +154,11 @@ impl Sink {
             return;
         }
         let p = &self.pressure;
+        p.oldest().get_or_insert_with(Instant::now);
         let before = p.unflushed.fetch_add(bytes, Ordering::Relaxed);
-        if before < p.flush_bytes && before + bytes >= p.flush_bytes {
+        // Half of flush_bytes starts an object (see the flusher).
+        let half = p.flush_bytes / 2;
+        if before < half && before + bytes >= half {
             p.wake.notify_one();
         }
     }
@@ -260,6 +288,7 @@ impl Remote {
             unflushed: AtomicUsize::new(0),
             flush_bytes: config.flush_bytes,
             wake: tokio::sync::Notify::new(),
+            oldest: std::sync::Mutex::new(None),
         });
         let sink = Arc::new(Sink {
             tx,
