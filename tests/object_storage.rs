@@ -246,8 +246,7 @@ async fn bad_or_unreachable_engines_are_refused_at_start() {
         async move {
             streamhouse_agent::Agent::open(config)
                 .await
-                .err()
-                .expect("refused")
+                .expect_err("refused")
                 .to_string()
         }
     };
@@ -271,4 +270,68 @@ async fn bad_or_unreachable_engines_are_refused_at_start() {
     // A file:// directory the agent cannot write.
     let error = open(&sqlite, "file:///proc/streamhouse-objects").await;
     assert!(error.contains("object storage"), "{error}");
+}
+
+/// A data directory written without object storage, then opened with it: the records already
+/// there are uploaded at start (within the flush interval, with no new appends), so the disk
+/// can be lost right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_before_object_storage_was_configured_are_uploaded_at_start() {
+    let base = tempfile::tempdir().unwrap();
+    let engines = Engines::embedded(base.path());
+    let data = base.path().join("data");
+    let local = RunningAgent::start(AgentConfig::new(&data).topic("t", PARTITIONS)).await;
+    let acked = produce(&local, 0, 500).await;
+    local.stop().await;
+
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while agent.agent.remote_stats().unwrap().commits == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tail was never uploaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Uploaded by the flusher, not by the shutdown's last flush: kill the disk without one.
+    let committed = agent.agent.remote_stats().unwrap();
+    assert!(committed.bytes_written > 0);
+    drop(agent); // no shutdown
+    std::fs::remove_dir_all(&data).unwrap();
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    check(&agent, &acked).await;
+    agent.stop().await;
+}
+
+/// Two agents, each with its own disk, pointed at the same store and topic (a configuration
+/// error the next issue's leases prevent): the second writer's commit conflicts, and its
+/// partition is fenced instead of committing offsets the first already used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_to_a_partition_is_fenced_not_merged() {
+    let base = tempfile::tempdir().unwrap();
+    let engines = Engines::embedded(base.path());
+    let first = RunningAgent::start(engines.config(&base.path().join("a"))).await;
+    let second = RunningAgent::start(engines.config(&base.path().join("b"))).await;
+    let batch = |id| support::idempotent_batch(id, 0, 0, 3);
+    assert_eq!(send(&first, batch(1)).await.0, ErrorCode::None);
+    let (code, _, _) = send(&second, batch(2)).await;
+    assert_eq!(code, ErrorCode::NotLeader, "the second writer is refused");
+    // Fenced: later batches are refused at once.
+    let (code, _, _) = send(&second, support::idempotent_batch(3, 0, 0, 1)).await;
+    assert_ne!(code, ErrorCode::None);
+    // The first writer goes on, and only its records are committed.
+    assert_eq!(
+        send(&first, support::idempotent_batch(1, 0, 3, 2)).await.0,
+        ErrorCode::None
+    );
+    second.agent.shutdown().await;
+    first.stop().await;
+    let reader = RunningAgent::start(engines.config(&base.path().join("c"))).await;
+    let records = reader.read(Kind::Grpc, "t", 1).await;
+    assert_eq!(
+        records.len(),
+        5,
+        "the first writer's 3 + 2 records, nothing of the second"
+    );
+    reader.stop().await;
 }

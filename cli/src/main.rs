@@ -37,7 +37,7 @@ enum Command {
     Produce(produce::Args),
     /// Compare transports and codecs: run the producer against an embedded agent on loopback
     /// (or a running one) and print records/s, latency, bytes and CPU per cell.
-    Bench(bench::Args),
+    Bench(Box<bench::Args>),
     /// Print the records of a topic (all partitions, or one) from an offset to the end.
     Consume(consume::Args),
     /// List, describe, create or delete topics on an agent.
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             Command::Agent(args) => agent::run(*args).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(*args).await,
             Command::Topics(args) => topics::run(args).await,
         }
     });

@@ -53,6 +53,7 @@ struct Upload {
     object: Object,
     bytes: usize,
     task: tokio::task::JoinHandle<()>,
+    started: Instant,
 }
 
 pub(super) struct Flusher {
@@ -73,6 +74,8 @@ pub(super) struct Flusher {
     stopping: Option<oneshot::Sender<()>>,
     /// When stopping: the time after which failing PUTs and commits are given up.
     give_up_at: Option<Instant>,
+    /// How long recent objects took from start to commit (moving average).
+    cycle: Duration,
 }
 
 impl Flusher {
@@ -99,12 +102,14 @@ impl Flusher {
             last_error: Arc::default(),
             stopping: None,
             give_up_at: None,
+            cycle: Duration::ZERO,
         }
     }
 
     pub(super) async fn run(mut self) {
-        // Checked four times per interval: a batch waits at most about 1.25 intervals.
-        let mut tick = tokio::time::interval(self.config.flush_interval / 4);
+        // Checked ten times per interval.
+        let mut tick =
+            tokio::time::interval((self.config.flush_interval / 10).max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let pressure = self.pressure.clone();
         loop {
@@ -115,7 +120,13 @@ impl Flusher {
                     None => break,
                 },
                 () = pressure.wake.notified() => {}
-                _ = tick.tick() => due = self.pressure.waited() >= self.config.flush_interval,
+                // An object takes `cycle` to write and commit: it starts that much (at most
+                // half the interval) before the oldest batch has waited the interval, so the
+                // batch is committed about then.
+                _ = tick.tick() => {
+                    let ahead = self.cycle.min(self.config.flush_interval / 2);
+                    due = self.pressure.waited() + ahead >= self.config.flush_interval;
+                }
                 written = front(&mut self.uploads) => self.written(written).await,
                 () = tokio::time::sleep(HEARTBEAT) => {}
             }
@@ -143,10 +154,8 @@ impl Flusher {
                     // A tail left by the last run: uploaded within the interval.
                     self.pressure.waiting();
                 }
-                let committed_producers: BTreeMap<i64, ProducerSnapshot> = snapshots
-                    .into_iter()
-                    .map(|s| (s.producer_id, s))
-                    .collect();
+                let committed_producers: BTreeMap<i64, ProducerSnapshot> =
+                    snapshots.into_iter().map(|s| (s.producer_id, s)).collect();
                 self.parts.insert(
                     (topic, partition),
                     Cursor {
@@ -257,7 +266,8 @@ impl Flusher {
 
     /// Starts objects while fewer than [`MAX_UPLOADS`] are on their way: whenever half of
     /// `flush_bytes` is waiting (the writes stay busy under load), and when `due` (the oldest
-    /// waiting batch has waited the flush interval) with nothing being written. Under load no
+    /// waiting batch will have waited the flush interval by the time an object started now is
+    /// committed) with nothing being written. Under load no
     /// object is smaller than half of `flush_bytes` (so at most `2 GiB / flush_bytes` PUTs per
     /// GiB); a smaller one is written only when the interval runs out first.
     async fn start_uploads(&mut self, mut due: bool) {
@@ -272,11 +282,7 @@ impl Flusher {
             if parts.is_empty() {
                 return;
             }
-            let bytes: usize = parts
-                .iter()
-                .flat_map(|p| &p.batches)
-                .map(Bytes::len)
-                .sum();
+            let bytes: usize = parts.iter().flat_map(|p| &p.batches).map(Bytes::len).sum();
             self.pressure.uploaded(bytes);
             let more = self.parts.values().any(has_new);
             self.pressure.collected(more);
@@ -292,6 +298,7 @@ impl Flusher {
                 object,
                 bytes,
                 task,
+                started: Instant::now(),
             });
         }
     }
@@ -363,7 +370,18 @@ impl Flusher {
         }
         bump(&self.counters.commits, 1);
         metrics::counter!("streamhouse_metadata_commits_total").increment(1);
+        // A slow object (an outage) must not make every later one start early: at most the
+        // interval counts.
+        let took = upload.started.elapsed().min(self.config.flush_interval);
+        self.cycle = (self.cycle * 7 + took) / 8;
         for (range, (key, next)) in upload.object.ranges.iter().zip(&upload.object.ends) {
+            let labels = [
+                ("topic", range.topic.clone()),
+                ("partition", range.partition.to_string()),
+            ];
+            metrics::counter!("streamhouse_partition_objects_total", &labels).increment(1);
+            metrics::counter!("streamhouse_partition_object_bytes_total", &labels)
+                .increment(range.byte_len);
             if let Some(cursor) = self.parts.get_mut(key) {
                 cursor.committed = *next;
                 for snapshot in &range.producers {

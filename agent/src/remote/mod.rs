@@ -114,7 +114,8 @@ impl Pressure {
 
     /// How long the oldest batch not yet in an object has waited (zero when none waits).
     fn waited(&self) -> std::time::Duration {
-        self.oldest().map_or(std::time::Duration::ZERO, |t| t.elapsed())
+        self.oldest()
+            .map_or(std::time::Duration::ZERO, |t| t.elapsed())
     }
 
     /// Batches were read for an object: `more` still wait (they wait from now).

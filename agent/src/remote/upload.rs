@@ -92,14 +92,15 @@ impl Object {
                         bump(&counters.objects_written, 1);
                         bump(&counters.bytes_written, size);
                         metrics::counter!("streamhouse_objects_written_total").increment(1);
-                        metrics::counter!("streamhouse_object_bytes_written_total")
-                            .increment(size);
+                        metrics::counter!("streamhouse_object_bytes_written_total").increment(size);
                         return;
                     }
                     Err(e) => {
                         bump(&counters.put_errors, 1);
                         metrics::counter!("streamhouse_object_put_errors_total").increment(1);
-                        *last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        *last_error
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
                             format!("object storage: {e}");
                         tracing::warn!(%key, error = %e, "object PUT failed; retrying");
                         tokio::time::sleep(backoff).await;
