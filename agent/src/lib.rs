@@ -15,6 +15,12 @@
 //! <data>/<topic>-<partition>/<base offset>.log   segments, rolled by size, sparse index
 //! ```
 //!
+//! With [`AgentConfig::remote`] ([`RemoteConfig`]: a metadata store and object storage) the
+//! local log is a cache: a flusher writes the new batches of all partitions as one object and
+//! commits their index to the store, `acks=durable` answers after that commit, and a partition
+//! whose local log is behind the store (or lost) restarts at the committed high watermark,
+//! serving earlier offsets from objects.
+//!
 //! On start the agent takes an exclusive lock on the data directory ([`AgentError::Locked`] if
 //! another agent holds it) and recovers every partition log: the index and the producers'
 //! sequence windows are rebuilt from the batch headers, a torn tail of the last segment is cut,
