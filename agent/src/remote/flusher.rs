@@ -379,9 +379,9 @@ impl Flusher {
                 ("topic", range.topic.clone()),
                 ("partition", range.partition.to_string()),
             ];
-            metrics::counter!("streamhouse_partition_objects_total", &labels).increment(1);
-            metrics::counter!("streamhouse_partition_object_bytes_total", &labels)
-                .increment(range.byte_len);
+            metrics::gauge!("streamhouse_partition_objects", &labels).increment(1.0);
+            metrics::gauge!("streamhouse_partition_object_bytes", &labels)
+                .increment(range.byte_len as f64);
             if let Some(cursor) = self.parts.get_mut(key) {
                 cursor.committed = *next;
                 for snapshot in &range.producers {

@@ -359,12 +359,13 @@ impl Remote {
         partition: u32,
         config: LogConfig,
     ) -> Result<(Arc<PartitionLog>, RecoveryReport), Rejection> {
-        let (meta, snapshots) = self
+        let (meta, snapshots, stats) = self
             .runtime
             .block_on(async {
                 let meta = self.store.partition(topic, partition).await?;
                 let snapshots = self.store.producers(topic, partition).await?;
-                Ok::<_, StoreError>((meta, snapshots))
+                let stats = self.store.stats(topic, partition).await?;
+                Ok::<_, StoreError>((meta, snapshots, stats))
             })
             .map_err(|e| unavailable("reading the partition from the metadata store", &e))?;
         let hw = meta.map_or(0, |m| m.high_watermark);
@@ -398,6 +399,13 @@ impl Remote {
             report.broken = None;
         }
         log.restore_producers(&snapshots);
+        // What the partition holds in object storage; the flusher adds each commit.
+        let labels = [
+            ("topic", topic.to_string()),
+            ("partition", partition.to_string()),
+        ];
+        metrics::gauge!("streamhouse_partition_objects", &labels).set(stats.objects as f64);
+        metrics::gauge!("streamhouse_partition_object_bytes", &labels).set(stats.bytes as f64);
         let log = Arc::new(log);
         let _ = self.sink.tx.send(Msg::Track {
             topic: topic.clone(),
