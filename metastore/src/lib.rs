@@ -106,6 +106,25 @@ pub trait MetadataStore: Send + Sync + 'static {
         partition: u32,
     ) -> Result<Vec<ProducerSnapshot>, StoreError>;
 
+    /// Sets a topic's retention (`None`: no bound); `false` if there is no such topic.
+    async fn set_retention(
+        &self,
+        topic: &str,
+        retention_ms: Option<i64>,
+        retention_bytes: Option<i64>,
+    ) -> Result<bool, StoreError>;
+
+    /// Moves a partition's log start to `log_start` (never back, never past its high
+    /// watermark) and removes its index rows wholly below it, in one transaction; offsets below
+    /// the log start are no longer served. Returns the keys of the objects no
+    /// index row points to any more: delete them from object storage.
+    async fn truncate(
+        &self,
+        topic: &str,
+        partition: u32,
+        log_start: i64,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// Objects and bytes indexed for a partition.
     async fn stats(&self, topic: &str, partition: u32) -> Result<StoreStats, StoreError>;
 }

@@ -44,6 +44,11 @@ const MIGRATIONS: &[&[&str]] = &[&[
         batches TEXT NOT NULL,
         PRIMARY KEY (topic, partition_id, producer_id)
     )",
+], &[
+    // Retention (-1: none) and when each index row was committed.
+    "ALTER TABLE sh_topics ADD COLUMN retention_ms BIGINT NOT NULL DEFAULT -1",
+    "ALTER TABLE sh_topics ADD COLUMN retention_bytes BIGINT NOT NULL DEFAULT -1",
+    "ALTER TABLE sh_index ADD COLUMN created_ms BIGINT NOT NULL DEFAULT 0",
 ]];
 
 /// The newest schema version this build knows.

@@ -98,11 +98,14 @@ fn now_ms() -> i64 {
 
 fn topic_from(row: &sqlx::any::AnyRow) -> Result<TopicConfig, StoreError> {
     let partitions: i64 = row.try_get(1)?;
+    let limit = |v: i64| (v >= 0).then_some(v);
     Ok(TopicConfig {
         name: row.try_get(0)?,
         partitions: u32::try_from(partitions)
             .map_err(|_| StoreError::Corrupt(format!("partition count {partitions}")))?,
         created_ms: row.try_get(2)?,
+        retention_ms: limit(row.try_get(3)?),
+        retention_bytes: limit(row.try_get(4)?),
     })
 }
 
@@ -124,7 +127,10 @@ impl MetadataStore for SqlStore {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query("SELECT name, partitions, created_ms FROM sh_topics WHERE name = $1")
+        let row = sqlx::query(
+            "SELECT name, partitions, created_ms, retention_ms, retention_bytes
+             FROM sh_topics WHERE name = $1",
+        )
             .bind(name)
             .fetch_one(&mut *tx)
             .await?;
@@ -155,7 +161,10 @@ impl MetadataStore for SqlStore {
     }
 
     async fn topics(&self) -> Result<Vec<TopicConfig>, StoreError> {
-        sqlx::query("SELECT name, partitions, created_ms FROM sh_topics ORDER BY name")
+        sqlx::query(
+            "SELECT name, partitions, created_ms, retention_ms, retention_bytes
+             FROM sh_topics ORDER BY name",
+        )
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -217,10 +226,11 @@ impl MetadataStore for SqlStore {
             // Committed before; the answer was lost.
             return Ok(());
         }
+        let now = now_ms();
         sqlx::query("INSERT INTO sh_objects (object_key, size, created_ms) VALUES ($1, $2, $3)")
             .bind(&object.key)
             .bind(object.size as i64)
-            .bind(now_ms())
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         for range in ranges {
@@ -257,7 +267,8 @@ impl MetadataStore for SqlStore {
             }
             sqlx::query(
                 "INSERT INTO sh_index (topic, partition_id, first_offset, next_offset, \
-                 object_key, byte_start, byte_len) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 object_key, byte_start, byte_len, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&range.topic)
             .bind(partition)
@@ -266,6 +277,7 @@ impl MetadataStore for SqlStore {
             .bind(&object.key)
             .bind(range.byte_start as i64)
             .bind(range.byte_len as i64)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
             for producer in &range.producers {
@@ -296,7 +308,8 @@ impl MetadataStore for SqlStore {
         limit: usize,
     ) -> Result<Vec<IndexEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT first_offset, next_offset, object_key, byte_start, byte_len FROM sh_index
+            "SELECT first_offset, next_offset, object_key, byte_start, byte_len, created_ms
+             FROM sh_index
              WHERE topic = $1 AND partition_id = $2 AND next_offset > $3
              ORDER BY first_offset LIMIT $4",
         )
@@ -314,6 +327,7 @@ impl MetadataStore for SqlStore {
                     object: row.try_get(2)?,
                     byte_start: unsigned(row.try_get(3)?, "byte start")?,
                     byte_len: unsigned(row.try_get(4)?, "byte length")?,
+                    created_ms: row.try_get(5)?,
                 })
             })
             .collect()
@@ -338,6 +352,85 @@ impl MetadataStore for SqlStore {
                 snapshot::decode(row.try_get(0)?, row.try_get(1)?, &batches)
             })
             .collect()
+    }
+
+    async fn set_retention(
+        &self,
+        topic: &str,
+        retention_ms: Option<i64>,
+        retention_bytes: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE sh_topics SET retention_ms = $1, retention_bytes = $2 WHERE name = $3",
+        )
+        .bind(retention_ms.unwrap_or(-1))
+        .bind(retention_bytes.unwrap_or(-1))
+        .bind(topic)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn truncate(
+        &self,
+        topic: &str,
+        partition: u32,
+        log_start: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let partition = i64::from(partition);
+        let mut tx = self.pool.begin().await?;
+        // Only whole ranges go, and never past the high watermark.
+        let rows = sqlx::query(
+            "SELECT object_key FROM sh_index
+             WHERE topic = $1 AND partition_id = $2 AND next_offset <= $3",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(log_start)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut keys: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        keys.sort();
+        keys.dedup();
+        sqlx::query(
+            "DELETE FROM sh_index WHERE topic = $1 AND partition_id = $2 AND next_offset <= $3",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(log_start)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE sh_partitions
+             SET log_start = CASE WHEN high_watermark < $1 THEN high_watermark ELSE $1 END
+             WHERE topic = $2 AND partition_id = $3 AND log_start < $1",
+        )
+        .bind(log_start)
+        .bind(topic)
+        .bind(partition)
+        .execute(&mut *tx)
+        .await?;
+        // Objects no index row points to any more: returned for deletion.
+        let mut orphans = Vec::new();
+        for key in keys {
+            let used = sqlx::query("SELECT 1 FROM sh_index WHERE object_key = $1 LIMIT 1")
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if used.is_none() {
+                sqlx::query("DELETE FROM sh_objects WHERE object_key = $1")
+                    .bind(&key)
+                    .execute(&mut *tx)
+                    .await?;
+                orphans.push(key);
+            }
+        }
+        tx.commit().await?;
+        Ok(orphans)
     }
 
     async fn stats(&self, topic: &str, partition: u32) -> Result<StoreStats, StoreError> {

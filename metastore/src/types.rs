@@ -9,8 +9,13 @@ pub struct TopicConfig {
     pub name: String,
     /// Its partition count.
     pub partitions: u32,
-    /// When it was created, milliseconds since the Unix epoch (the store's clock).
+    /// When it was created, milliseconds since the Unix epoch.
     pub created_ms: i64,
+    /// Records are removed once older than this many milliseconds (`None`: kept).
+    pub retention_ms: Option<i64>,
+    /// Per partition, the oldest records are removed while it holds more than this many bytes
+    /// (`None`: no bound).
+    pub retention_bytes: Option<i64>,
 }
 
 /// A partition's committed state.
@@ -64,6 +69,8 @@ pub struct IndexEntry {
     pub byte_start: u64,
     /// How many bytes they take.
     pub byte_len: u64,
+    /// When the range was committed, milliseconds since the Unix epoch.
+    pub created_ms: i64,
 }
 
 /// What a partition holds in object storage.
