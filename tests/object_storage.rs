@@ -335,3 +335,92 @@ async fn a_second_writer_to_a_partition_is_fenced_not_merged() {
     );
     reader.stop().await;
 }
+
+/// Retention by bytes: the oldest committed ranges past the bound leave the index, their
+/// objects are deleted once nothing points into them, and fetches below the new log start
+/// answer OFFSET_OUT_OF_RANGE — also on an agent rebuilt from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_the_oldest_ranges_and_their_objects() {
+    use streamhouse_proto::v1::{AdminRequest, AlterTopic, FetchRequest, admin_request::Action};
+    let base = tempfile::tempdir().unwrap();
+    let engines = Engines::embedded(base.path());
+    let data = base.path().join("data");
+    let config = |data: &std::path::Path| {
+        let mut config = engines.config(data);
+        if let Some(remote) = &mut config.remote {
+            remote.retention_check = Duration::from_millis(50);
+        }
+        config
+    };
+    let agent = RunningAgent::start(config(&data)).await;
+    // Ten committed objects of one batch each for partition 1.
+    for i in 0..10 {
+        assert_eq!(
+            send(&agent, support::idempotent_batch(9, 0, i * 5, 5))
+                .await
+                .0,
+            ErrorCode::None
+        );
+    }
+    let one_batch = support::idempotent_batch(9, 0, 0, 5).len() as i64;
+    let admin = Request::new(RequestMessage::Admin(AdminRequest {
+        action: Some(Action::AlterTopic(AlterTopic {
+            name: "t".into(),
+            retention_ms: 0,
+            retention_bytes: 3 * one_batch,
+        })),
+    }));
+    match agent.agent.service().oneshot(admin).await.unwrap() {
+        Response::Admin(r) => assert_eq!(ErrorCode::from_wire(r.error_code), ErrorCode::None),
+        other => panic!("{other:?}"),
+    }
+    let fetch = |offset| {
+        let service = agent.agent.service();
+        async move {
+            let request = Request::new(RequestMessage::Fetch(FetchRequest {
+                topic: "t".into(),
+                partition: 1,
+                offset,
+                ..FetchRequest::default()
+            }));
+            match service.oneshot(request).await.unwrap() {
+                Response::Fetch(r) => (ErrorCode::from_wire(r.error_code), r.log_start_offset),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while fetch(0).await.0 != ErrorCode::OffsetOutOfRange {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Three batches of bytes are kept: offsets 35..50.
+    assert_eq!(fetch(35).await, (ErrorCode::None, 35));
+    assert_eq!(fetch(30).await.0, ErrorCode::OffsetOutOfRange);
+    assert!(agent.agent.remote_stats().unwrap().objects_deleted >= 7);
+    agent.stop().await;
+
+    std::fs::remove_dir_all(&data).unwrap();
+    let agent = RunningAgent::start(config(&data)).await;
+    let fetch = |offset| {
+        let service = agent.agent.service();
+        async move {
+            let request = Request::new(RequestMessage::Fetch(FetchRequest {
+                topic: "t".into(),
+                partition: 1,
+                offset,
+                ..FetchRequest::default()
+            }));
+            match service.oneshot(request).await.unwrap() {
+                Response::Fetch(r) => (ErrorCode::from_wire(r.error_code), r.batches.len()),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(fetch(0).await.0, ErrorCode::OffsetOutOfRange);
+    assert_eq!(fetch(35).await, (ErrorCode::None, 3));
+    agent.stop().await;
+}

@@ -18,9 +18,15 @@ impl Shared {
                 ErrorCode::Unavailable,
                 "agent is shutting down",
             )),
-            Some(Action::CreateTopic(create)) => self
-                .clone()
-                .create_topic(create.name, create.partitions)
+            Some(Action::CreateTopic(create)) => {
+                let retention = (create.retention_ms, create.retention_bytes);
+                self.clone()
+                    .create_topic(create.name, create.partitions, retention)
+                    .await
+                    .map(Some)
+            }
+            Some(Action::AlterTopic(alter)) => self
+                .alter_topic(&alter.name, (alter.retention_ms, alter.retention_bytes))
                 .await
                 .map(Some),
             Some(Action::DeleteTopic(delete)) => {
@@ -50,8 +56,10 @@ impl Shared {
         self: Arc<Self>,
         name: String,
         partitions: u32,
+        retention: (i64, i64),
     ) -> Result<streamhouse_proto::v1::TopicMetadata, Rejection> {
         validate_topic_name(&name)?;
+        let retention = self.retention(retention)?;
         if partitions == 0 || partitions > MAX_PARTITIONS {
             return Err(Rejection::new(
                 ErrorCode::InvalidRequest,
@@ -75,6 +83,9 @@ impl Shared {
         }
         if let Some(remote) = &self.remote {
             remote.create_topic(&name, partitions).await?;
+            if let Some((ms, bytes)) = retention {
+                remote.set_retention(&name, ms, bytes).await?;
+            }
         }
         let shared = self.clone();
         let created = tokio::task::spawn_blocking(move || {
@@ -85,6 +96,57 @@ impl Shared {
         .unwrap_or_else(|_| Err(Rejection::new(ErrorCode::Internal, "topic creation failed")))?;
         let (topic, _) = created;
         Ok(self.describe(&topic.name, Ok(topic.clone())))
+    }
+
+    /// Retention as asked (0: no bound), refused on an agent without object storage (it
+    /// removes nothing) and for negative values. `None` when neither bound is set.
+    #[allow(clippy::type_complexity)]
+    fn retention(
+        &self,
+        (ms, bytes): (i64, i64),
+    ) -> Result<Option<(Option<i64>, Option<i64>)>, Rejection> {
+        if ms < 0 || bytes < 0 {
+            return Err(Rejection::new(
+                ErrorCode::InvalidRequest,
+                "retention cannot be negative (0: no bound)",
+            ));
+        }
+        if ms == 0 && bytes == 0 {
+            return Ok(None);
+        }
+        if self.remote.is_none() {
+            return Err(Rejection::new(
+                ErrorCode::InvalidRequest,
+                "retention needs an agent with object storage (--metadata, --objects); this \
+                 one keeps every record on its disk",
+            ));
+        }
+        let bound = |v: i64| (v > 0).then_some(v);
+        Ok(Some((bound(ms), bound(bytes))))
+    }
+
+    async fn alter_topic(
+        self: &Arc<Self>,
+        name: &str,
+        retention: (i64, i64),
+    ) -> Result<streamhouse_proto::v1::TopicMetadata, Rejection> {
+        let Some(topic) = self.topics.get(name) else {
+            return Err(Rejection::new(
+                ErrorCode::UnknownTopic,
+                format!("no topic {name:?}"),
+            ));
+        };
+        let (ms, bytes) = self.retention(retention)?.unwrap_or((None, None));
+        match &self.remote {
+            Some(remote) => remote.set_retention(name, ms, bytes).await?,
+            None => {
+                return Err(Rejection::new(
+                    ErrorCode::InvalidRequest,
+                    "retention needs an agent with object storage (--metadata, --objects)",
+                ));
+            }
+        }
+        Ok(self.describe(name, Ok(topic)))
     }
 
     async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<(), Rejection> {

@@ -86,6 +86,10 @@ pub struct RemoteConfig {
     pub durable_timeout: std::time::Duration,
     /// Bytes of object ranges kept in memory for fetches below the local log. Default 64 MiB.
     pub read_cache_bytes: usize,
+    /// How often topics' retention (`streamhouse topics create --retention-ms/--retention-bytes`)
+    /// is applied: records past it are dropped from the index and objects no longer needed are
+    /// deleted. Default 30 s.
+    pub retention_check: std::time::Duration,
 }
 
 impl RemoteConfig {
@@ -99,6 +103,7 @@ impl RemoteConfig {
             flush_bytes: 8 << 20,
             durable_timeout: std::time::Duration::from_secs(5),
             read_cache_bytes: 64 << 20,
+            retention_check: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -445,7 +445,20 @@ impl Shared {
             n => n.min(MAX_FETCH_BYTES),
         };
         let wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_FETCH_WAIT);
+        let below_start = self
+            .remote
+            .as_ref()
+            .map(|r| r.log_start(&request.topic, request.partition))
+            .filter(|start| request.offset < *start);
         let read = match log {
+            Ok(_) if below_start.is_some() => Err(Rejection::new(
+                ErrorCode::OffsetOutOfRange,
+                format!(
+                    "offset {} is before the log start {} (removed by retention)",
+                    request.offset,
+                    below_start.unwrap_or_default()
+                ),
+            )),
             Ok(log) => match &self.remote {
                 Some(remote) if request.offset < log.local_range().0 => {
                     // Below the local log: from objects (no waiting: those records exist).
@@ -476,7 +489,12 @@ impl Shared {
             Ok(read) => {
                 response.batches = read.batches;
                 response.high_watermark = read.high_watermark;
-                response.log_start_offset = read.log_start_offset;
+                response.log_start_offset = match &self.remote {
+                    Some(remote) => read
+                        .log_start_offset
+                        .max(remote.log_start(&request.topic, request.partition)),
+                    None => read.log_start_offset,
+                };
             }
             Err(r) => {
                 response.error_code = r.code as i32;

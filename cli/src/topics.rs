@@ -4,6 +4,7 @@
 //! streamhouse topics --bootstrap grpc://127.0.0.1:9092                 # list (as `list`)
 //! streamhouse topics describe orders --bootstrap grpc://127.0.0.1:9092
 //! streamhouse topics create orders --partitions 6 --bootstrap grpc://127.0.0.1:9092
+//! streamhouse topics alter orders --retention-ms 86400000 --bootstrap grpc://127.0.0.1:9092
 //! streamhouse topics delete orders --bootstrap grpc://127.0.0.1:9092
 //! ```
 
@@ -12,7 +13,8 @@ use anyhow::{Context, bail};
 use streamhouse::discovery::Discovery;
 use streamhouse::transport::{Request, RequestMessage, Response};
 use streamhouse_proto::v1::{
-    AdminRequest, AdminResponse, CreateTopic, DeleteTopic, ErrorCode, admin_request::Action,
+    AdminRequest, AdminResponse, AlterTopic, CreateTopic, DeleteTopic, ErrorCode,
+    admin_request::Action,
 };
 use tower::ServiceExt;
 
@@ -47,6 +49,17 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         partitions: u32,
         #[command(flatten)]
+        retention: Retention,
+        #[command(flatten)]
+        connection: endpoints::ClientArgs,
+    },
+    /// Change a topic's retention (agents with object storage).
+    Alter {
+        /// The topic.
+        name: String,
+        #[command(flatten)]
+        retention: Retention,
+        #[command(flatten)]
         connection: endpoints::ClientArgs,
     },
     /// Delete a topic and every record in it.
@@ -56,6 +69,17 @@ enum Command {
         #[command(flatten)]
         connection: endpoints::ClientArgs,
     },
+}
+
+/// Retention of a topic, on agents with object storage (omitted or 0: no bound).
+#[derive(clap::Args)]
+struct Retention {
+    /// Remove records older than this many milliseconds.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(i64).range(0..))]
+    retention_ms: Option<i64>,
+    /// Remove the oldest records while a partition holds more than this many bytes.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(i64).range(0..))]
+    retention_bytes: Option<i64>,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -71,14 +95,31 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::Create {
             name,
             partitions,
+            retention,
             connection,
         }) => {
             let action = Action::CreateTopic(CreateTopic {
                 name: name.clone(),
                 partitions,
+                retention_ms: retention.retention_ms.unwrap_or(0),
+                retention_bytes: retention.retention_bytes.unwrap_or(0),
             });
             admin(&connection, action).await?;
             println!("created topic {name} ({partitions} partitions)");
+            Ok(())
+        }
+        Some(Command::Alter {
+            name,
+            retention,
+            connection,
+        }) => {
+            let action = Action::AlterTopic(AlterTopic {
+                name: name.clone(),
+                retention_ms: retention.retention_ms.unwrap_or(0),
+                retention_bytes: retention.retention_bytes.unwrap_or(0),
+            });
+            admin(&connection, action).await?;
+            println!("altered topic {name}");
             Ok(())
         }
         Some(Command::Delete { name, connection }) => {

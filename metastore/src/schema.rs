@@ -7,25 +7,26 @@ use crate::StoreError;
 use sqlx::{AnyPool, Row};
 
 /// Migrations in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS sh_topics (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE IF NOT EXISTS sh_topics (
         name TEXT PRIMARY KEY,
         partitions BIGINT NOT NULL,
         created_ms BIGINT NOT NULL
     )",
-    "CREATE TABLE IF NOT EXISTS sh_partitions (
+        "CREATE TABLE IF NOT EXISTS sh_partitions (
         topic TEXT NOT NULL,
         partition_id BIGINT NOT NULL,
         log_start BIGINT NOT NULL,
         high_watermark BIGINT NOT NULL,
         PRIMARY KEY (topic, partition_id)
     )",
-    "CREATE TABLE IF NOT EXISTS sh_objects (
+        "CREATE TABLE IF NOT EXISTS sh_objects (
         object_key TEXT PRIMARY KEY,
         size BIGINT NOT NULL,
         created_ms BIGINT NOT NULL
     )",
-    "CREATE TABLE IF NOT EXISTS sh_index (
+        "CREATE TABLE IF NOT EXISTS sh_index (
         topic TEXT NOT NULL,
         partition_id BIGINT NOT NULL,
         first_offset BIGINT NOT NULL,
@@ -35,8 +36,8 @@ const MIGRATIONS: &[&[&str]] = &[&[
         byte_len BIGINT NOT NULL,
         PRIMARY KEY (topic, partition_id, first_offset)
     )",
-    "CREATE INDEX IF NOT EXISTS sh_index_by_object ON sh_index (object_key)",
-    "CREATE TABLE IF NOT EXISTS sh_producers (
+        "CREATE INDEX IF NOT EXISTS sh_index_by_object ON sh_index (object_key)",
+        "CREATE TABLE IF NOT EXISTS sh_producers (
         topic TEXT NOT NULL,
         partition_id BIGINT NOT NULL,
         producer_id BIGINT NOT NULL,
@@ -44,12 +45,14 @@ const MIGRATIONS: &[&[&str]] = &[&[
         batches TEXT NOT NULL,
         PRIMARY KEY (topic, partition_id, producer_id)
     )",
-], &[
-    // Retention (-1: none) and when each index row was committed.
-    "ALTER TABLE sh_topics ADD COLUMN retention_ms BIGINT NOT NULL DEFAULT -1",
-    "ALTER TABLE sh_topics ADD COLUMN retention_bytes BIGINT NOT NULL DEFAULT -1",
-    "ALTER TABLE sh_index ADD COLUMN created_ms BIGINT NOT NULL DEFAULT 0",
-]];
+    ],
+    &[
+        // Retention (-1: none) and when each index row was committed.
+        "ALTER TABLE sh_topics ADD COLUMN retention_ms BIGINT NOT NULL DEFAULT -1",
+        "ALTER TABLE sh_topics ADD COLUMN retention_bytes BIGINT NOT NULL DEFAULT -1",
+        "ALTER TABLE sh_index ADD COLUMN created_ms BIGINT NOT NULL DEFAULT 0",
+    ],
+];
 
 /// The newest schema version this build knows.
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -131,9 +131,9 @@ impl MetadataStore for SqlStore {
             "SELECT name, partitions, created_ms, retention_ms, retention_bytes
              FROM sh_topics WHERE name = $1",
         )
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
         let topic = topic_from(&row)?;
         for partition in 0..topic.partitions {
             sqlx::query(
@@ -165,11 +165,11 @@ impl MetadataStore for SqlStore {
             "SELECT name, partitions, created_ms, retention_ms, retention_bytes
              FROM sh_topics ORDER BY name",
         )
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(topic_from)
-            .collect()
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(topic_from)
+        .collect()
     }
 
     async fn delete_topic(&self, name: &str) -> Result<bool, StoreError> {

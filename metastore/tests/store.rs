@@ -153,21 +153,64 @@ async fn contract(store: Arc<dyn MetadataStore>) {
 
     // Retention: whole ranges below the new log start go; an object goes when no range of
     // any partition points into it any more.
-    assert!(store.set_retention("orders", Some(60_000), None).await.unwrap());
+    assert!(
+        store
+            .set_retention("orders", Some(60_000), None)
+            .await
+            .unwrap()
+    );
     assert!(!store.set_retention("nope", None, None).await.unwrap());
-    let orders = store.topics().await.unwrap().into_iter().find(|t| t.name == "orders");
-    assert_eq!(orders.map(|t| (t.retention_ms, t.retention_bytes)), Some((Some(60_000), None)));
+    let orders = store
+        .topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "orders");
+    assert_eq!(
+        orders.map(|t| (t.retention_ms, t.retention_bytes)),
+        Some((Some(60_000), None))
+    );
     assert!(store.index("orders", 0, 0, 1).await.unwrap()[0].created_ms > 0);
-    assert!(store.truncate("orders", 0, 5).await.unwrap().is_empty(), "no whole range below 5");
-    assert_eq!(store.partition("orders", 0).await.unwrap().unwrap().log_start, 5);
+    assert!(
+        store.truncate("orders", 0, 5).await.unwrap().is_empty(),
+        "no whole range below 5"
+    );
+    assert_eq!(
+        store
+            .partition("orders", 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .log_start,
+        5
+    );
     // o/1 still holds orders-1's records.
     assert!(store.truncate("orders", 0, 10).await.unwrap().is_empty());
-    assert_eq!(store.partition("orders", 0).await.unwrap().unwrap().log_start, 10);
-    assert_eq!(store.index("orders", 0, 0, 10).await.unwrap()[0].object, "o/4");
+    assert_eq!(
+        store
+            .partition("orders", 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .log_start,
+        10
+    );
+    assert_eq!(
+        store.index("orders", 0, 0, 10).await.unwrap()[0].object,
+        "o/4"
+    );
     assert_eq!(store.truncate("orders", 1, 4).await.unwrap(), ["o/1"]);
     // Never past the high watermark.
     store.truncate("orders", 1, 99).await.unwrap();
-    assert_eq!(store.partition("orders", 1).await.unwrap().unwrap().log_start, 4);
+    assert_eq!(
+        store
+            .partition("orders", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .log_start,
+        4
+    );
     let stats = store.stats("orders", 0).await.unwrap();
     assert_eq!((stats.objects, stats.entries), (1, 1));
 

@@ -391,6 +391,10 @@ impl MockAgent {
                     ),
                 }
             }
+            Some(admin_request::Action::AlterTopic(_)) => refuse(
+                ErrorCode::InvalidRequest,
+                "retention needs an agent with object storage; the mock keeps every record".into(),
+            ),
             None => refuse(ErrorCode::InvalidRequest, "no admin action".into()),
         }
     }

@@ -20,6 +20,7 @@
 mod flusher;
 mod objects;
 mod read;
+mod retention;
 mod upload;
 
 use crate::io::AppendReply;
@@ -205,6 +206,8 @@ pub struct RemoteStats {
     pub object_reads: u64,
     /// Ranged GETs those fetches made (the rest came from the cache).
     pub object_gets: u64,
+    /// Objects deleted by retention.
+    pub objects_deleted: u64,
 }
 
 #[derive(Default)]
@@ -217,6 +220,7 @@ struct Counters {
     durable_timeouts: AtomicU64,
     object_reads: AtomicU64,
     object_gets: AtomicU64,
+    objects_deleted: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -233,6 +237,8 @@ pub(crate) struct Remote {
     counters: Arc<Counters>,
     cache: read::Cache,
     flusher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Log starts moved by retention, per partition.
+    starts: retention::Starts,
 }
 
 impl std::fmt::Debug for Remote {
@@ -312,7 +318,7 @@ impl Remote {
             %incarnation,
             "durable state in object storage"
         );
-        Ok(Arc::new(Remote {
+        let remote = Arc::new(Remote {
             store,
             objects,
             cache: read::Cache::new(config.read_cache_bytes),
@@ -321,7 +327,13 @@ impl Remote {
             runtime: tokio::runtime::Handle::current(),
             counters,
             flusher: std::sync::Mutex::new(Some(task)),
-        }))
+            starts: retention::Starts::default(),
+        });
+        tokio::spawn(retention::run(
+            Arc::downgrade(&remote),
+            config.retention_check,
+        ));
+        Ok(remote)
     }
 
     pub(crate) fn sink(&self) -> Arc<Sink> {
@@ -369,6 +381,9 @@ impl Remote {
             })
             .map_err(|e| unavailable("reading the partition from the metadata store", &e))?;
         let hw = meta.map_or(0, |m| m.high_watermark);
+        if let Some(meta) = meta {
+            self.set_log_start(topic, partition, meta.log_start);
+        }
         let io = |e: std::io::Error| {
             Rejection::new(
                 ErrorCode::Internal,
@@ -429,6 +444,30 @@ impl Remote {
         }
     }
 
+    /// Sets a topic's retention in the store (applied by the next retention pass).
+    pub(crate) async fn set_retention(
+        &self,
+        name: &str,
+        retention_ms: Option<i64>,
+        retention_bytes: Option<i64>,
+    ) -> Result<(), Rejection> {
+        match self
+            .store
+            .set_retention(name, retention_ms, retention_bytes)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Rejection::new(
+                ErrorCode::UnknownTopic,
+                format!("no topic {name:?} in the metadata store"),
+            )),
+            Err(e) => Err(unavailable(
+                "setting the retention in the metadata store",
+                &e,
+            )),
+        }
+    }
+
     /// Deletes a topic from the store (its index rows and producer state; its objects are
     /// left for garbage collection) and stops uploading it.
     pub(crate) async fn delete_topic(&self, name: &str) -> Result<(), Rejection> {
@@ -473,6 +512,7 @@ impl Remote {
             durable_timeouts: get(&c.durable_timeouts),
             object_reads: get(&c.object_reads),
             object_gets: get(&c.object_gets),
+            objects_deleted: get(&c.objects_deleted),
         }
     }
 }

@@ -132,6 +132,14 @@ impl Objects {
         Ok(())
     }
 
+    /// Deletes an object (one that is already gone counts as deleted).
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), object_store::Error> {
+        match self.store.delete(&ObjectPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Bytes `range` of an object.
     pub(crate) async fn get_range(
         &self,
