@@ -319,6 +319,26 @@ async fn a_second_writer_to_a_partition_is_fenced_not_merged() {
     // Fenced: later batches are refused at once.
     let (code, _, _) = send(&second, support::idempotent_batch(3, 0, 0, 1)).await;
     assert_ne!(code, ErrorCode::None);
+    // What the fenced writer holds past the committed offsets is never served.
+    let fetch = streamhouse_proto::v1::FetchRequest {
+        topic: "t".into(),
+        partition: 1,
+        offset: 0,
+        ..Default::default()
+    };
+    match second
+        .agent
+        .service()
+        .oneshot(Request::new(RequestMessage::Fetch(fetch)))
+        .await
+        .unwrap()
+    {
+        Response::Fetch(r) => {
+            assert_eq!(ErrorCode::from_wire(r.error_code), ErrorCode::NotLeader);
+            assert!(r.batches.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
     // The first writer goes on, and only its records are committed.
     assert_eq!(
         send(&first, support::idempotent_batch(1, 0, 3, 2)).await.0,
@@ -422,5 +442,145 @@ async fn retention_removes_the_oldest_ranges_and_their_objects() {
     };
     assert_eq!(fetch(0).await.0, ErrorCode::OffsetOutOfRange);
     assert_eq!(fetch(35).await, (ErrorCode::None, 3));
+    agent.stop().await;
+}
+
+/// Fetch `offset` of partition 1 straight from the agent: (code, batches, message).
+async fn fetch_one(agent: &RunningAgent, offset: i64) -> (ErrorCode, usize, String) {
+    let request = Request::new(RequestMessage::Fetch(streamhouse_proto::v1::FetchRequest {
+        topic: "t".into(),
+        partition: 1,
+        offset,
+        ..Default::default()
+    }));
+    match agent.agent.service().oneshot(request).await.unwrap() {
+        Response::Fetch(r) => (
+            ErrorCode::from_wire(r.error_code),
+            r.batches.len(),
+            r.error_message,
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Outside review: a damaged byte in an older local segment (recovery checks only headers
+/// there) made the partition unreadable while its object was intact. The local copy is a
+/// cache: the committed copy is served instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_local_copy_is_served_from_objects() {
+    let base = tempfile::tempdir().unwrap();
+    let engines = Engines::embedded(base.path());
+    let data = base.path().join("data");
+    let config = || {
+        let mut config = engines.config(&data);
+        config.segment_bytes = 4096;
+        config
+    };
+    let agent = RunningAgent::start(config()).await;
+    for i in 0..20 {
+        assert_eq!(
+            send(&agent, support::idempotent_batch(5, 0, i * 20, 20))
+                .await
+                .0,
+            ErrorCode::None
+        );
+    }
+    agent.stop().await;
+    // Flip a byte in the records of the first segment's first batch.
+    let segment = data.join("t-1").join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[100] ^= 0xFF;
+    std::fs::write(&segment, bytes).unwrap();
+    let agent = RunningAgent::start(config()).await;
+    let (code, batches, message) = fetch_one(&agent, 0).await;
+    assert_eq!((code, message.as_str()), (ErrorCode::None, ""));
+    assert!(batches > 0);
+    assert_eq!(agent.read(Kind::Grpc, "t", 1).await.len(), 400);
+    agent.stop().await;
+}
+
+/// Outside review: an index with a hole (an edited or damaged store) was served as if the
+/// records after it were the ones asked for, and a range pointing into another partition's
+/// bytes was served as this partition's records. Both are CORRUPT_BATCH now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_that_does_not_match_its_objects_is_refused_not_served() {
+    let base = tempfile::tempdir().unwrap();
+    let engines = Engines::embedded(base.path());
+    let data = base.path().join("data");
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    for i in 0..3 {
+        send(&agent, support::idempotent_batch(6, 0, i * 5, 5)).await;
+    }
+    agent.stop().await;
+    std::fs::remove_dir_all(&data).unwrap();
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&engines.metadata).await.unwrap();
+    // A hole: the middle range of partition 1 is gone.
+    sqlx::query("DELETE FROM sh_index WHERE partition_id = 1 AND first_offset = 5")
+        .execute(&db)
+        .await
+        .unwrap();
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    assert_eq!(
+        fetch_one(&agent, 0).await.0,
+        ErrorCode::None,
+        "before the hole"
+    );
+    let (code, _, message) = fetch_one(&agent, 5).await;
+    assert_eq!(code, ErrorCode::CorruptBatch, "{message}");
+    assert_eq!(
+        fetch_one(&agent, 10).await.0,
+        ErrorCode::None,
+        "after the hole"
+    );
+    agent.stop().await;
+    // A range claiming other offsets than its batches hold.
+    sqlx::query("UPDATE sh_index SET first_offset = 3, next_offset = 8 WHERE partition_id = 1 AND first_offset = 0")
+        .execute(&db)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    let (code, _, message) = fetch_one(&agent, 3).await;
+    assert_eq!(code, ErrorCode::CorruptBatch, "{message}");
+    agent.stop().await;
+    db.close().await;
+}
+
+/// Outside review: a range past the end of a (truncated) object answered UNAVAILABLE, which
+/// a client retries forever. It is damage: CORRUPT_BATCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_object_is_corrupt_not_unavailable() {
+    let base = tempfile::tempdir().unwrap();
+    let engines = Engines::embedded(base.path());
+    let data = base.path().join("data");
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    send(&agent, support::idempotent_batch(7, 0, 0, 50)).await;
+    agent.stop().await;
+    std::fs::remove_dir_all(&data).unwrap();
+    // Every object cut to 10 bytes.
+    let mut dirs = vec![base.path().join("objects")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_len(10)
+                    .unwrap();
+            }
+        }
+    }
+    let agent = RunningAgent::start(engines.config(&data)).await;
+    let (code, _, message) = fetch_one(&agent, 0).await;
+    assert_eq!(code, ErrorCode::CorruptBatch, "{message}");
+    assert!(
+        !message.contains(base.path().to_str().unwrap()),
+        "no server paths: {message}"
+    );
     agent.stop().await;
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use streamhouse::serve::{Rejection, validate_topic_name};
 use streamhouse_proto::v1::{AdminRequest, AdminResponse, ErrorCode, admin_request::Action};
 
-/// Most partitions a topic can be created with.
-const MAX_PARTITIONS: u32 = 10_000;
+/// Most partitions a topic can be created with (each holds about three file descriptors).
+const MAX_PARTITIONS: u32 = 1_000;
 
 impl Shared {
     pub(crate) async fn admin(self: Arc<Self>, request: AdminRequest) -> AdminResponse {

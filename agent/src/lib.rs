@@ -114,13 +114,12 @@ pub enum AgentError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The metadata store could not be opened (bad URL, unreachable, permissions, schema).
-    #[error("metadata store {url}: {source}")]
+    #[error("metadata store {url}: {error}")]
     Metadata {
         /// Its URL (password hidden).
         url: String,
-        /// What failed.
-        #[source]
-        source: streamhouse_metastore::StoreError,
+        /// What failed (in the message: not a `source`, so error chains do not repeat it).
+        error: streamhouse_metastore::StoreError,
     },
     /// Object storage could not be opened or used (bad URL, unreachable, missing bucket,
     /// permissions).
@@ -392,9 +391,9 @@ fn open_topics(
     let mut wanted: Vec<(String, u32)> = match &remote {
         Some(remote) => remote
             .topics_blocking()
-            .map_err(|source| AgentError::Metadata {
+            .map_err(|error| AgentError::Metadata {
                 url: String::from("(listing topics)"),
-                source,
+                error,
             })?,
         None => Vec::new(),
     };

@@ -126,6 +126,28 @@ enum Slot {
 }
 
 impl Shared {
+    /// A fetch served from object storage, under the answer budgets.
+    async fn read_objects(
+        &self,
+        remote: &crate::remote::Remote,
+        request: &FetchRequest,
+        max_bytes: usize,
+        high_watermark: i64,
+    ) -> Result<crate::log::ReadResult, Rejection> {
+        let lease = self.lease_answer(max_bytes).await;
+        let mut read = remote
+            .read(
+                &request.topic,
+                request.partition,
+                request.offset,
+                max_bytes,
+                high_watermark,
+            )
+            .await?;
+        read.batches = hold(read.batches, lease);
+        Ok(read)
+    }
+
     /// Leases an answer of up to `max_bytes` (or one largest batch) from the client's and the
     /// agent's answer budgets, as `long_poll` does.
     async fn lease_answer(&self, max_bytes: usize) -> AnswerLease {
@@ -459,26 +481,40 @@ impl Shared {
                     below_start.unwrap_or_default()
                 ),
             )),
+            Ok(log) if self.remote.is_some() && log.superseded() => Err(Rejection::new(
+                ErrorCode::NotLeader,
+                "another agent writes this partition to object storage; this one no longer \
+                 serves it",
+            )),
             Ok(log) => match &self.remote {
                 Some(remote) if request.offset < log.local_range().0 => {
                     // Below the local log: from objects (no waiting: those records exist).
-                    let end = log.local_range().1;
-                    let lease = self.lease_answer(max_bytes).await;
-                    remote
-                        .read(
-                            &request.topic,
-                            request.partition,
-                            request.offset,
-                            max_bytes,
-                            end,
-                        )
+                    self.read_objects(remote, &request, max_bytes, log.local_range().1)
                         .await
-                        .map(|mut read| {
-                            read.batches = hold(read.batches, lease);
-                            read
-                        })
                 }
-                _ => {
+                Some(remote) => {
+                    let largest = self.config.max_batch_bytes;
+                    let end = log.local_range().1;
+                    match long_poll(log, request.offset, max_bytes, wait, &self.answers, largest)
+                        .await
+                    {
+                        // The local copy is damaged; the committed one may not be.
+                        Err(r) if r.code == ErrorCode::CorruptBatch => {
+                            match self.read_objects(remote, &request, max_bytes, end).await {
+                                Ok(read) if !read.batches.is_empty() => {
+                                    metrics::counter!(
+                                        "streamhouse_corrupt_reads_served_from_objects_total"
+                                    )
+                                    .increment(1);
+                                    Ok(read)
+                                }
+                                _ => Err(r),
+                            }
+                        }
+                        other => other,
+                    }
+                }
+                None => {
                     let largest = self.config.max_batch_bytes;
                     long_poll(log, request.offset, max_bytes, wait, &self.answers, largest).await
                 }

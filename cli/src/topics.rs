@@ -46,7 +46,7 @@ enum Command {
         /// The topic.
         name: String,
         /// Its partition count.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000))]
         partitions: u32,
         #[command(flatten)]
         retention: Retention,

@@ -63,6 +63,17 @@ impl SqlStore {
             ));
         };
         let options = AnyConnectOptions::from_str(&url).map_err(|e| invalid(&e.to_string()))?;
+        // One connection first, outside the pool: a wrong password, a missing database or a
+        // file that is not a database fails here with its own message (the pool would retry
+        // it until its timeout and report only that).
+        if url != "sqlite::memory:" {
+            use sqlx::{ConnectOptions, Connection};
+            let mut probe = options.connect().await?;
+            if !postgres {
+                probe.execute("PRAGMA journal_mode=WAL").await?;
+            }
+            probe.close().await?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -312,6 +312,22 @@ async fn bad_urls_and_unreachable_stores_are_typed_errors() {
         .expect("nothing to connect to");
     assert!(error.is_retriable(), "{error}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // A file that is not a database: said so at once, not after the pool's timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(
+        &file,
+        "not a database, just text that is long enough to have a header",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let error = streamhouse_metastore::open(&format!("sqlite://{}", file.display()))
+        .await
+        .err()
+        .expect("not a database");
+    assert!(error.to_string().contains("not a database"), "{error}");
+    assert!(!error.is_retriable(), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
     // A file SQLite cannot create.
     let error = streamhouse_metastore::open("sqlite:///proc/nope/meta.db")
         .await

@@ -91,6 +91,8 @@ pub(crate) struct PartitionLog {
     dir_lock: Mutex<Option<std::fs::File>>,
     /// Where the log starts when it has no segment (its earlier records are in objects).
     floor: i64,
+    /// Another writer owns the partition's durable state (a commit conflict): not served.
+    superseded: std::sync::atomic::AtomicBool,
 }
 
 /// Why and until when a partition is offline.
@@ -185,6 +187,7 @@ impl PartitionLog {
             checkpoint,
             dir_lock: Mutex::new(lock),
             floor,
+            superseded: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((log, recovered.report))
     }
@@ -228,6 +231,19 @@ impl PartitionLog {
     /// state. Reads go on.
     pub(crate) fn fence(&self, reason: String) {
         self.lock().broken = Some(reason);
+    }
+
+    /// Another writer committed to this partition in the metadata store: appends stop for
+    /// good (until restart) and what this log holds past the committed offsets is not served.
+    pub(crate) fn supersede(&self, reason: String) {
+        self.superseded
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.fence(reason);
+    }
+
+    /// Whether [`supersede`](Self::supersede) was called.
+    pub(crate) fn superseded(&self) -> bool {
+        self.superseded.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Merges producer state saved elsewhere (the metadata store) into this log's.

@@ -554,7 +554,7 @@ impl Flusher {
         metrics::counter!("streamhouse_partitions_fenced_total").increment(1);
         if let Some(cursor) = self.parts.get_mut(&(Arc::from(topic), partition)) {
             cursor.fenced = true;
-            cursor.log.fence(reason.clone());
+            cursor.log.supersede(reason.clone());
             for waiter in cursor.waiters.drain(..) {
                 waiter.fail(Rejection::new(ErrorCode::NotLeader, reason.clone()));
             }

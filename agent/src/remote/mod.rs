@@ -280,11 +280,31 @@ impl Remote {
                 "the flush interval and flush bytes must be above zero".into(),
             ));
         }
+        const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+        for (name, value) in [
+            ("flush interval", config.flush_interval),
+            ("durable timeout", config.durable_timeout),
+            ("retention check", config.retention_check),
+        ] {
+            if value > HOUR || value.is_zero() {
+                return Err(AgentError::Config(format!(
+                    "the {name} must be above zero and at most an hour, not {value:?}"
+                )));
+            }
+        }
+        if config.metadata == "sqlite::memory:" || config.objects == "memory://" {
+            tracing::warn!(
+                metadata = %redact(&config.metadata),
+                objects = %config.objects,
+                "the metadata store or object storage is in memory: acks=durable records do \
+                 not survive this process (for tests only)"
+            );
+        }
         let store = streamhouse_metastore::open(&config.metadata)
             .await
-            .map_err(|source| AgentError::Metadata {
+            .map_err(|error| AgentError::Metadata {
                 url: redact(&config.metadata),
-                source,
+                error,
             })?;
         let objects = Arc::new(Objects::open(&config.objects, &config.s3)?);
         let incarnation = incarnation();

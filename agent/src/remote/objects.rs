@@ -29,7 +29,16 @@ impl std::fmt::Debug for Objects {
 fn invalid(url: &str, reason: impl std::fmt::Display) -> AgentError {
     AgentError::Objects {
         url: url.to_owned(),
-        reason: reason.to_string(),
+        reason: one_line(&reason.to_string()),
+    }
+}
+
+/// An error as one line of at most 300 characters (S3 errors carry whole XML bodies).
+pub(crate) fn one_line(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &flat[..at]),
+        None => flat,
     }
 }
 
@@ -138,6 +147,15 @@ impl Objects {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// An object's size, if it can be learnt (`None` when it cannot be reached).
+    pub(crate) async fn size(&self, key: &str) -> Option<u64> {
+        self.store
+            .head(&ObjectPath::from(key))
+            .await
+            .ok()
+            .map(|meta| meta.size)
     }
 
     /// Bytes `range` of an object.

@@ -7,7 +7,7 @@ use crate::log::{ReadResult, STORED};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use streamhouse::batch::{Batch, BatchHeader, HEADER_LEN};
+use streamhouse::batch::{Batch, BatchHeader};
 use streamhouse::serve::Rejection;
 use streamhouse_metastore::IndexEntry;
 use streamhouse_proto::v1::ErrorCode;
@@ -109,10 +109,31 @@ impl Remote {
             high_watermark,
         };
         let mut total = 0usize;
+        // The offset the next batch must start at: the index must cover the partition without
+        // gaps, and each range hold exactly its offsets (a damaged or edited index is refused,
+        // never served as other records).
+        let mut expected: Option<i64> = None;
         for entry in entries {
+            let gap = match expected {
+                None => entry.first_offset > offset,
+                Some(next) => entry.first_offset != next,
+            };
+            if gap {
+                return finish(
+                    result,
+                    Rejection::new(
+                        ErrorCode::CorruptBatch,
+                        format!(
+                            "the index of {topic}-{partition} has no range for offset {}",
+                            expected.unwrap_or(offset)
+                        ),
+                    ),
+                );
+            }
             let bytes = self.range(&entry).await?;
             let mut pos = 0usize;
-            while pos + HEADER_LEN <= bytes.len() {
+            let mut at = entry.first_offset;
+            while pos < bytes.len() {
                 let corrupt = |why: String| {
                     Rejection::new(
                         ErrorCode::CorruptBatch,
@@ -133,6 +154,17 @@ impl Remote {
                     }
                     Err(e) => return finish(result, corrupt(e.to_string())),
                 };
+                if header.base_offset != at || header.last_offset() >= entry.next_offset {
+                    return finish(
+                        result,
+                        corrupt(format!(
+                            "holds offsets {}..={} where the index says {at}..{}",
+                            header.base_offset,
+                            header.last_offset(),
+                            entry.next_offset
+                        )),
+                    );
+                }
                 let len = header.total_len();
                 if header.last_offset() >= offset {
                     if !result.batches.is_empty() && total + len > max_bytes {
@@ -148,8 +180,22 @@ impl Remote {
                         return Ok(result);
                     }
                 }
+                at = header.last_offset() + 1;
                 pos += len;
             }
+            if at != entry.next_offset {
+                return finish(
+                    result,
+                    Rejection::new(
+                        ErrorCode::CorruptBatch,
+                        format!(
+                            "object {} holds {topic}-{partition} up to offset {at}, the index says {}",
+                            entry.object, entry.next_offset
+                        ),
+                    ),
+                );
+            }
+            expected = Some(entry.next_offset);
         }
         Ok(result)
     }
@@ -168,13 +214,42 @@ impl Remote {
                 entry.byte_start..entry.byte_start + entry.byte_len,
             )
             .await
-            .map_err(|e| {
-                let code = match e {
-                    object_store::Error::NotFound { .. } => ErrorCode::CorruptBatch,
-                    _ => ErrorCode::Unavailable,
-                };
-                Rejection::new(code, format!("object {}: {e}", entry.object))
-            })?;
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => Rejection::new(
+                    ErrorCode::CorruptBatch,
+                    format!("object {} is missing from object storage", entry.object),
+                ),
+                e => Rejection::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "object {}: {}",
+                        entry.object,
+                        super::objects::one_line(&e.to_string())
+                    ),
+                ),
+            });
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            // The range may lie past the object's end (a damaged object): permanent, not an
+            // outage to retry.
+            Err(r) if r.code == ErrorCode::Unavailable => {
+                match self.objects.size(&entry.object).await {
+                    Some(size) if size < entry.byte_start + entry.byte_len => {
+                        return Err(Rejection::new(
+                            ErrorCode::CorruptBatch,
+                            format!(
+                                "object {} has {size} bytes; the index puts a range at {}..{}",
+                                entry.object,
+                                entry.byte_start,
+                                entry.byte_start + entry.byte_len
+                            ),
+                        ));
+                    }
+                    _ => return Err(r),
+                }
+            }
+            Err(r) => return Err(r),
+        };
         if bytes.len() as u64 != entry.byte_len {
             return Err(Rejection::new(
                 ErrorCode::CorruptBatch,
