@@ -587,3 +587,76 @@ async fn a_truncated_object_is_corrupt_not_unavailable() {
     );
     agent.stop().await;
 }
+
+/// An agent with object storage and no configured topic: it learns topics from the store.
+fn bare(engines: &Engines, data: &std::path::Path) -> AgentConfig {
+    let mut config = engines.config(data);
+    config.topics.clear();
+    config
+}
+
+async fn admin(
+    agent: &RunningAgent,
+    action: streamhouse_proto::v1::admin_request::Action,
+) -> ErrorCode {
+    let request = Request::new(RequestMessage::Admin(streamhouse_proto::v1::AdminRequest {
+        action: Some(action),
+    }));
+    match agent.agent.service().oneshot(request).await.unwrap() {
+        Response::Admin(r) => ErrorCode::from_wire(r.error_code),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Outside review: a topic deleted through one agent came back when another agent restarted
+/// on its old data directory (the local files were taken for data from before object
+/// storage, adopted and uploaded again). Files of a topic the store no longer has are set
+/// aside; a topic created again under the same name never takes the old one's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topic_does_not_come_back_from_a_stale_data_directory() {
+    use streamhouse_proto::v1::{CreateTopic, DeleteTopic, admin_request::Action};
+    let base = tempfile::tempdir().unwrap();
+    let engines = Engines::embedded(base.path());
+    let (a, b, d) = (
+        base.path().join("a"),
+        base.path().join("b"),
+        base.path().join("d"),
+    );
+    // Two agents with the topic on their disks, one after the other: `d` holds offsets 0..3
+    // of partition 1, as the topic created again below will (with other records).
+    for data in [&d, &a] {
+        let agent = RunningAgent::start(engines.config(data)).await;
+        for i in 0..3 {
+            send(&agent, support::idempotent_batch(11, 0, i, 1)).await;
+        }
+        agent.stop().await;
+    }
+
+    let other = RunningAgent::start(bare(&engines, &b)).await;
+    let delete = Action::DeleteTopic(DeleteTopic { name: "t".into() });
+    assert_eq!(admin(&other, delete).await, ErrorCode::None);
+    other.stop().await;
+    let agent = RunningAgent::start(bare(&engines, &a)).await;
+    assert_eq!(
+        agent.agent.next_offset("t", 1),
+        None,
+        "the deleted topic stays deleted"
+    );
+    agent.stop().await;
+    assert!(a.join("quarantine").exists(), "its files are set aside");
+
+    // Created again, with new records: the other stale copy is not the new topic's.
+    let other = RunningAgent::start(bare(&engines, &b)).await;
+    let create = Action::CreateTopic(CreateTopic {
+        name: "t".into(),
+        partitions: PARTITIONS,
+        ..Default::default()
+    });
+    assert_eq!(admin(&other, create).await, ErrorCode::None);
+    send(&other, support::idempotent_batch(12, 0, 0, 2)).await;
+    other.stop().await;
+    let agent = RunningAgent::start(bare(&engines, &d)).await;
+    let records = agent.read(Kind::Grpc, "t", 1).await;
+    assert_eq!(records.len(), 2, "only the new topic's records");
+    agent.stop().await;
+}

@@ -62,6 +62,36 @@ impl Topics {
             let count = found.entry(topic.to_owned()).or_insert(0);
             *count = (*count).max(partition + 1);
         }
+        if let Some(remote) = &remote {
+            // A topic on disk but not in the store: data from before object storage was
+            // configured (adopted), or a topic deleted meanwhile (its directories carry a
+            // topic id: set aside, never uploaded again).
+            let stored: std::collections::HashSet<String> = remote
+                .topics_blocking()
+                .map_err(std::io::Error::other)?
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            found.retain(|topic, partitions| {
+                if stored.contains(topic) {
+                    return true;
+                }
+                let dirs: Vec<PathBuf> = (0..*partitions)
+                    .map(|p| dir.join(dir_name(topic, p)))
+                    .collect();
+                if !dirs.iter().any(|d| d.join(crate::log::TOPIC_ID).exists()) {
+                    return true;
+                }
+                for d in dirs.iter().filter(|d| d.exists()) {
+                    match crate::remote::set_aside(&dir, d) {
+                        Ok(to) => tracing::warn!(%topic, moved_to = %to.display(),
+                            "the topic was deleted from the metadata store: its local files are set aside"),
+                        Err(e) => tracing::error!(%topic, error = %e, "cannot set aside a deleted topic's files"),
+                    }
+                }
+                false
+            });
+        }
         let topics = Topics {
             dir,
             config,
@@ -183,11 +213,12 @@ impl Topics {
             ));
         }
         // The store may know more partitions (created by another agent, or before a restart).
-        let partitions = match &self.remote {
-            Some(remote) => remote
-                .ensure_topic_blocking(name, partitions)?
-                .max(partitions),
-            None => partitions,
+        let (partitions, topic_id) = match &self.remote {
+            Some(remote) => {
+                let (stored, id) = remote.ensure_topic_blocking(name, partitions)?;
+                (stored.max(partitions), id)
+            }
+            None => (partitions, 0),
         };
         let shared_name: Arc<str> = Arc::from(name);
         let mut logs = current.map(|t| t.partitions.clone()).unwrap_or_default();
@@ -198,7 +229,7 @@ impl Topics {
                 Some(remote) => remote.open_partition(
                     &self.dir,
                     &dir,
-                    &shared_name,
+                    (&shared_name, topic_id),
                     partition,
                     self.config.clone(),
                 )?,

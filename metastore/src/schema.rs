@@ -52,6 +52,11 @@ const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE sh_topics ADD COLUMN retention_bytes BIGINT NOT NULL DEFAULT -1",
         "ALTER TABLE sh_index ADD COLUMN created_ms BIGINT NOT NULL DEFAULT 0",
     ],
+    &[
+        // Each topic's incarnation: a topic deleted and created again under the same name
+        // gets a new id, so files of the old one are never taken for the new one's.
+        "ALTER TABLE sh_topics ADD COLUMN topic_id BIGINT NOT NULL DEFAULT 0",
+    ],
 ];
 
 /// The newest schema version this build knows.

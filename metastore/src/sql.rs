@@ -117,7 +117,21 @@ fn topic_from(row: &sqlx::any::AnyRow) -> Result<TopicConfig, StoreError> {
         created_ms: row.try_get(2)?,
         retention_ms: limit(row.try_get(3)?),
         retention_bytes: limit(row.try_get(4)?),
+        id: row.try_get(5)?,
     })
+}
+
+/// A new topic's id: random, positive, never 0 (the id of topics from before ids existed).
+fn new_topic_id(name: &str) -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(name.as_bytes());
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (hasher.finish() >> 1).max(1) as i64
 }
 
 fn unsigned(value: i64, what: &str) -> Result<u64, StoreError> {
@@ -129,17 +143,18 @@ impl MetadataStore for SqlStore {
     async fn ensure_topic(&self, name: &str, partitions: u32) -> Result<TopicConfig, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO sh_topics (name, partitions, created_ms) VALUES ($1, $2, $3)
+            "INSERT INTO sh_topics (name, partitions, created_ms, topic_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name) DO UPDATE SET partitions = excluded.partitions
              WHERE sh_topics.partitions < excluded.partitions",
         )
         .bind(name)
         .bind(i64::from(partitions))
         .bind(now_ms())
+        .bind(new_topic_id(name))
         .execute(&mut *tx)
         .await?;
         let row = sqlx::query(
-            "SELECT name, partitions, created_ms, retention_ms, retention_bytes
+            "SELECT name, partitions, created_ms, retention_ms, retention_bytes, topic_id
              FROM sh_topics WHERE name = $1",
         )
         .bind(name)
@@ -173,7 +188,7 @@ impl MetadataStore for SqlStore {
 
     async fn topics(&self) -> Result<Vec<TopicConfig>, StoreError> {
         sqlx::query(
-            "SELECT name, partitions, created_ms, retention_ms, retention_bytes
+            "SELECT name, partitions, created_ms, retention_ms, retention_bytes, topic_id
              FROM sh_topics ORDER BY name",
         )
         .fetch_all(&self.pool)

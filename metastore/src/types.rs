@@ -7,6 +7,8 @@ use streamhouse::serve::ProducerSnapshot;
 pub struct TopicConfig {
     /// Its name.
     pub name: String,
+    /// This incarnation of the name: a topic deleted and created again gets a new id.
+    pub id: i64,
     /// Its partition count.
     pub partitions: u32,
     /// When it was created, milliseconds since the Unix epoch.

@@ -220,8 +220,10 @@ async fn contract(store: Arc<dyn MetadataStore>) {
     assert_eq!(store.partition("orders", 0).await.unwrap(), None);
     assert!(store.index("orders", 0, 0, 10).await.unwrap().is_empty());
     assert!(store.producers("orders", 0).await.unwrap().is_empty());
-    // Recreated, it starts empty.
-    store.ensure_topic("orders", 1).await.unwrap();
+    // Recreated, it starts empty, as a new incarnation.
+    let old_id = t.id;
+    let again = store.ensure_topic("orders", 1).await.unwrap();
+    assert!(old_id > 0 && again.id > 0 && again.id != old_id);
     assert_eq!(
         store
             .partition("orders", 0)

@@ -23,8 +23,8 @@ pub(crate) mod storage;
 #[cfg(test)]
 mod sim;
 
-pub(crate) use recovery::STORED;
 pub use recovery::{PartitionRecovery, RecoveryReport};
+pub(crate) use recovery::{STORED, TOPIC_ID};
 
 use bytes::Bytes;
 use segment::Segment;

@@ -31,6 +31,8 @@ use streamhouse::serve::PartitionState;
 
 /// The directory, inside a partition's directory, holding what recovery moved aside.
 pub(crate) const QUARANTINE: &str = "quarantine";
+/// The file naming the topic incarnation (metadata store id) a partition directory belongs to.
+pub(crate) const TOPIC_ID: &str = "topic-id";
 /// The note in the quarantine saying the log is broken (its presence fences the partition).
 pub(crate) const BROKEN: &str = "BROKEN";
 
@@ -90,7 +92,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig, floor: i64) -> io::Result<
     for name in storage.list(dir)? {
         match parse_file_name(&name) {
             Some(base) => files.push((base, name)),
-            None if name == QUARANTINE || name == checkpoint::FILE => {}
+            None if name == QUARANTINE || name == checkpoint::FILE || name == TOPIC_ID => {}
             None => tracing::warn!(dir = %dir.display(), file = %name, "not a segment: ignored"),
         }
     }

@@ -366,15 +366,16 @@ impl Remote {
         Ok(topics.into_iter().map(|t| (t.name, t.partitions)).collect())
     }
 
-    /// Creates the topic in the store, or grows it; its partition count there. Blocking.
+    /// Creates the topic in the store, or grows it; its partition count and id there.
+    /// Blocking.
     pub(crate) fn ensure_topic_blocking(
         &self,
         name: &str,
         partitions: u32,
-    ) -> Result<u32, Rejection> {
+    ) -> Result<(u32, i64), Rejection> {
         self.runtime
             .block_on(self.store.ensure_topic(name, partitions))
-            .map(|t| t.partitions)
+            .map(|t| (t.partitions, t.id))
             .map_err(|e| unavailable("creating the topic in the metadata store", &e))
     }
 
@@ -387,7 +388,7 @@ impl Remote {
         &self,
         data_dir: &Path,
         dir: &Path,
-        topic: &Arc<str>,
+        (topic, topic_id): (&Arc<str>, i64),
         partition: u32,
         config: LogConfig,
     ) -> Result<(Arc<PartitionLog>, RecoveryReport), Rejection> {
@@ -410,7 +411,20 @@ impl Remote {
                 format!("cannot open {}: {e}", dir.display()),
             )
         };
+        // Files of an earlier topic of the same name (deleted, created again) are not this
+        // topic's: set aside before anything reads them.
+        let marker = dir.join(crate::log::TOPIC_ID);
+        if let Ok(found) = std::fs::read_to_string(&marker)
+            && found.trim() != topic_id.to_string()
+        {
+            let aside = set_aside(data_dir, dir).map_err(io)?;
+            tracing::warn!(%topic, partition, moved_to = %aside.display(),
+                "local files of an earlier topic of the same name set aside");
+        }
         let (mut log, mut report) = PartitionLog::open_at(dir, config.clone(), hw).map_err(io)?;
+        if !marker.exists() {
+            write_durably(&marker, topic_id.to_string().as_bytes()).map_err(io)?;
+        }
         let (start, end) = log.local_range();
         let reason = match log.broken() {
             Some(note) => Some(format!("the local log is broken ({note})")),
@@ -431,6 +445,7 @@ impl Remote {
                 "local log set aside; the partition restarts at the committed high watermark"
             );
             (log, report) = PartitionLog::open_at(dir, config, hw).map_err(io)?;
+            write_durably(&marker, topic_id.to_string().as_bytes()).map_err(io)?;
             report.broken = None;
         }
         log.restore_producers(&snapshots);
@@ -537,8 +552,18 @@ impl Remote {
     }
 }
 
+/// Writes a small file and fsyncs it and its directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)?;
+    std::fs::File::open(path)?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Moves a partition directory to `<data>/quarantine/<name>.<unix ms>` (nothing is deleted).
-fn set_aside(data_dir: &Path, dir: &Path) -> std::io::Result<std::path::PathBuf> {
+pub(crate) fn set_aside(data_dir: &Path, dir: &Path) -> std::io::Result<std::path::PathBuf> {
     let quarantine = data_dir.join("quarantine");
     std::fs::create_dir_all(&quarantine)?;
     let name = dir
