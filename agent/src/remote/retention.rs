@@ -143,6 +143,7 @@ mod tests {
     fn topic(ms: Option<i64>, bytes: Option<i64>) -> TopicConfig {
         TopicConfig {
             name: "t".into(),
+            id: 1,
             partitions: 1,
             created_ms: 0,
             retention_ms: ms,
