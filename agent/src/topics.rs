@@ -221,6 +221,15 @@ impl Topics {
             None => (partitions, 0),
         };
         let shared_name: Arc<str> = Arc::from(name);
+        if existing > 0 && partitions > existing {
+            // Kafka's rule too, but worth a line: keyed records map to other partitions now.
+            tracing::warn!(
+                topic = name,
+                from = existing,
+                to = partitions,
+                "topic grown: keys map to other partitions from now on"
+            );
+        }
         let mut logs = current.map(|t| t.partitions.clone()).unwrap_or_default();
         let mut reports = Vec::new();
         for partition in existing..partitions {

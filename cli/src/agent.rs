@@ -45,7 +45,9 @@ pub(crate) struct Args {
     /// Serve gRPC over TLS too (grpcs://), with the same certificate as QUIC.
     #[arg(long, requires = "grpc")]
     grpc_tls: bool,
-    /// Topic to create if missing, as NAME:PARTITIONS (repeatable).
+    /// Topic to create if missing, as NAME:PARTITIONS (repeatable). An existing topic with
+    /// fewer partitions grows to PARTITIONS (logged: keys map to other partitions after it);
+    /// one with more keeps them.
     #[arg(long = "topic", value_name = "NAME:PARTITIONS")]
     topics: Vec<TopicSpec>,
     /// Create unknown topics on first use with this many partitions.
