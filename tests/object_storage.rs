@@ -660,3 +660,34 @@ async fn a_deleted_topic_does_not_come_back_from_a_stale_data_directory() {
     assert_eq!(records.len(), 2, "only the new topic's records");
     agent.stop().await;
 }
+
+/// Outside review: a create that failed part-way (it ran out of file descriptors at
+/// partition 6,659 of 10,000) left the topic in the store and its directories on disk, and the
+/// agent then failed at every start. Nothing of a failed create stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_fails_part_way_leaves_nothing_behind() {
+    use streamhouse_proto::v1::{CreateTopic, admin_request::Action};
+    let base = tempfile::tempdir().unwrap();
+    let engines = Engines::embedded(base.path());
+    let data = base.path().join("data");
+    let agent = RunningAgent::start(bare(&engines, &data)).await;
+    // Partition 2's directory cannot be created: a file has its name.
+    std::fs::write(data.join("half-2"), b"in the way").unwrap();
+    let create = Action::CreateTopic(CreateTopic {
+        name: "half".into(),
+        partitions: 4,
+        ..Default::default()
+    });
+    assert_eq!(admin(&agent, create.clone()).await, ErrorCode::Internal);
+    assert!(!data.join("half-0").exists() && !data.join("half-1").exists());
+    assert_eq!(agent.agent.next_offset("half", 0), None);
+    agent.stop().await;
+    // The store does not have it: the agent starts, and the topic can be created once the
+    // obstacle is gone.
+    std::fs::remove_file(data.join("half-2")).unwrap();
+    let agent = RunningAgent::start(bare(&engines, &data)).await;
+    assert_eq!(agent.agent.next_offset("half", 0), None);
+    assert_eq!(admin(&agent, create).await, ErrorCode::None);
+    assert_eq!(agent.agent.next_offset("half", 3), Some(0));
+    agent.stop().await;
+}

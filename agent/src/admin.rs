@@ -88,14 +88,43 @@ impl Shared {
             }
         }
         let shared = self.clone();
+        let wanted = name.clone();
         let created = tokio::task::spawn_blocking(move || {
             let max = shared.config.max_topics;
-            shared.topics.ensure_within(&name, partitions, max)
+            shared.topics.ensure_within(&wanted, partitions, max)
         })
         .await
-        .unwrap_or_else(|_| Err(Rejection::new(ErrorCode::Internal, "topic creation failed")))?;
-        let (topic, _) = created;
-        Ok(self.describe(&topic.name, Ok(topic.clone())))
+        .unwrap_or_else(|_| Err(Rejection::new(ErrorCode::Internal, "topic creation failed")));
+        match created {
+            Ok((topic, _)) => Ok(self.describe(&topic.name, Ok(topic.clone()))),
+            Err(rejection) => {
+                self.undo_create(&name, partitions).await;
+                Err(rejection)
+            }
+        }
+    }
+
+    /// A create that failed part-way (a partition could not be opened): nothing of it may
+    /// stay behind, neither in the store (the agent would fail at its next start) nor on disk.
+    async fn undo_create(self: &Arc<Self>, name: &str, partitions: u32) {
+        if let Some(remote) = &self.remote
+            && let Err(r) = remote.delete_topic(name).await
+        {
+            tracing::error!(topic = name, error = %r.message, "a failed create left the topic in the metadata store");
+        }
+        let dir = self.config.data_dir.clone();
+        let name = name.to_owned();
+        let _ = tokio::task::spawn_blocking(move || {
+            for partition in 0..partitions {
+                let path = dir.join(format!("{name}-{partition}"));
+                if path.is_dir()
+                    && let Err(e) = std::fs::remove_dir_all(&path)
+                {
+                    tracing::error!(path = %path.display(), error = %e, "a failed create left a partition directory");
+                }
+            }
+        })
+        .await;
     }
 
     /// Retention as asked (0: no bound), refused on an agent without object storage (it
