@@ -635,6 +635,10 @@ async fn a_deleted_topic_does_not_come_back_from_a_stale_data_directory() {
     let other = RunningAgent::start(bare(&engines, &b)).await;
     let delete = Action::DeleteTopic(DeleteTopic { name: "t".into() });
     assert_eq!(admin(&other, delete).await, ErrorCode::None);
+    assert!(
+        other.agent.remote_stats().unwrap().objects_deleted > 0,
+        "the deleted topic's objects are deleted too"
+    );
     other.stop().await;
     let agent = RunningAgent::start(bare(&engines, &a)).await;
     assert_eq!(

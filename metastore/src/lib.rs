@@ -71,9 +71,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Every topic, by name.
     async fn topics(&self) -> Result<Vec<TopicConfig>, StoreError>;
 
-    /// Deletes a topic with its partitions, index rows and producer state; `false` if there was
-    /// none. Its objects are left for garbage collection.
-    async fn delete_topic(&self, name: &str) -> Result<bool, StoreError>;
+    /// Deletes a topic with its partitions, index rows and producer state; `None` if there was
+    /// none. Returns the keys of the objects no index row points to any more: delete them from
+    /// object storage.
+    async fn delete_topic(&self, name: &str) -> Result<Option<Vec<String>>, StoreError>;
 
     /// A partition's committed high watermark and log start, if it exists.
     async fn partition(

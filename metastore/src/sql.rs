@@ -121,6 +121,31 @@ fn topic_from(row: &sqlx::any::AnyRow) -> Result<TopicConfig, StoreError> {
     })
 }
 
+/// Of `keys`, the objects no index row points to any more: removed from `sh_objects` and
+/// returned (for deletion from object storage once the transaction commits).
+async fn drop_unreferenced(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    mut keys: Vec<String>,
+) -> Result<Vec<String>, StoreError> {
+    keys.sort();
+    keys.dedup();
+    let mut orphans = Vec::new();
+    for key in keys {
+        let used = sqlx::query("SELECT 1 FROM sh_index WHERE object_key = $1 LIMIT 1")
+            .bind(&key)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if used.is_none() {
+            sqlx::query("DELETE FROM sh_objects WHERE object_key = $1")
+                .bind(&key)
+                .execute(&mut **tx)
+                .await?;
+            orphans.push(key);
+        }
+    }
+    Ok(orphans)
+}
+
 /// A new topic's id: random, positive, never 0 (the id of topics from before ids existed).
 fn new_topic_id(name: &str) -> i64 {
     use std::hash::{BuildHasher, Hasher};
@@ -198,8 +223,16 @@ impl MetadataStore for SqlStore {
         .collect()
     }
 
-    async fn delete_topic(&self, name: &str) -> Result<bool, StoreError> {
+    async fn delete_topic(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let keys: Vec<String> =
+            sqlx::query("SELECT DISTINCT object_key FROM sh_index WHERE topic = $1")
+                .bind(name)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()?;
         for delete in [
             "DELETE FROM sh_index WHERE topic = $1",
             "DELETE FROM sh_producers WHERE topic = $1",
@@ -212,8 +245,9 @@ impl MetadataStore for SqlStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let orphans = drop_unreferenced(&mut tx, keys).await?;
         tx.commit().await?;
-        Ok(deleted > 0)
+        Ok((deleted > 0).then_some(orphans))
     }
 
     async fn partition(
@@ -440,21 +474,7 @@ impl MetadataStore for SqlStore {
         .bind(partition)
         .execute(&mut *tx)
         .await?;
-        // Objects no index row points to any more: returned for deletion.
-        let mut orphans = Vec::new();
-        for key in keys {
-            let used = sqlx::query("SELECT 1 FROM sh_index WHERE object_key = $1 LIMIT 1")
-                .bind(&key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if used.is_none() {
-                sqlx::query("DELETE FROM sh_objects WHERE object_key = $1")
-                    .bind(&key)
-                    .execute(&mut *tx)
-                    .await?;
-                orphans.push(key);
-            }
-        }
+        let orphans = drop_unreferenced(&mut tx, keys).await?;
         tx.commit().await?;
         Ok(orphans)
     }

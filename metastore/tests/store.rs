@@ -215,8 +215,12 @@ async fn contract(store: Arc<dyn MetadataStore>) {
     assert_eq!((stats.objects, stats.entries), (1, 1));
 
     // Deleting a topic takes its partitions, index and producers with it.
-    assert!(store.delete_topic("orders").await.unwrap());
-    assert!(!store.delete_topic("orders").await.unwrap());
+    // Its last object (o/4) is no longer needed by anyone.
+    assert_eq!(
+        store.delete_topic("orders").await.unwrap(),
+        Some(vec!["o/4".to_owned()])
+    );
+    assert_eq!(store.delete_topic("orders").await.unwrap(), None);
     assert_eq!(store.partition("orders", 0).await.unwrap(), None);
     assert!(store.index("orders", 0, 0, 10).await.unwrap().is_empty());
     assert!(store.producers("orders", 0).await.unwrap().is_empty());

@@ -206,7 +206,7 @@ pub struct RemoteStats {
     pub object_reads: u64,
     /// Ranged GETs those fetches made (the rest came from the cache).
     pub object_gets: u64,
-    /// Objects deleted by retention.
+    /// Objects deleted by retention and topic deletion.
     pub objects_deleted: u64,
 }
 
@@ -503,16 +503,23 @@ impl Remote {
         }
     }
 
-    /// Deletes a topic from the store (its index rows and producer state; its objects are
-    /// left for garbage collection) and stops uploading it.
+    /// Deletes a topic from the store (its index rows and producer state) and the objects no
+    /// other topic needs, and stops uploading it.
     pub(crate) async fn delete_topic(&self, name: &str) -> Result<(), Rejection> {
-        self.store
+        let orphans = self
+            .store
             .delete_topic(name)
             .await
             .map_err(|e| unavailable("deleting the topic from the metadata store", &e))?;
         let _ = self.sink.tx.send(Msg::Untrack {
             topic: Arc::from(name),
         });
+        for key in orphans.unwrap_or_default() {
+            match self.objects.delete(&key).await {
+                Ok(()) => bump(&self.counters.objects_deleted, 1),
+                Err(e) => tracing::warn!(%key, error = %e, "object of a deleted topic not deleted"),
+            }
+        }
         Ok(())
     }
 
