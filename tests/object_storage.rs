@@ -39,18 +39,7 @@ impl Engines {
     /// A fresh PostgreSQL database and a fresh prefix in the test bucket.
     async fn real() -> Engines {
         let metadata = streamhouse_metastore::testing::fresh_postgres().await;
-        let var = |name: &str| {
-            std::env::var(name).unwrap_or_else(|_| {
-                panic!(
-                    "this test needs an S3 server and {name} is not set: {}",
-                    streamhouse_metastore::testing::HOW_TO_START
-                )
-            })
-        };
-        let (endpoint, bucket) = (
-            var("STREAMHOUSE_TEST_S3_ENDPOINT"),
-            var("STREAMHOUSE_TEST_S3_BUCKET"),
-        );
+        let (endpoint, bucket) = streamhouse_metastore::testing::s3();
         let prefix = metadata.rsplit('/').next().unwrap().to_owned();
         Engines {
             metadata,
@@ -361,7 +350,7 @@ async fn a_second_writer_to_a_partition_is_fenced_not_merged() {
 /// answer OFFSET_OUT_OF_RANGE — also on an agent rebuilt from the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_the_oldest_ranges_and_their_objects() {
-    use streamhouse_proto::v1::{AdminRequest, AlterTopic, FetchRequest, admin_request::Action};
+    use streamhouse_proto::v1::{AdminRequest, AlterTopic, admin_request::Action};
     let base = tempfile::tempdir().unwrap();
     let engines = Engines::embedded(base.path());
     let data = base.path().join("data");
@@ -395,18 +384,10 @@ async fn retention_removes_the_oldest_ranges_and_their_objects() {
         other => panic!("{other:?}"),
     }
     let fetch = |offset| {
-        let service = agent.agent.service();
+        let agent = &agent;
         async move {
-            let request = Request::new(RequestMessage::Fetch(FetchRequest {
-                topic: "t".into(),
-                partition: 1,
-                offset,
-                ..FetchRequest::default()
-            }));
-            match service.oneshot(request).await.unwrap() {
-                Response::Fetch(r) => (ErrorCode::from_wire(r.error_code), r.log_start_offset),
-                other => panic!("{other:?}"),
-            }
+            let r = fetch_response(agent, offset).await;
+            (ErrorCode::from_wire(r.error_code), r.log_start_offset)
         }
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -429,18 +410,10 @@ async fn retention_removes_the_oldest_ranges_and_their_objects() {
     std::fs::remove_dir_all(&data).unwrap();
     let agent = RunningAgent::start(config(&data)).await;
     let fetch = |offset| {
-        let service = agent.agent.service();
+        let agent = &agent;
         async move {
-            let request = Request::new(RequestMessage::Fetch(FetchRequest {
-                topic: "t".into(),
-                partition: 1,
-                offset,
-                ..FetchRequest::default()
-            }));
-            match service.oneshot(request).await.unwrap() {
-                Response::Fetch(r) => (ErrorCode::from_wire(r.error_code), r.batches.len()),
-                other => panic!("{other:?}"),
-            }
+            let (code, batches, _) = fetch_one(agent, offset).await;
+            (code, batches)
         }
     };
     assert_eq!(fetch(0).await.0, ErrorCode::OffsetOutOfRange);
@@ -448,8 +421,8 @@ async fn retention_removes_the_oldest_ranges_and_their_objects() {
     agent.stop().await;
 }
 
-/// Fetch `offset` of partition 1 straight from the agent: (code, batches, message).
-async fn fetch_one(agent: &RunningAgent, offset: i64) -> (ErrorCode, usize, String) {
+/// Fetch `offset` of partition 1 straight from the agent.
+async fn fetch_response(agent: &RunningAgent, offset: i64) -> streamhouse_proto::v1::FetchResponse {
     let request = Request::new(RequestMessage::Fetch(streamhouse_proto::v1::FetchRequest {
         topic: "t".into(),
         partition: 1,
@@ -457,13 +430,19 @@ async fn fetch_one(agent: &RunningAgent, offset: i64) -> (ErrorCode, usize, Stri
         ..Default::default()
     }));
     match agent.agent.service().oneshot(request).await.unwrap() {
-        Response::Fetch(r) => (
-            ErrorCode::from_wire(r.error_code),
-            r.batches.len(),
-            r.error_message,
-        ),
+        Response::Fetch(r) => r,
         other => panic!("{other:?}"),
     }
+}
+
+/// Fetch `offset` of partition 1 straight from the agent: (code, batches, message).
+async fn fetch_one(agent: &RunningAgent, offset: i64) -> (ErrorCode, usize, String) {
+    let r = fetch_response(agent, offset).await;
+    (
+        ErrorCode::from_wire(r.error_code),
+        r.batches.len(),
+        r.error_message,
+    )
 }
 
 /// Outside review: a damaged byte in an older local segment (recovery checks only headers

@@ -48,14 +48,7 @@ async fn long_poll(
         tokio::pin!(appended);
         // Registered before the read: an append between the read and the wait still wakes it.
         appended.as_mut().enable();
-        let wanted = max_bytes.max(largest_batch);
-        // The client's share first (one that never reads cannot take everyone's), then the
-        // agent's.
-        let client = match streamhouse::serve::client_answers() {
-            Some(client) => Some(client.take(wanted).await),
-            None => None,
-        };
-        let lease = (client, answers.take(wanted).await);
+        let lease = lease_answer(answers, max_bytes.max(largest_batch)).await;
         let reader = log.clone();
         let mut read = tokio::task::spawn_blocking(move || reader.read(offset, max_bytes))
             .await
@@ -71,6 +64,16 @@ async fn long_poll(
             return Ok(read);
         }
     }
+}
+
+/// Leases `wanted` answer bytes: the client's share first (one that never reads cannot take
+/// everyone's), then the agent's.
+async fn lease_answer(answers: &ByteBudget, wanted: usize) -> AnswerLease {
+    let client = match streamhouse::serve::client_answers() {
+        Some(client) => Some(client.take(wanted).await),
+        None => None,
+    };
+    (client, answers.take(wanted).await)
 }
 
 /// The batches of one answer, each keeping a share of `lease` (shrunk to their total) until
@@ -134,7 +137,7 @@ impl Shared {
         max_bytes: usize,
         high_watermark: i64,
     ) -> Result<crate::log::ReadResult, Rejection> {
-        let lease = self.lease_answer(max_bytes).await;
+        let lease = lease_answer(&self.answers, max_bytes.max(self.config.max_batch_bytes)).await;
         let mut read = remote
             .read(
                 &request.topic,
@@ -146,17 +149,6 @@ impl Shared {
             .await?;
         read.batches = hold(read.batches, lease);
         Ok(read)
-    }
-
-    /// Leases an answer of up to `max_bytes` (or one largest batch) from the client's and the
-    /// agent's answer budgets, as `long_poll` does.
-    async fn lease_answer(&self, max_bytes: usize) -> AnswerLease {
-        let wanted = max_bytes.max(self.config.max_batch_bytes);
-        let client = match streamhouse::serve::client_answers() {
-            Some(client) => Some(client.take(wanted).await),
-            None => None,
-        };
-        (client, self.answers.take(wanted).await)
     }
 
     pub(crate) async fn produce(self: Arc<Self>, request: ProduceRequest) -> ProduceResponse {

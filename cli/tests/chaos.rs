@@ -27,7 +27,6 @@ use std::time::Duration;
 use streamhouse::discovery::StaticDiscovery;
 use streamhouse::history::{History, RecordId};
 use streamhouse::producer::{Acks, Producer, ProducerRecord};
-use streamhouse::reader::PartitionReader;
 use streamhouse::transport::tls::ClientTls;
 use streamhouse::transport::{Endpoint, Transport};
 use streamhouse_grpc::GrpcTransport;
@@ -84,19 +83,12 @@ async fn storage_args(storage: Storage, base: &Path) -> Vec<String> {
         ),
         Storage::Real => {
             let metadata = streamhouse_metastore::testing::fresh_postgres().await;
-            let var = |name: &str| {
-                std::env::var(name).unwrap_or_else(|_| {
-                    panic!(
-                        "{name} is not set: {}",
-                        streamhouse_metastore::testing::HOW_TO_START
-                    )
-                })
-            };
+            let (endpoint, bucket) = streamhouse_metastore::testing::s3();
             let prefix = metadata.rsplit('/').next().unwrap().to_owned();
-            let objects = format!("s3://{}/{prefix}", var("STREAMHOUSE_TEST_S3_BUCKET"));
+            let objects = format!("s3://{bucket}/{prefix}");
             let extra = [
                 "--s3-endpoint",
-                &var("STREAMHOUSE_TEST_S3_ENDPOINT"),
+                &endpoint,
                 "--s3-region",
                 "us-east-1",
                 "--s3-access-key-id",
@@ -337,15 +329,7 @@ async fn chaos(plan: Plan) {
 
     // Heal: read every partition back straight from the agent.
     let reader = transport(plan.kind, certs.path());
-    let mut logs = Vec::new();
-    for partition in 0..PARTITIONS {
-        let connection = reader.connect(&direct).await.unwrap();
-        let records = PartitionReader::new(connection, TOPIC, partition, 0)
-            .read_to_end()
-            .await
-            .unwrap();
-        logs.push((partition, records));
-    }
+    let logs = support::read_back(reader.as_ref(), &direct, TOPIC, PARTITIONS).await;
     let report = history.check(logs);
     let (acked, failed, unknown) = history.outcomes();
     println!(

@@ -12,7 +12,6 @@ use std::time::Duration;
 use streamhouse::discovery::StaticDiscovery;
 use streamhouse::history::{History, RecordId};
 use streamhouse::producer::{Acks, Producer, ProducerRecord};
-use streamhouse::reader::PartitionReader;
 use streamhouse::transport::{Endpoint, Transport};
 use streamhouse_grpc::GrpcTransport;
 use support::AgentProcess;
@@ -115,15 +114,7 @@ async fn engine_outages_hold_durable_acks_and_lose_nothing() {
     let stats = producer.stats();
     producer.close(Duration::from_secs(10)).await.unwrap();
 
-    let mut logs = Vec::new();
-    for partition in 0..PARTITIONS {
-        let connection = transport.connect(&endpoint).await.unwrap();
-        let records = PartitionReader::new(connection, TOPIC, partition, 0)
-            .read_to_end()
-            .await
-            .unwrap();
-        logs.push((partition, records));
-    }
+    let logs = support::read_back(transport.as_ref(), &endpoint, TOPIC, PARTITIONS).await;
     let report = history.check(logs);
     let (acked, failed, unknown) = history.outcomes();
     println!(

@@ -17,11 +17,24 @@ pub const POSTGRES_ENV: &str = "STREAMHOUSE_TEST_POSTGRES";
 pub const HOW_TO_START: &str = "run the tests through scripts/test (it starts PostgreSQL and an S3 server on loopback), \
      or start them with `eval \"$(scripts/services start)\"` first";
 
+/// A variable `scripts/services` sets; panics (failing the test) when it is not set.
+pub fn service_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("this test needs a service and {name} is not set: {HOW_TO_START}")
+    })
+}
+
 /// The test server's URL; panics (failing the test) when it is not set.
 pub fn postgres_url() -> String {
-    std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
-        panic!("this test needs PostgreSQL and {POSTGRES_ENV} is not set: {HOW_TO_START}")
-    })
+    service_env(POSTGRES_ENV)
+}
+
+/// The test S3 server's endpoint and bucket (credentials `test`/`test`, region `us-east-1`).
+pub fn s3() -> (String, String) {
+    (
+        service_env("STREAMHOUSE_TEST_S3_ENDPOINT"),
+        service_env("STREAMHOUSE_TEST_S3_BUCKET"),
+    )
 }
 
 /// Creates an empty database on the test server and returns its URL: tests running at once

@@ -584,9 +584,9 @@ impl PartitionLog {
 
 /// A read found a corrupt batch: the batches before it are served, the reader learns of the
 /// corruption when it asks for that batch first.
-fn stop(result: ReadResult, rejection: Rejection) -> Result<ReadResult, Rejection> {
+pub(crate) fn stop(result: ReadResult, rejection: Rejection) -> Result<ReadResult, Rejection> {
     if result.batches.is_empty() {
-        tracing::error!(reason = %rejection.message, "corrupt batch in the log");
+        tracing::error!(reason = %rejection.message, "corrupt stored batch");
         metrics::counter!("streamhouse_corrupt_reads_total").increment(1);
         Err(rejection)
     } else {

@@ -3,7 +3,7 @@
 //! each range once).
 
 use super::{Remote, bump};
-use crate::log::{ReadResult, STORED};
+use crate::log::{ReadResult, STORED, stop};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -84,18 +84,12 @@ impl Remote {
             Rejection::new(ErrorCode::Unavailable, format!("metadata store: {e}"))
         };
         bump(&self.counters.object_reads, 1);
-        let meta = self
-            .store
-            .partition(topic, partition)
-            .await
-            .map_err(store)?
-            .ok_or_else(|| {
-                Rejection::new(ErrorCode::UnknownPartition, "not in the metadata store")
-            })?;
-        if offset < meta.log_start {
+        // Seeded from the store when the partition opened, moved by retention.
+        let log_start = self.log_start(topic, partition);
+        if offset < log_start {
             return Err(Rejection::new(
                 ErrorCode::OffsetOutOfRange,
-                format!("offset {offset} is before the log start {}", meta.log_start),
+                format!("offset {offset} is before the log start {log_start}"),
             ));
         }
         let entries = self
@@ -105,7 +99,7 @@ impl Remote {
             .map_err(store)?;
         let mut result = ReadResult {
             batches: Vec::new(),
-            log_start_offset: meta.log_start,
+            log_start_offset: log_start,
             high_watermark,
         };
         let mut total = 0usize;
@@ -119,7 +113,7 @@ impl Remote {
                 Some(next) => entry.first_offset != next,
             };
             if gap {
-                return finish(
+                return stop(
                     result,
                     Rejection::new(
                         ErrorCode::CorruptBatch,
@@ -147,15 +141,15 @@ impl Remote {
                 let header = match BatchHeader::read(&bytes[pos..]) {
                     Ok(h) if pos + h.total_len() <= bytes.len() => h,
                     Ok(h) => {
-                        return finish(
+                        return stop(
                             result,
                             corrupt(format!("length {} past the range", h.total_len())),
                         );
                     }
-                    Err(e) => return finish(result, corrupt(e.to_string())),
+                    Err(e) => return stop(result, corrupt(e.to_string())),
                 };
                 if header.base_offset != at || header.last_offset() >= entry.next_offset {
-                    return finish(
+                    return stop(
                         result,
                         corrupt(format!(
                             "holds offsets {}..={} where the index says {at}..{}",
@@ -172,7 +166,7 @@ impl Remote {
                     }
                     let batch = bytes.slice(pos..pos + len);
                     if let Err(e) = Batch::parse(batch.clone(), &STORED) {
-                        return finish(result, corrupt(e.to_string()));
+                        return stop(result, corrupt(e.to_string()));
                     }
                     total += len;
                     result.batches.push(batch);
@@ -184,7 +178,7 @@ impl Remote {
                 pos += len;
             }
             if at != entry.next_offset {
-                return finish(
+                return stop(
                     result,
                     Rejection::new(
                         ErrorCode::CorruptBatch,
@@ -263,17 +257,5 @@ impl Remote {
         }
         self.cache.put(key, bytes.clone());
         Ok(bytes)
-    }
-}
-
-/// A corrupt batch: the batches before it are served; the reader gets the error when it is
-/// the first one asked for.
-fn finish(result: ReadResult, rejection: Rejection) -> Result<ReadResult, Rejection> {
-    if result.batches.is_empty() {
-        tracing::error!(reason = %rejection.message, "corrupt batch in object storage");
-        metrics::counter!("streamhouse_corrupt_reads_total").increment(1);
-        Err(rejection)
-    } else {
-        Ok(result)
     }
 }

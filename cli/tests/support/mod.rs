@@ -100,6 +100,26 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Every record of partitions `0..partitions` of `topic`, read back from `endpoint`: the logs
+/// the history checker compares with what was acknowledged.
+pub async fn read_back(
+    transport: &dyn streamhouse::transport::Transport,
+    endpoint: &streamhouse::transport::Endpoint,
+    topic: &str,
+    partitions: u32,
+) -> Vec<(u32, Vec<streamhouse::batch::Record>)> {
+    let mut logs = Vec::new();
+    for partition in 0..partitions {
+        let connection = transport.connect(endpoint).await.unwrap();
+        let records = streamhouse::reader::PartitionReader::new(connection, topic, partition, 0)
+            .read_to_end()
+            .await
+            .unwrap();
+        logs.push((partition, records));
+    }
+    logs
+}
+
 /// Runs `streamhouse ARGS` with `stdin` as input.
 pub fn run(args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(BIN)

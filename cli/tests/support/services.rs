@@ -6,14 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: {}",
-            streamhouse_metastore::testing::HOW_TO_START
-        )
-    })
-}
+use streamhouse_metastore::testing::service_env as env;
 
 fn as_root() -> bool {
     Command::new("id")
