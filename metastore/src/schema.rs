@@ -64,7 +64,9 @@ pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the store's schema to [`VERSION`].
 pub(crate) async fn migrate(pool: &AnyPool, postgres: bool) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool
+        .begin_with(crate::sql::begin_statement(postgres))
+        .await?;
     if postgres {
         // Agents starting together against one database migrate one at a time.
         sqlx::query("SELECT pg_advisory_xact_lock(7468756)")

@@ -17,6 +17,8 @@ use streamhouse::serve::ProducerSnapshot;
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// PostgreSQL (else SQLite): how write transactions begin.
+    postgres: bool,
 }
 
 /// How long a call waits for a pooled connection before it fails as
@@ -92,13 +94,26 @@ impl SqlStore {
             .connect_with(options)
             .await?;
         schema::migrate(&pool, postgres).await?;
-        Ok(SqlStore { pool })
+        Ok(SqlStore { pool, postgres })
+    }
+
+    /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`, waiting up to the busy timeout): a deferred transaction that reads first and
+    /// then writes fails at once with "database is locked" when another connection wrote
+    /// meanwhile.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(self.pool.begin_with(begin_statement(self.postgres)).await?)
     }
 
     /// Closes the pool's connections.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// How a write transaction begins (see [`SqlStore::write`]).
+pub(crate) fn begin_statement(postgres: bool) -> &'static str {
+    if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" }
 }
 
 fn now_ms() -> i64 {
@@ -166,7 +181,7 @@ fn unsigned(value: i64, what: &str) -> Result<u64, StoreError> {
 #[async_trait::async_trait]
 impl MetadataStore for SqlStore {
     async fn ensure_topic(&self, name: &str, partitions: u32) -> Result<TopicConfig, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO sh_topics (name, partitions, created_ms, topic_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name) DO UPDATE SET partitions = excluded.partitions
@@ -224,7 +239,7 @@ impl MetadataStore for SqlStore {
     }
 
     async fn delete_topic(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let keys: Vec<String> =
             sqlx::query("SELECT DISTINCT object_key FROM sh_index WHERE topic = $1")
                 .bind(name)
@@ -277,7 +292,7 @@ impl MetadataStore for SqlStore {
         object: &ObjectRef,
         ranges: &[CommittedRange],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let done = sqlx::query("SELECT 1 FROM sh_objects WHERE object_key = $1")
             .bind(&object.key)
             .fetch_optional(&mut *tx)
@@ -439,7 +454,7 @@ impl MetadataStore for SqlStore {
         log_start: i64,
     ) -> Result<Vec<String>, StoreError> {
         let partition = i64::from(partition);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         // Only whole ranges go, and never past the high watermark.
         let rows = sqlx::query(
             "SELECT object_key FROM sh_index

@@ -360,3 +360,40 @@ async fn a_store_migrated_by_a_newer_build_is_refused() {
         other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
     }
 }
+
+/// CI found it: on SQLite a transaction that reads before it writes (a commit checks its
+/// object first) failed at once with "database is locked" when another connection wrote
+/// meanwhile. Writers on one file now wait for each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_one_sqlite_file_wait_for_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/meta.db", dir.path().display());
+    let store = streamhouse_metastore::open(&url).await.unwrap();
+    for topic in 0..8 {
+        store.ensure_topic(&format!("t{topic}"), 1).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for topic in 0..8i64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..25i64 {
+                let name = format!("t{topic}");
+                let key = format!("{name}/{round}");
+                let r = range(&name, 0, round * 10, round * 10 + 10, 0);
+                store.commit(&object(&key), &[r]).await?;
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    for topic in 0..8 {
+        let meta = store
+            .partition(&format!("t{topic}"), 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(meta.high_watermark, 250);
+    }
+}
