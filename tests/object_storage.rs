@@ -212,6 +212,30 @@ async fn a_retry_of_a_committed_batch_after_a_wipe_is_a_duplicate_with_its_offse
     agent.stop().await;
 }
 
+/// A producer that has sent all it may have in flight sends nothing more until answered: the
+/// flusher must not wait for the interval (an hour here) or for `flush_bytes` (64 MiB) when
+/// appends have stopped and durable answers wait. Before, this answer waited for the interval
+/// and gave up after the durable timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_answer_does_not_wait_for_the_interval_once_appends_stop() {
+    let base = tempfile::tempdir().unwrap();
+    let engines = Engines::embedded(base.path());
+    let mut config = engines.config(&base.path().join("data"));
+    let remote = config.remote.as_mut().unwrap();
+    remote.flush_interval = Duration::from_secs(3600);
+    remote.flush_bytes = 64 << 20;
+    remote.durable_timeout = Duration::from_secs(30);
+    let agent = RunningAgent::start(config).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        send(&agent, support::idempotent_batch(7, 0, 0, 3)),
+    )
+    .await
+    .expect("the durable answer waited for the flush interval");
+    assert_eq!(answer, (ErrorCode::None, 0, Durability::ObjectStore));
+    agent.stop().await;
+}
+
 /// Local disk only: the answer says durable meant fsync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_object_storage_durable_means_local_fsync() {

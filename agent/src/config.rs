@@ -123,6 +123,10 @@ pub struct S3Options {
     pub access_key_id: Option<String>,
     /// Secret access key.
     pub secret_access_key: Option<String>,
+    /// Send object bodies unsigned (`UNSIGNED-PAYLOAD`), saving a SHA-256 pass over every
+    /// object on the agent and the server; meant for `https` endpoints. Also set by
+    /// `AWS_UNSIGNED_PAYLOAD=true`.
+    pub unsigned_payload: bool,
 }
 
 impl AgentConfig {

@@ -186,6 +186,12 @@ pub(crate) struct Args {
     /// in the process list).
     #[arg(long, value_name = "SECRET", requires = "objects")]
     s3_secret_access_key: Option<String>,
+    /// Send object bodies unsigned (`UNSIGNED-PAYLOAD`): the agent does not hash every object
+    /// for the request signature, and the server need not check it. Safe over `https`, where
+    /// TLS protects the body; over plain `http` the signature is its only integrity check
+    /// (default: AWS_UNSIGNED_PAYLOAD, else signed).
+    #[arg(long, requires = "objects")]
+    s3_unsigned_payload: bool,
 }
 
 /// A duration: `250ms`, `2s`, `1m`, or a bare number of milliseconds.
@@ -388,6 +394,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         remote.s3.region = args.s3_region;
         remote.s3.access_key_id = args.s3_access_key_id;
         remote.s3.secret_access_key = args.s3_secret_access_key;
+        remote.s3.unsigned_payload = args.s3_unsigned_payload;
         config.remote = Some(remote);
     }
     if let Some(addr) = args.metrics {

@@ -28,6 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Objects written at once (each commit still waits for the ones before it).
 pub(super) const MAX_UPLOADS: usize = 4;
+/// Appends stopped this long while durable answers wait: their producers are out of requests
+/// in flight, so an object starts without waiting for the interval.
+const QUIET: Duration = Duration::from_millis(10);
 /// How often waiting answers are checked against `durable_timeout` while nothing else happens.
 const HEARTBEAT: Duration = Duration::from_millis(50);
 
@@ -107,13 +110,16 @@ impl Flusher {
     }
 
     pub(super) async fn run(mut self) {
-        // Checked ten times per interval.
-        let mut tick =
-            tokio::time::interval((self.config.flush_interval / 10).max(Duration::from_millis(1)));
+        // Checked ten times per interval, and at least every 10 ms (how soon a stall of the
+        // producers is seen, below).
+        let mut tick = tokio::time::interval(
+            (self.config.flush_interval / 10).clamp(Duration::from_millis(1), QUIET),
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let pressure = self.pressure.clone();
         loop {
             let mut due = false;
+            let mut quiet = false;
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.take(msg),
@@ -126,11 +132,20 @@ impl Flusher {
                 _ = tick.tick() => {
                     let ahead = self.cycle.min(self.config.flush_interval / 2);
                     due = self.pressure.waited() + ahead >= self.config.flush_interval;
+                    // Durable answers wait on batches no object holds yet, and nothing has
+                    // been appended for a tick: their producers have used up their requests
+                    // in flight and send nothing more until answered. Waiting for the
+                    // interval would only stall them.
+                    quiet = self.starved()
+                        && self
+                            .pressure
+                            .quiet()
+                            .is_some_and(|q| q >= QUIET);
                 }
                 written = front(&mut self.uploads) => self.written(written).await,
                 () = tokio::time::sleep(HEARTBEAT) => {}
             }
-            self.start_uploads(due).await;
+            self.start_uploads(due, quiet).await;
             self.expire();
             if self.stopping.is_some() {
                 self.finish().await;
@@ -267,17 +282,20 @@ impl Flusher {
     /// Starts objects while fewer than [`MAX_UPLOADS`] are on their way: whenever half of
     /// `flush_bytes` is waiting (the writes stay busy under load), and when `due` (the oldest
     /// waiting batch will have waited the flush interval by the time an object started now is
-    /// committed) with nothing being written. Under load no
-    /// object is smaller than half of `flush_bytes` (so at most `2 GiB / flush_bytes` PUTs per
-    /// GiB); a smaller one is written only when the interval runs out first.
-    async fn start_uploads(&mut self, mut due: bool) {
+    /// committed) with nothing being written, and when `quiet` (durable answers wait on
+    /// batches no object holds and nothing was appended for [`QUIET`]: their producers wait
+    /// for those answers before they send more). Under a steady load no object is smaller than
+    /// half of `flush_bytes` (so at most `2 GiB / flush_bytes` PUTs per GiB); a smaller one is
+    /// written when the interval runs out first, or when the producers stall on it.
+    async fn start_uploads(&mut self, mut due: bool, mut quiet: bool) {
         while self.uploads.len() < MAX_UPLOADS {
             let idle = self.uploads.is_empty();
             let full = self.pressure.unflushed() >= self.config.flush_bytes / 2;
-            if !(due && idle || full) {
+            if !(due && idle || full || quiet) {
                 return;
             }
             due = false;
+            quiet = false;
             let parts = self.collect().await;
             if parts.is_empty() {
                 return;
@@ -427,7 +445,7 @@ impl Flusher {
         let deadline = Instant::now() + self.config.durable_timeout * 2;
         self.give_up_at = Some(deadline);
         loop {
-            self.start_uploads(true).await;
+            self.start_uploads(true, false).await;
             let Some(front) = self.uploads.front_mut() else {
                 break;
             };
@@ -580,6 +598,15 @@ fn shadow_at(committed: i64, producers: &BTreeMap<i64, ProducerSnapshot>) -> Par
 }
 
 /// Whether a partition has batches past its *sent* cursor.
+impl Flusher {
+    /// Whether some durable answer waits on batches that no object on its way holds.
+    fn starved(&self) -> bool {
+        self.parts
+            .values()
+            .any(|c| !c.fenced && c.waiters.iter().any(|w| w.end > c.sent))
+    }
+}
+
 fn has_new(cursor: &Cursor) -> bool {
     !cursor.fenced && cursor.log.local_range().1 > cursor.sent
 }

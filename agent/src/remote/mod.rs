@@ -104,6 +104,8 @@ struct Pressure {
     wake: tokio::sync::Notify,
     /// When the oldest batch not yet collected for an object was appended.
     oldest: std::sync::Mutex<Option<Instant>>,
+    /// When the last batch was appended.
+    last: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Pressure {
@@ -128,6 +130,14 @@ impl Pressure {
     /// or objects dropped before their commit).
     fn waiting(&self) {
         self.oldest().get_or_insert_with(Instant::now);
+    }
+
+    /// How long no batch has been appended (`None`: none ever was).
+    fn quiet(&self) -> Option<std::time::Duration> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|t| t.elapsed())
     }
 
     fn unflushed(&self) -> usize {
@@ -156,7 +166,11 @@ impl Sink {
             return;
         }
         let p = &self.pressure;
-        p.oldest().get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        p.oldest().get_or_insert(now);
+        *p.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
         let before = p.unflushed.fetch_add(bytes, Ordering::Relaxed);
         // Half of flush_bytes starts an object (see the flusher).
         let half = p.flush_bytes / 2;
@@ -316,6 +330,7 @@ impl Remote {
             flush_bytes: config.flush_bytes,
             wake: tokio::sync::Notify::new(),
             oldest: std::sync::Mutex::new(None),
+            last: std::sync::Mutex::new(None),
         });
         let sink = Arc::new(Sink {
             tx,

@@ -222,6 +222,9 @@ fn s3_store(url: &str, rest: &str, s3: &S3Options) -> Result<Arc<dyn ObjectStore
     if let Some(secret) = &s3.secret_access_key {
         builder = builder.with_secret_access_key(secret);
     }
+    if s3.unsigned_payload {
+        builder = builder.with_unsigned_payload(true);
+    }
     let store = builder.build().map_err(|e| invalid(url, e))?;
     Ok(if prefix.is_empty() {
         Arc::new(store)

@@ -61,6 +61,15 @@ pub(crate) struct Args {
     /// five of these) [default: 1048576].
     #[arg(long)]
     max_request_size: Option<usize>,
+    /// Producer buffer memory in bytes: what it holds of records sent and not yet
+    /// acknowledged. With a slow acknowledgement (`--acks durable` on object storage) this,
+    /// not the agent, bounds throughput: bytes/s ≤ buffer / ack latency [default: 32 MiB, or
+    /// ten max request sizes when that is more].
+    #[arg(long)]
+    buffer_memory: Option<usize>,
+    /// Producer requests in flight per agent [default: 5].
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Producer linger (e.g. 5ms).
     #[arg(long, default_value = "5ms", value_parser = parse_duration)]
     linger: Duration,
@@ -136,6 +145,10 @@ struct CellSpec {
     batch_size: usize,
     #[serde(default)]
     max_request_size: Option<usize>,
+    #[serde(default)]
+    buffer_memory: Option<usize>,
+    #[serde(default)]
+    max_in_flight: Option<usize>,
     linger_ms: f64,
     producers: usize,
     duration_s: f64,
@@ -219,6 +232,8 @@ async fn run_cell(spec: &CellSpec) -> anyhow::Result<CellResult> {
         acks,
         batch_size: spec.batch_size,
         max_request_size: spec.max_request_size,
+        buffer_memory: spec.buffer_memory,
+        max_in_flight: spec.max_in_flight,
         linger: Duration::from_secs_f64(spec.linger_ms / 1000.0),
         producers: spec.producers,
         duration: Duration::from_secs_f64(spec.duration_s),
@@ -339,6 +354,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         acks: acks.clone(),
         batch_size: args.batch_size,
         max_request_size: args.max_request_size,
+        buffer_memory: args.buffer_memory,
+        max_in_flight: args.max_in_flight,
         linger_ms: args.linger.as_secs_f64() * 1000.0,
         producers: args.producers.max(1),
         duration_s: args.duration.as_secs_f64(),
@@ -432,6 +449,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "acks": acks,
             "batch_size": args.batch_size,
             "max_request_size": args.max_request_size,
+            "buffer_memory": args.buffer_memory,
+            "max_in_flight": args.max_in_flight,
             "linger_ms": args.linger.as_secs_f64() * 1000.0,
             "producers": args.producers.max(1),
             "payload": args.payload.to_string(),

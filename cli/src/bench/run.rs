@@ -94,6 +94,10 @@ pub(crate) struct Settings {
     pub(crate) batch_size: usize,
     /// The producer's largest request (its default when `None`).
     pub(crate) max_request_size: Option<usize>,
+    /// The producer's buffer memory (see `producer_cell` for the default).
+    pub(crate) buffer_memory: Option<usize>,
+    /// The producer's requests in flight per agent (its default when `None`).
+    pub(crate) max_in_flight: Option<usize>,
     pub(crate) linger: Duration,
     pub(crate) producers: usize,
     pub(crate) duration: Duration,
@@ -171,6 +175,12 @@ pub(crate) async fn producer_cell(
         builder = builder
             .max_request_size(bytes)
             .buffer_memory((10 * bytes).max(32 << 20));
+    }
+    if let Some(bytes) = settings.buffer_memory {
+        builder = builder.buffer_memory(bytes);
+    }
+    if let Some(requests) = settings.max_in_flight {
+        builder = builder.max_in_flight(requests);
     }
     let producer = builder.build()?;
     // Warm up: metadata and connections, outside the measurement.
