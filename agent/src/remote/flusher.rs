@@ -136,11 +136,8 @@ impl Flusher {
                     // been appended for a tick: their producers have used up their requests
                     // in flight and send nothing more until answered. Waiting for the
                     // interval would only stall them.
-                    quiet = self.starved()
-                        && self
-                            .pressure
-                            .quiet()
-                            .is_some_and(|q| q >= QUIET);
+                    // (The cheap test first: `starved` looks at every waiter.)
+                    quiet = self.pressure.quiet().is_some_and(|q| q >= QUIET) && self.starved();
                 }
                 written = front(&mut self.uploads) => self.written(written).await,
                 () = tokio::time::sleep(HEARTBEAT) => {}
@@ -241,6 +238,13 @@ impl Flusher {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether some durable answer waits on batches that no object on its way holds.
+    fn starved(&self) -> bool {
+        self.parts
+            .values()
+            .any(|c| !c.fenced && c.waiters.iter().any(|w| w.end > c.sent))
     }
 
     /// Answers `STORAGE_ERROR` to durable answers that have waited `durable_timeout`.
@@ -598,15 +602,6 @@ fn shadow_at(committed: i64, producers: &BTreeMap<i64, ProducerSnapshot>) -> Par
 }
 
 /// Whether a partition has batches past its *sent* cursor.
-impl Flusher {
-    /// Whether some durable answer waits on batches that no object on its way holds.
-    fn starved(&self) -> bool {
-        self.parts
-            .values()
-            .any(|c| !c.fenced && c.waiters.iter().any(|w| w.end > c.sent))
-    }
-}
-
 fn has_new(cursor: &Cursor) -> bool {
     !cursor.fenced && cursor.log.local_range().1 > cursor.sent
 }

@@ -102,42 +102,47 @@ struct Pressure {
     unflushed: AtomicUsize,
     flush_bytes: usize,
     wake: tokio::sync::Notify,
-    /// When the oldest batch not yet collected for an object was appended.
-    oldest: std::sync::Mutex<Option<Instant>>,
-    /// When the last batch was appended.
-    last: std::sync::Mutex<Option<Instant>>,
+    /// When batches were appended (one lock per append).
+    times: std::sync::Mutex<Appends>,
+}
+
+/// When batches were appended.
+#[derive(Default)]
+struct Appends {
+    /// The oldest batch not yet collected for an object.
+    oldest: Option<Instant>,
+    /// The last batch.
+    last: Option<Instant>,
 }
 
 impl Pressure {
-    fn oldest(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.oldest
+    fn times(&self) -> std::sync::MutexGuard<'_, Appends> {
+        self.times
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How long the oldest batch not yet in an object has waited (zero when none waits).
     fn waited(&self) -> std::time::Duration {
-        self.oldest()
+        self.times()
+            .oldest
             .map_or(std::time::Duration::ZERO, |t| t.elapsed())
     }
 
     /// Batches were read for an object: `more` still wait (they wait from now).
     fn collected(&self, more: bool) {
-        *self.oldest() = more.then(Instant::now);
+        self.times().oldest = more.then(Instant::now);
     }
 
     /// Batches wait that were not appended through the sink (a local tail found at start,
     /// or objects dropped before their commit).
     fn waiting(&self) {
-        self.oldest().get_or_insert_with(Instant::now);
+        self.times().oldest.get_or_insert_with(Instant::now);
     }
 
     /// How long no batch has been appended (`None`: none ever was).
     fn quiet(&self) -> Option<std::time::Duration> {
-        self.last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .map(|t| t.elapsed())
+        self.times().last.map(|t| t.elapsed())
     }
 
     fn unflushed(&self) -> usize {
@@ -166,11 +171,12 @@ impl Sink {
             return;
         }
         let p = &self.pressure;
-        let now = Instant::now();
-        p.oldest().get_or_insert(now);
-        *p.last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
+        {
+            let now = Instant::now();
+            let mut times = p.times();
+            times.oldest.get_or_insert(now);
+            times.last = Some(now);
+        }
         let before = p.unflushed.fetch_add(bytes, Ordering::Relaxed);
         // Half of flush_bytes starts an object (see the flusher).
         let half = p.flush_bytes / 2;
@@ -329,8 +335,7 @@ impl Remote {
             unflushed: AtomicUsize::new(0),
             flush_bytes: config.flush_bytes,
             wake: tokio::sync::Notify::new(),
-            oldest: std::sync::Mutex::new(None),
-            last: std::sync::Mutex::new(None),
+            times: std::sync::Mutex::default(),
         });
         let sink = Arc::new(Sink {
             tx,
