@@ -33,6 +33,25 @@ pub enum StoreError {
         /// The committed high watermark (-1: the partition does not exist).
         found: i64,
     },
+    /// A commit carried a partition lease that is no longer the partition's: another agent
+    /// took the partition (or the lease ran out and was taken again). Nothing was written;
+    /// the writer must stop serving the partition.
+    #[error(
+        "{topic}-{partition} is fenced: the commit holds lease epoch {epoch} of agent \
+         {agent_id}, the store's lease is {current}"
+    )]
+    Fenced {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The writer.
+        agent_id: u32,
+        /// The epoch it held.
+        epoch: i64,
+        /// The store's lease now (`agent/epoch`, or `none`).
+        current: String,
+    },
     /// `create_topic` of a topic that exists.
     #[error("topic {0:?} already exists")]
     TopicExists(String),

@@ -35,6 +35,7 @@
 //!     byte_start: 0,
 //!     byte_len: 300,
 //!     producers: vec![],
+//!     lease: None,
 //! };
 //! store.commit(&object, &[range]).await?;
 //! assert_eq!(store.partition("orders", 1).await?.unwrap().high_watermark, 10);
@@ -43,6 +44,7 @@
 //! ```
 
 mod error;
+mod group;
 mod schema;
 mod snapshot;
 mod sql;
@@ -52,7 +54,10 @@ pub mod testing;
 
 pub use error::StoreError;
 pub use sql::SqlStore;
-pub use types::{CommittedRange, IndexEntry, ObjectRef, PartitionMeta, StoreStats, TopicConfig};
+pub use types::{
+    Acquired, AgentRecord, CommittedRange, GroupView, IndexEntry, Lease, LeaseId, ObjectRef,
+    PartitionMeta, StoreStats, TopicConfig,
+};
 
 use std::sync::Arc;
 use streamhouse::serve::ProducerSnapshot;
@@ -128,6 +133,50 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Objects and bytes indexed for a partition.
     async fn stats(&self, topic: &str, partition: u32) -> Result<StoreStats, StoreError>;
+
+    /// Registers an agent in a group, or renews its registration: it counts as live until
+    /// `ttl` from now by the store's clock. Returns that clock.
+    async fn heartbeat(
+        &self,
+        group: &str,
+        agent_id: u32,
+        endpoints: &[String],
+        ttl: std::time::Duration,
+    ) -> Result<i64, StoreError>;
+
+    /// Removes an agent's registration (it is leaving).
+    async fn leave(&self, group: &str, agent_id: u32) -> Result<(), StoreError>;
+
+    /// A group's registered agents and every partition lease, at one instant of the store's
+    /// clock.
+    async fn group(&self, group: &str) -> Result<GroupView, StoreError>;
+
+    /// Takes a partition's lease for `agent_id` until `ttl` from now (store clock), when it is
+    /// free, run out, or already the caller's; `None` when another agent holds it. The epoch
+    /// moves on whenever the lease was not held by the caller a moment ago, so commits under
+    /// any earlier lease are refused from now on.
+    async fn acquire(
+        &self,
+        group: &str,
+        agent_id: u32,
+        topic: &str,
+        partition: u32,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Acquired>, StoreError>;
+
+    /// Extends leases still held by the caller (same epoch, not run out) to `ttl` from now,
+    /// recording each partition's local log end; per lease in order, the new expiry, or
+    /// `None` when it was lost. One transaction.
+    async fn renew(
+        &self,
+        agent_id: u32,
+        leases: &[(String, u32, i64, i64)],
+        ttl: std::time::Duration,
+    ) -> Result<Vec<Option<i64>>, StoreError>;
+
+    /// Gives leases up (the caller flushed them): they can be taken at once.
+    async fn release(&self, agent_id: u32, leases: &[(String, u32, i64)])
+    -> Result<(), StoreError>;
 }
 
 /// Opens the store a URL names and brings its schema up to date: `sqlite://PATH` (the file is

@@ -57,6 +57,29 @@ const MIGRATIONS: &[&[&str]] = &[
         // gets a new id, so files of the old one are never taken for the new one's.
         "ALTER TABLE sh_topics ADD COLUMN topic_id BIGINT NOT NULL DEFAULT 0",
     ],
+    &[
+        // Agent groups: registrations and partition leases (times by the store's clock).
+        "CREATE TABLE IF NOT EXISTS sh_agents (
+        group_name TEXT NOT NULL,
+        agent_id BIGINT NOT NULL,
+        endpoints TEXT NOT NULL,
+        heartbeat_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        started_ms BIGINT NOT NULL,
+        PRIMARY KEY (group_name, agent_id)
+    )",
+        "CREATE TABLE IF NOT EXISTS sh_leases (
+        topic TEXT NOT NULL,
+        partition_id BIGINT NOT NULL,
+        group_name TEXT NOT NULL,
+        agent_id BIGINT NOT NULL,
+        epoch BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        acquired_ms BIGINT NOT NULL,
+        local_end BIGINT NOT NULL,
+        PRIMARY KEY (topic, partition_id)
+    )",
+    ],
 ];
 
 /// The newest schema version this build knows.

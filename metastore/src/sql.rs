@@ -4,8 +4,8 @@
 use crate::schema;
 use crate::snapshot;
 use crate::{
-    CommittedRange, IndexEntry, MetadataStore, ObjectRef, PartitionMeta, StoreError, StoreStats,
-    TopicConfig,
+    Acquired, CommittedRange, GroupView, IndexEntry, MetadataStore, ObjectRef, PartitionMeta,
+    StoreError, StoreStats, TopicConfig,
 };
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
@@ -101,8 +101,16 @@ impl SqlStore {
     /// IMMEDIATE`, waiting up to the busy timeout): a deferred transaction that reads first and
     /// then writes fails at once with "database is locked" when another connection wrote
     /// meanwhile.
-    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    pub(crate) async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         Ok(self.pool.begin_with(begin_statement(self.postgres)).await?)
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub(crate) fn postgres(&self) -> bool {
+        self.postgres
     }
 
     /// Closes the pool's connections.
@@ -252,6 +260,7 @@ impl MetadataStore for SqlStore {
             "DELETE FROM sh_index WHERE topic = $1",
             "DELETE FROM sh_producers WHERE topic = $1",
             "DELETE FROM sh_partitions WHERE topic = $1",
+            "DELETE FROM sh_leases WHERE topic = $1",
         ] {
             sqlx::query(delete).bind(name).execute(&mut *tx).await?;
         }
@@ -309,6 +318,16 @@ impl MetadataStore for SqlStore {
             .execute(&mut *tx)
             .await?;
         for range in ranges {
+            if let Some(lease) = range.lease {
+                crate::group::check_lease(
+                    &mut tx,
+                    self.postgres,
+                    &range.topic,
+                    range.partition,
+                    lease,
+                )
+                .await?;
+            }
             let partition = i64::from(range.partition);
             let moved = sqlx::query(
                 "UPDATE sh_partitions SET high_watermark = $1
@@ -508,5 +527,52 @@ impl MetadataStore for SqlStore {
             bytes: unsigned(row.try_get(1)?, "byte total")?,
             entries: unsigned(row.try_get(2)?, "entry count")?,
         })
+    }
+
+    async fn heartbeat(
+        &self,
+        group: &str,
+        agent_id: u32,
+        endpoints: &[String],
+        ttl: Duration,
+    ) -> Result<i64, StoreError> {
+        self.group_heartbeat(group, agent_id, endpoints, ttl).await
+    }
+
+    async fn leave(&self, group: &str, agent_id: u32) -> Result<(), StoreError> {
+        self.group_leave(group, agent_id).await
+    }
+
+    async fn group(&self, group: &str) -> Result<GroupView, StoreError> {
+        self.group_view(group).await
+    }
+
+    async fn acquire(
+        &self,
+        group: &str,
+        agent_id: u32,
+        topic: &str,
+        partition: u32,
+        ttl: Duration,
+    ) -> Result<Option<Acquired>, StoreError> {
+        self.lease_acquire(group, agent_id, topic, partition, ttl)
+            .await
+    }
+
+    async fn renew(
+        &self,
+        agent_id: u32,
+        leases: &[(String, u32, i64, i64)],
+        ttl: Duration,
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        self.lease_renew(agent_id, leases, ttl).await
+    }
+
+    async fn release(
+        &self,
+        agent_id: u32,
+        leases: &[(String, u32, i64)],
+    ) -> Result<(), StoreError> {
+        self.lease_release(agent_id, leases).await
     }
 }

@@ -56,6 +56,10 @@ pub struct CommittedRange {
     pub byte_len: u64,
     /// The state of each idempotent producer with a batch in the range, after the range.
     pub producers: Vec<ProducerSnapshot>,
+    /// The partition lease the writer holds (agents of a group): the commit is refused with
+    /// [`StoreError::Fenced`](crate::StoreError::Fenced) unless the lease is still this one.
+    /// `None` for a lone agent, which holds no lease.
+    pub lease: Option<LeaseId>,
 }
 
 /// Where a partition's records `first_offset..next_offset` are: a byte range of an object.
@@ -84,4 +88,83 @@ pub struct StoreStats {
     pub bytes: u64,
     /// Index entries.
     pub entries: u64,
+}
+
+/// Which lease a writer holds: the agent and the lease's epoch (bumped each time the
+/// partition changes hands, or is taken again after its lease expired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseId {
+    /// The agent holding the lease.
+    pub agent_id: u32,
+    /// The lease's epoch.
+    pub epoch: i64,
+}
+
+/// A partition lease: who leads the partition, under which epoch, until when (store clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The holder and epoch.
+    pub id: LeaseId,
+    /// The group the holder belongs to.
+    pub group: String,
+    /// When the lease runs out, milliseconds since the Unix epoch by the store's clock.
+    pub expires_ms: i64,
+    /// The offset after the last record in the holder's local log, as of its last renewal
+    /// (-1: not reported); with the high watermark, how far the holder is ahead of objects.
+    pub local_end: i64,
+}
+
+/// What [`acquire`](crate::MetadataStore::acquire) took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    /// The lease, now held by the caller.
+    pub lease: Lease,
+    /// The agent that held it before (`None`: nobody ever did). When it is the caller itself,
+    /// nobody else wrote the partition since: the caller's local records past the high
+    /// watermark are still its own.
+    pub previous: Option<u32>,
+    /// The store's clock when the lease was taken.
+    pub now_ms: i64,
+}
+
+/// A registered agent of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// Its id (unique in the group).
+    pub agent_id: u32,
+    /// Its advertised endpoint URLs, one per transport (`grpc://…`, `quic://…`).
+    pub endpoints: Vec<String>,
+    /// Its last heartbeat, milliseconds since the Unix epoch (store clock).
+    pub heartbeat_ms: i64,
+    /// When it counts as gone unless it heartbeats again (store clock).
+    pub expires_ms: i64,
+}
+
+/// A group as the store sees it, at one instant of the store's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupView {
+    /// The store's clock, milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    /// Registered agents (live or not: see [`GroupView::live`]), by id.
+    pub agents: Vec<AgentRecord>,
+    /// Every partition lease of the store (held or lapsed), by topic and partition.
+    pub leases: Vec<Lease>,
+}
+
+impl GroupView {
+    /// The agents whose registration has not run out.
+    pub fn live(&self) -> impl Iterator<Item = &AgentRecord> {
+        self.agents.iter().filter(|a| a.expires_ms > self.now_ms)
+    }
+
+    /// The lease of a partition, if it is held (not run out).
+    pub fn holder(&self, topic: &str, partition: u32) -> Option<&Lease> {
+        self.leases
+            .iter()
+            .find(|l| l.topic == topic && l.partition == partition && l.expires_ms > self.now_ms)
+    }
 }

@@ -2,8 +2,11 @@
 //! server `scripts/test` starts; without it the PostgreSQL tests fail, never skip).
 
 use std::sync::Arc;
+use std::time::Duration;
 use streamhouse::serve::{ProducerSnapshot, RememberedBatch};
-use streamhouse_metastore::{CommittedRange, MetadataStore, ObjectRef, StoreError, testing};
+use streamhouse_metastore::{
+    CommittedRange, LeaseId, MetadataStore, ObjectRef, StoreError, testing,
+};
 
 fn range(topic: &str, partition: u32, first: i64, next: i64, start: u64) -> CommittedRange {
     CommittedRange {
@@ -14,6 +17,7 @@ fn range(topic: &str, partition: u32, first: i64, next: i64, start: u64) -> Comm
         byte_start: start,
         byte_len: 100,
         producers: vec![],
+        lease: None,
     }
 }
 
@@ -396,4 +400,179 @@ async fn concurrent_writers_on_one_sqlite_file_wait_for_each_other() {
             .unwrap();
         assert_eq!(meta.high_watermark, 250);
     }
+}
+
+/// Registrations, leases and fencing, on one store.
+async fn group_contract(store: Arc<dyn MetadataStore>) {
+    const TTL: Duration = Duration::from_secs(60);
+    store.ensure_topic("t", 2).await.unwrap();
+    let eps = |n: u32| {
+        vec![
+            format!("grpc://127.0.0.1:{n}"),
+            format!("quic://127.0.0.1:{n}"),
+        ]
+    };
+    let now = store.heartbeat("g", 1, &eps(1), TTL).await.unwrap();
+    store.heartbeat("g", 2, &eps(2), TTL).await.unwrap();
+    // A member of another group is not listed.
+    store.heartbeat("other", 3, &eps(3), TTL).await.unwrap();
+    let view = store.group("g").await.unwrap();
+    assert!(view.now_ms >= now);
+    let live: Vec<u32> = view.live().map(|a| a.agent_id).collect();
+    assert_eq!(live, [1, 2]);
+    assert_eq!(view.agents[0].endpoints, eps(1));
+
+    // The first taker gets epoch 1; another agent cannot take a held lease.
+    let a = store.acquire("g", 1, "t", 0, TTL).await.unwrap().unwrap();
+    assert_eq!(
+        (a.lease.id, a.previous),
+        (
+            LeaseId {
+                agent_id: 1,
+                epoch: 1
+            },
+            None
+        )
+    );
+    assert!(store.acquire("g", 2, "t", 0, TTL).await.unwrap().is_none());
+    // Taken again by its holder: the same epoch.
+    let again = store.acquire("g", 1, "t", 0, TTL).await.unwrap().unwrap();
+    assert_eq!((again.lease.id.epoch, again.previous), (1, Some(1)));
+    // A partition the store does not have cannot be leased.
+    assert!(store.acquire("g", 1, "t", 9, TTL).await.is_err());
+
+    // Renewal keeps what is held and reports what is not.
+    let renewed = store
+        .renew(1, &[("t".into(), 0, 1, 42), ("t".into(), 1, 1, 0)], TTL)
+        .await
+        .unwrap();
+    assert!(renewed[0].is_some() && renewed[1].is_none());
+    let view = store.group("g").await.unwrap();
+    assert_eq!(view.holder("t", 0).unwrap().local_end, 42);
+    assert!(view.holder("t", 1).is_none());
+
+    // A commit under the held lease lands; released, the lease goes to agent 2 with a new
+    // epoch, and a commit under the old one is fenced, writing nothing.
+    let mut r = range("t", 0, 0, 10, 0);
+    r.lease = Some(a.lease.id);
+    store.commit(&object("g/1"), &[r]).await.unwrap();
+    store.release(1, &[("t".into(), 0, 1)]).await.unwrap();
+    let b = store.acquire("g", 2, "t", 0, TTL).await.unwrap().unwrap();
+    assert_eq!(
+        (b.lease.id, b.previous),
+        (
+            LeaseId {
+                agent_id: 2,
+                epoch: 2
+            },
+            Some(1)
+        )
+    );
+    let mut stale = range("t", 0, 10, 20, 0);
+    stale.lease = Some(a.lease.id);
+    let mut other = range("t", 1, 0, 5, 100);
+    other.lease = None;
+    match store.commit(&object("g/2"), &[other, stale]).await {
+        Err(StoreError::Fenced {
+            partition: 0,
+            epoch: 1,
+            current,
+            ..
+        }) => assert_eq!(current, "2/2"),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .partition("t", 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .high_watermark,
+        10
+    );
+    assert_eq!(
+        store
+            .partition("t", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .high_watermark,
+        0
+    );
+    // The renewal of a lost lease fails.
+    assert_eq!(
+        store
+            .renew(1, &[("t".into(), 0, 1, 10)], TTL)
+            .await
+            .unwrap(),
+        [None]
+    );
+
+    // A lease that runs out can be taken by another agent, with a new epoch.
+    let short = Duration::from_millis(1);
+    store.acquire("g", 1, "t", 1, short).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let taken = store.acquire("g", 2, "t", 1, TTL).await.unwrap().unwrap();
+    assert_eq!((taken.lease.id.epoch, taken.previous), (2, Some(1)));
+
+    // Leaving removes the registration; deleting the topic removes its leases.
+    store.leave("g", 1).await.unwrap();
+    let live: Vec<u32> = store
+        .group("g")
+        .await
+        .unwrap()
+        .live()
+        .map(|a| a.agent_id)
+        .collect();
+    assert_eq!(live, [2]);
+    store.delete_topic("t").await.unwrap();
+    assert!(store.group("g").await.unwrap().leases.is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_keeps_the_group_contract() {
+    group_contract(
+        streamhouse_metastore::open("sqlite::memory:")
+            .await
+            .unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_the_group_contract() {
+    let url = testing::fresh_postgres().await;
+    group_contract(streamhouse_metastore::open(&url).await.unwrap()).await;
+}
+
+/// Many agents racing for one free partition: exactly one gets each epoch (PostgreSQL reads
+/// without locking; the compare-and-set decides).
+#[tokio::test]
+async fn racing_acquires_on_postgres_elect_one_holder() {
+    let url = testing::fresh_postgres().await;
+    let stores: Vec<_> = open_many(&url, 4).await;
+    stores[0].ensure_topic("race", 1).await.unwrap();
+    for round in 0..10 {
+        let ttl = Duration::from_millis(200);
+        let takes = stores.iter().enumerate().map(|(i, s)| {
+            let s = s.clone();
+            tokio::spawn(async move { s.acquire("g", i as u32, "race", 0, ttl).await })
+        });
+        let mut winners = 0;
+        for take in takes.collect::<Vec<_>>() {
+            if take.await.unwrap().unwrap().is_some() {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1, "round {round}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn open_many(url: &str, n: usize) -> Vec<Arc<dyn MetadataStore>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(streamhouse_metastore::open(url).await.unwrap());
+    }
+    out
 }

@@ -58,6 +58,7 @@ impl Object {
                 byte_start: at,
                 byte_len: len,
                 producers: part.producers,
+                lease: None,
             });
             ends.push((part.key, part.next));
             at += len;
