@@ -245,6 +245,7 @@ fn response_seeds() -> Vec<Response> {
                 base_offset: 12_345,
                 log_append_time_ms: -1,
                 log_start_offset: 0,
+                leader: None,
             }],
             throttle_ms: 0,
             durability: 0,

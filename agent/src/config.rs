@@ -90,6 +90,41 @@ pub struct RemoteConfig {
     /// is applied: records past it are dropped from the index and objects no longer needed are
     /// deleted. Default 30 s.
     pub retention_check: std::time::Duration,
+    /// Join an agent group: lead only the partitions whose lease this agent holds (see
+    /// [`GroupConfig`]). Default: none (a lone agent leads every partition).
+    pub group: Option<GroupConfig>,
+}
+
+/// Membership of an agent group: agents sharing one metadata store and object storage, each
+/// leading the partitions whose lease it holds in the store. Leases are taken, renewed and
+/// given up in store transactions; every object commit checks its lease's epoch, so an agent
+/// that lost a lease (paused, cut off from the store) cannot commit for that partition again.
+///
+/// ```
+/// use streamhouse_agent::{GroupConfig, RemoteConfig};
+/// let mut remote = RemoteConfig::new("sqlite://./meta.db", "file://./objects");
+/// remote.group = Some(GroupConfig::new("prod"));
+/// assert_eq!(remote.group.unwrap().lease_ttl, std::time::Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GroupConfig {
+    /// The group's name.
+    pub name: String,
+    /// How long a lease (and a registration) lasts without renewal, by the store's clock.
+    /// Renewed every third of it; a partition whose leader died is taken over after about
+    /// this long. Default 5 s.
+    pub lease_ttl: std::time::Duration,
+}
+
+impl GroupConfig {
+    /// The group `name` with the default lease time.
+    pub fn new(name: impl Into<String>) -> GroupConfig {
+        GroupConfig {
+            name: name.into(),
+            lease_ttl: std::time::Duration::from_secs(5),
+        }
+    }
 }
 
 impl RemoteConfig {
@@ -104,6 +139,7 @@ impl RemoteConfig {
             durable_timeout: std::time::Duration::from_secs(5),
             read_cache_bytes: 64 << 20,
             retention_check: std::time::Duration::from_secs(30),
+            group: None,
         }
     }
 }

@@ -65,6 +65,7 @@
 
 mod admin;
 mod config;
+mod group;
 mod io;
 mod listen;
 mod log;
@@ -72,7 +73,9 @@ mod remote;
 mod service;
 mod topics;
 
-pub use config::{AgentConfig, RemoteConfig, S3Options, TopicSpec};
+pub use config::{AgentConfig, GroupConfig, RemoteConfig, S3Options, TopicSpec};
+pub use group::GroupStats;
+pub use group::table::{Holding, Key as LeaseKey, LeaseTable, Plan};
 pub use listen::{ListenError, ListenOptions, Listeners, Serving};
 pub use log::{PartitionRecovery, RecoveryReport};
 pub use remote::RemoteStats;
@@ -165,6 +168,23 @@ pub(crate) struct Shared {
     remote: Option<Arc<remote::Remote>>,
     /// Held by topic administration (one change at a time).
     admin_lock: tokio::sync::Mutex<()>,
+    /// Membership of an agent group, when configured.
+    group: Option<Arc<group::Group>>,
+}
+
+impl Shared {
+    /// The log of a partition this agent serves now.
+    pub(crate) fn led_log(
+        &self,
+        (topic, partition): &group::table::Key,
+    ) -> Option<Arc<log::PartitionLog>> {
+        self.topics
+            .get(topic)?
+            .partitions
+            .get(*partition as usize)?
+            .log
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Agent {
@@ -224,7 +244,32 @@ impl Agent {
                 .map_err(|e| io_error(std::io::Error::other(e)))??;
         let sink = remote.as_ref().map(|r| r.sink());
         let io = Io::start(config.io_threads, config.max_queued_bytes, sink).map_err(io_error)?;
-        Ok(Agent {
+        let group = match (
+            &remote,
+            config.remote.as_ref().and_then(|r| r.group.as_ref()),
+        ) {
+            (Some(remote), Some(group)) => {
+                if config.endpoints.is_empty() {
+                    return Err(AgentError::Config(
+                        "an agent of a group needs advertised endpoints (clients are sent to them)"
+                            .into(),
+                    ));
+                }
+                let endpoints: Vec<String> =
+                    config.endpoints.iter().map(ToString::to_string).collect();
+                remote
+                    .store()
+                    .heartbeat(&group.name, config.id, &endpoints, group.lease_ttl)
+                    .await
+                    .map_err(|error| AgentError::Metadata {
+                        url: String::from("(joining the group)"),
+                        error,
+                    })?;
+                Some(group::Group::new(group, config.id, endpoints))
+            }
+            _ => None,
+        };
+        let agent = Agent {
             shared: Arc::new(Shared {
                 limits: config.limits(),
                 codecs: streamhouse_codecs::all(),
@@ -243,8 +288,23 @@ impl Agent {
                     config.max_fetch_answer_bytes,
                 ),
                 config,
+                group,
             }),
-        })
+        };
+        if let Some(group) = &agent.shared.group {
+            tracing::info!(
+                group = group.name(),
+                id = agent.shared.config.id,
+                "joined the agent group"
+            );
+            group.start(Arc::downgrade(&agent.shared));
+        }
+        Ok(agent)
+    }
+
+    /// Lease counters, when the agent is one of a group.
+    pub fn group_stats(&self) -> Option<GroupStats> {
+        self.shared.group.as_ref().map(|g| g.stats())
     }
 
     /// What recovery found, per partition opened at start.
@@ -281,7 +341,7 @@ impl Agent {
     /// The offset the next record of a partition gets, if the partition exists.
     pub fn next_offset(&self, topic: &str, partition: u32) -> Option<i64> {
         let topic = self.shared.topics.get(topic)?;
-        let (log, _) = topic.partitions.get(partition as usize)?;
+        let log = topic.partitions.get(partition as usize)?.log.as_ref()?;
         Some(log.next_offset())
     }
 
@@ -308,6 +368,10 @@ impl Agent {
     /// and releases the data directory's lock (another agent may open it). Fetch and metadata
     /// keep working until the transport stops.
     pub async fn shutdown(&self) {
+        if let Some(group) = &self.shared.group {
+            // Every partition handed over (flushed, released) while this agent still answers.
+            group.leave(&self.shared).await;
+        }
         self.shared.stopping.store(true, Ordering::Release);
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || shared.io.shutdown()).await;
@@ -317,7 +381,7 @@ impl Agent {
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for topic in shared.topics.all() {
-                for (log, _) in &topic.partitions {
+                for log in topic.partitions.iter().filter_map(|p| p.log.as_ref()) {
                     if let Err(e) = log.sync() {
                         tracing::error!(topic = %topic.name, error = %e, "final fsync failed");
                     }

@@ -220,6 +220,11 @@ impl Shared {
                 metrics::counter!("streamhouse_errors_total", "code" => code.as_str_name())
                     .increment(1);
             }
+            // In a group: where the partition is led now, so the producer goes there at once.
+            let leader = match &self.group {
+                Some(group) if code == ErrorCode::NotLeader => group.leader(&topic, partition),
+                _ => None,
+            };
             results.push(PartitionResult {
                 topic,
                 partition,
@@ -228,6 +233,7 @@ impl Shared {
                 base_offset,
                 log_append_time_ms: now_ms,
                 log_start_offset: 0,
+                leader,
             });
         }
         let durability = match (durable, &self.remote) {
@@ -245,13 +251,15 @@ impl Shared {
     /// Where a batch goes: its partition's log, I/O shard and topic name.
     async fn route(self: &Arc<Self>, batch: &PartitionBatch) -> Result<Route, Rejection> {
         if self.stopping.load(Ordering::Acquire) {
-            return Err(Rejection::new(
-                ErrorCode::Unavailable,
-                "agent is shutting down",
-            ));
+            // In a group another agent takes its partitions over: send there.
+            let code = match self.group {
+                Some(_) => ErrorCode::NotLeader,
+                None => ErrorCode::Unavailable,
+            };
+            return Err(Rejection::new(code, "agent is shutting down"));
         }
         let topic = self.topic(&batch.topic).await?;
-        let (log, shard) = topic
+        let part = topic
             .partitions
             .get(batch.partition as usize)
             .ok_or_else(|| {
@@ -266,7 +274,10 @@ impl Shared {
                 )
             })?
             .clone();
-        Ok((log, shard, topic.name.clone(), batch.partition))
+        let log = part
+            .log
+            .ok_or_else(|| not_led(&batch.topic, batch.partition))?;
+        Ok((log, part.shard, topic.name.clone(), batch.partition))
     }
 
     /// Validates a request's batches (every record; decompression) within the request's
@@ -389,16 +400,20 @@ impl Shared {
             }
             described
         };
+        let me = AgentInfo {
+            id: self.config.id,
+            endpoints: self
+                .config
+                .endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        };
         MetadataResponse {
-            agents: vec![AgentInfo {
-                id: self.config.id,
-                endpoints: self
-                    .config
-                    .endpoints
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-            }],
+            agents: match &self.group {
+                Some(group) => group.agents(me),
+                None => vec![me],
+            },
             topics,
             responder_id: self.config.id,
         }
@@ -418,7 +433,7 @@ impl Shared {
                 partitions: (0..topic.partitions.len() as u32)
                     .map(|partition| PartitionMetadata {
                         partition,
-                        leader_id: self.config.id,
+                        leader_id: self.leader_id(&topic, partition),
                         error_code: ErrorCode::None as i32,
                     })
                     .collect(),
@@ -430,6 +445,22 @@ impl Shared {
                 partition_count: 0,
                 partitions: Vec::new(),
             },
+        }
+    }
+
+    /// Who leads a partition: this agent when it serves it; in a group, else the live lease
+    /// holder or the agent that should take it (this one, when it knows no other).
+    fn leader_id(&self, topic: &crate::topics::Topic, partition: u32) -> u32 {
+        let serving = topic
+            .partitions
+            .get(partition as usize)
+            .and_then(|p| p.log.as_ref())
+            .is_some_and(|log| !log.lease_lapsed() && !log.superseded());
+        match &self.group {
+            Some(group) if !serving => group
+                .leader(&topic.name, partition)
+                .map_or(self.config.id, |a| a.id),
+            _ => self.config.id,
         }
     }
 
@@ -451,8 +482,12 @@ impl Shared {
             .and_then(|t| {
                 t.partitions
                     .get(request.partition as usize)
-                    .map(|(log, _)| log.clone())
                     .ok_or_else(|| Rejection::new(ErrorCode::UnknownPartition, "no such partition"))
+                    .and_then(|p| {
+                        p.log
+                            .clone()
+                            .ok_or_else(|| not_led(&request.topic, request.partition))
+                    })
             });
         let max_bytes = match request.max_bytes as usize {
             0 => 1 << 20,
@@ -531,4 +566,12 @@ impl Shared {
         }
         response
     }
+}
+
+/// A partition this agent (of a group) does not lead.
+fn not_led(topic: &str, partition: u32) -> Rejection {
+    Rejection::new(
+        ErrorCode::NotLeader,
+        format!("this agent does not lead {topic}-{partition}"),
+    )
 }

@@ -12,7 +12,16 @@ use streamhouse_proto::v1::ErrorCode;
 /// A topic: its partitions' logs, each with the I/O shard that appends to it.
 pub(crate) struct Topic {
     pub(crate) name: Arc<str>,
-    pub(crate) partitions: Vec<(Arc<PartitionLog>, usize)>,
+    pub(crate) partitions: Vec<Part>,
+}
+
+/// One partition of a topic as this agent holds it.
+#[derive(Clone)]
+pub(crate) struct Part {
+    /// Its log; `None` while this agent (of a group) does not lead it.
+    pub(crate) log: Option<Arc<PartitionLog>>,
+    /// The I/O thread that appends to it.
+    pub(crate) shard: usize,
 }
 
 pub(crate) struct Topics {
@@ -26,6 +35,9 @@ pub(crate) struct Topics {
     /// With object storage: topics live in the metadata store too, and partitions open
     /// against their committed state there.
     remote: Option<Arc<Remote>>,
+    /// In a group: partitions open only when their lease is taken (`Part::log` is `None`
+    /// until then).
+    leased: bool,
 }
 
 /// A partition directory name: `<topic>-<partition>`.
@@ -61,6 +73,11 @@ impl Topics {
             };
             let count = found.entry(topic.to_owned()).or_insert(0);
             *count = (*count).max(partition + 1);
+        }
+        if remote.as_ref().is_some_and(|r| r.grouped()) {
+            // In a group, a partition opens when its lease is taken, not because its
+            // directory is here.
+            found.clear();
         }
         if let Some(remote) = &remote {
             // A topic on disk but not in the store: data from before object storage was
@@ -98,6 +115,7 @@ impl Topics {
             map: RwLock::new(HashMap::new()),
             creating: std::sync::Mutex::new(()),
             next_shard: AtomicUsize::new(0),
+            leased: remote.as_ref().is_some_and(|r| r.grouped()),
             remote,
         };
         let mut reports = Vec::new();
@@ -147,10 +165,15 @@ impl Topics {
             .map_or(0, |d| d.as_millis());
         let result = (|| {
             std::fs::create_dir_all(&deleted)?;
-            for (partition, (log, _)) in topic.partitions.iter().enumerate() {
-                log.fence(format!("topic {name:?} was deleted"));
-                log.release_lock();
+            for (partition, part) in topic.partitions.iter().enumerate() {
+                if let Some(log) = &part.log {
+                    log.fence(format!("topic {name:?} was deleted"));
+                    log.release_lock();
+                }
                 let from = self.dir.join(dir_name(name, partition as u32));
+                if !from.exists() {
+                    continue;
+                }
                 let to = deleted.join(format!("{}.{stamp}", dir_name(name, partition as u32)));
                 std::fs::rename(&from, &to)?;
                 std::fs::remove_dir_all(&to)?;
@@ -233,6 +256,11 @@ impl Topics {
         let mut logs = current.map(|t| t.partitions.clone()).unwrap_or_default();
         let mut reports = Vec::new();
         for partition in existing..partitions {
+            let shard = self.next_shard.fetch_add(1, Ordering::Relaxed);
+            if self.leased {
+                logs.push(Part { log: None, shard });
+                continue;
+            }
             let dir = self.dir.join(dir_name(name, partition));
             let (log, report) = match &self.remote {
                 Some(remote) => remote.open_partition(
@@ -241,6 +269,7 @@ impl Topics {
                     (&shared_name, topic_id),
                     partition,
                     self.config.clone(),
+                    None,
                 )?,
                 None => PartitionLog::open(&dir, self.config.clone())
                     .map(|(log, report)| (Arc::new(log), report))
@@ -256,8 +285,10 @@ impl Topics {
                 partition,
                 report,
             });
-            let shard = self.next_shard.fetch_add(1, Ordering::Relaxed);
-            logs.push((log, shard));
+            logs.push(Part {
+                log: Some(log),
+                shard,
+            });
         }
         let topic = Arc::new(Topic {
             name: shared_name,
@@ -268,5 +299,61 @@ impl Topics {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_owned(), topic.clone());
         Ok((topic, reports))
+    }
+}
+
+impl Topics {
+    /// Replaces one partition's log (a lease taken: `Some`; lost or given up: `None`) and
+    /// returns the one it held. Requests already routed keep the log they found.
+    pub(crate) fn swap_log(
+        &self,
+        name: &str,
+        partition: u32,
+        log: Option<Arc<PartitionLog>>,
+    ) -> Option<Arc<PartitionLog>> {
+        let _creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let topic = map.get(name)?;
+        let mut partitions = topic.partitions.clone();
+        let part = partitions.get_mut(partition as usize)?;
+        let old = std::mem::replace(&mut part.log, log);
+        let topic = Arc::new(Topic {
+            name: topic.name.clone(),
+            partitions,
+        });
+        map.insert(name.to_owned(), topic);
+        old
+    }
+
+    /// Opens a partition whose lease this agent just took, against the store's committed
+    /// state, and serves it. `lease`: the lease, and whether the local records past the high
+    /// watermark are this agent's own (nobody led the partition since). Blocking.
+    pub(crate) fn take_over(
+        &self,
+        name: &str,
+        partition: u32,
+        lease: crate::remote::Held,
+    ) -> Result<Arc<PartitionLog>, Rejection> {
+        let remote = self
+            .remote
+            .as_ref()
+            .ok_or_else(|| Rejection::new(ErrorCode::Internal, "no metadata store"))?;
+        let (_, topic_id) = remote.ensure_topic_blocking(name, partition + 1)?;
+        let topic = self.ensure(name, partition + 1)?.0;
+        if let Some(old) = self.swap_log(name, partition, None) {
+            old.supersede("the partition was opened again".into());
+            old.release_lock();
+        }
+        let dir = self.dir.join(dir_name(name, partition));
+        let (log, _) = remote.open_partition(
+            &self.dir,
+            &dir,
+            (&topic.name, topic_id),
+            partition,
+            self.config.clone(),
+            Some(lease),
+        )?;
+        self.swap_log(name, partition, Some(log.clone()));
+        Ok(log)
     }
 }

@@ -192,6 +192,15 @@ pub(crate) struct Args {
     /// (default: AWS_UNSIGNED_PAYLOAD, else signed).
     #[arg(long, requires = "objects")]
     s3_unsigned_payload: bool,
+    /// Join this agent group: agents sharing --metadata and --objects, each leading the
+    /// partitions whose lease it holds in the metadata store (give each a distinct --id and
+    /// reachable --advertise endpoints). Without it the agent leads every partition alone.
+    #[arg(long, value_name = "NAME", requires = "objects")]
+    group: Option<String>,
+    /// How long a partition lease lasts without renewal; a partition whose leader died moves
+    /// to another agent after about this long [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "group")]
+    lease_ttl: Option<std::time::Duration>,
 }
 
 /// A duration: `250ms`, `2s`, `1m`, or a bare number of milliseconds.
@@ -395,6 +404,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         remote.s3.access_key_id = args.s3_access_key_id;
         remote.s3.secret_access_key = args.s3_secret_access_key;
         remote.s3.unsigned_payload = args.s3_unsigned_payload;
+        if let Some(name) = args.group {
+            let mut group = streamhouse_agent::GroupConfig::new(name);
+            if let Some(ttl) = args.lease_ttl {
+                group.lease_ttl = ttl;
+            }
+            remote.group = Some(group);
+        }
         config.remote = Some(remote);
     }
     if let Some(addr) = args.metrics {

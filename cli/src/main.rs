@@ -11,6 +11,7 @@
 
 mod agent;
 mod bench;
+mod cluster;
 mod consume;
 mod endpoints;
 mod produce;
@@ -42,6 +43,8 @@ enum Command {
     Consume(consume::Args),
     /// List, describe, create or delete topics on an agent.
     Topics(topics::Args),
+    /// Look at an agent group in its metadata store: agents, heartbeats, leases, lag.
+    Cluster(cluster::Args),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => consume::run(args).await,
             Command::Bench(args) => bench::run(*args).await,
             Command::Topics(args) => topics::run(args).await,
+            Command::Cluster(args) => cluster::run(args).await,
         }
     });
     match result {

@@ -217,6 +217,7 @@ impl SqlStore {
                 local_end: -1,
             },
             previous,
+            previous_expires_ms: current.as_ref().map_or(-1, |l| l.expires_ms),
             now_ms: now,
         }))
     }

@@ -127,6 +127,9 @@ pub struct Acquired {
     /// nobody else wrote the partition since: the caller's local records past the high
     /// watermark are still its own.
     pub previous: Option<u32>,
+    /// When the previous holder's lease ran out or was released (store clock; -1: there was
+    /// none). `now_ms` minus this is how long the partition had no leader.
+    pub previous_expires_ms: i64,
     /// The store's clock when the lease was taken.
     pub now_ms: i64,
 }
@@ -167,4 +170,49 @@ impl GroupView {
             .iter()
             .find(|l| l.topic == topic && l.partition == partition && l.expires_ms > self.now_ms)
     }
+}
+
+/// Which of `agents` should lead a partition: rendezvous (highest random weight) hashing, so
+/// each agent ranks first for about an equal share of partitions, and an agent joining or
+/// leaving moves only the partitions it ranks first for. Every agent and every client computes
+/// the same answer from the same list. `None` when `agents` is empty.
+///
+/// ```
+/// use streamhouse_metastore::rendezvous;
+/// let first = rendezvous("orders", 3, [1, 2, 3]).unwrap();
+/// // Removing another agent does not move the partition.
+/// let others: Vec<u32> = [1, 2, 3].into_iter().filter(|a| *a == first || *a == 1).collect();
+/// assert_eq!(rendezvous("orders", 3, others), Some(first));
+/// ```
+pub fn rendezvous(
+    topic: &str,
+    partition: u32,
+    agents: impl IntoIterator<Item = u32>,
+) -> Option<u32> {
+    agents
+        .into_iter()
+        .max_by_key(|agent| (weight(topic, partition, *agent), *agent))
+}
+
+/// A partition's weight for an agent: FNV-1a over the three, then a 64-bit finaliser (the
+/// same on every machine and build: never `std`'s randomised hasher).
+fn weight(topic: &str, partition: u32, agent: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = topic
+        .as_bytes()
+        .iter()
+        .copied()
+        .chain([0xff])
+        .chain(partition.to_le_bytes())
+        .chain(agent.to_le_bytes());
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64's finaliser: FNV's low bits alone are poorly mixed.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }

@@ -227,6 +227,7 @@ fn injected_error(request: &Request, code: ErrorCode) -> Result<Response, BoxErr
                     base_offset: -1,
                     log_append_time_ms: -1,
                     log_start_offset: -1,
+                    leader: None,
                 })
                 .collect(),
             throttle_ms: 0,

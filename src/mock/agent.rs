@@ -492,6 +492,7 @@ impl MockAgent {
                     base_offset: if acks_none { -1 } else { base_offset },
                     log_append_time_ms: now,
                     log_start_offset: 0,
+                    leader: None,
                 }
             })
             .collect::<Vec<PartitionResult>>();

@@ -93,6 +93,17 @@ pub(crate) struct PartitionLog {
     floor: i64,
     /// Another writer owns the partition's durable state (a commit conflict): not served.
     superseded: std::sync::atomic::AtomicBool,
+    /// Appends are refused from this instant on ([`lease_clock`] nanoseconds; `u64::MAX`:
+    /// never). An agent of a group sets it to where its partition lease may run out.
+    lease_until: std::sync::atomic::AtomicU64,
+}
+
+/// Nanoseconds of the monotonic clock since the first call: what lease deadlines are
+/// measured in (an `Instant` fits no atomic).
+pub(crate) fn lease_clock(at: std::time::Instant) -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(std::time::Instant::now);
+    u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
 /// Why and until when a partition is offline.
@@ -188,6 +199,7 @@ impl PartitionLog {
             dir_lock: Mutex::new(lock),
             floor,
             superseded: std::sync::atomic::AtomicBool::new(false),
+            lease_until: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         Ok((log, recovered.report))
     }
@@ -241,6 +253,19 @@ impl PartitionLog {
         self.fence(reason);
     }
 
+    /// Appends are taken until `until` (a partition lease's safe end), or always (`None`).
+    pub(crate) fn serve_until(&self, until: Option<std::time::Instant>) {
+        let nanos = until.map_or(u64::MAX, lease_clock);
+        self.lease_until
+            .store(nanos, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether appends are refused because the partition lease may have run out.
+    pub(crate) fn lease_lapsed(&self) -> bool {
+        let until = self.lease_until.load(std::sync::atomic::Ordering::Acquire);
+        until != u64::MAX && lease_clock(std::time::Instant::now()) >= until
+    }
+
     /// Whether [`supersede`](Self::supersede) was called.
     pub(crate) fn superseded(&self) -> bool {
         self.superseded.load(std::sync::atomic::Ordering::Acquire)
@@ -262,10 +287,18 @@ impl PartitionLog {
         if inner.offline.is_some() {
             self.revive(&mut inner);
         }
-        let refusal = match (&inner.offline, &inner.broken) {
-            (Some(offline), _) => Some(offline.rejection()),
-            (None, Some(note)) => Some(offline(note)),
-            (None, None) => None,
+        let refusal = if self.superseded() || self.lease_lapsed() {
+            // Checked under the lock: no append starts after the lease's safe end.
+            Some(Rejection::new(
+                ErrorCode::NotLeader,
+                "this agent no longer leads the partition (its lease ran out or moved)",
+            ))
+        } else {
+            match (&inner.offline, &inner.broken) {
+                (Some(offline), _) => Some(offline.rejection()),
+                (None, Some(note)) => Some(offline(note)),
+                (None, None) => None,
+            }
         };
         if let Some(rejection) = refusal {
             return batches.iter().map(|_| Err(rejection.clone())).collect();

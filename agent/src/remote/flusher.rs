@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use streamhouse::batch::BatchHeader;
 use streamhouse::serve::{PartitionState, ProducerSnapshot, Rejection};
-use streamhouse_metastore::{MetadataStore, StoreError};
+use streamhouse_metastore::{LeaseId, MetadataStore, StoreError};
 use streamhouse_proto::v1::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,6 +49,13 @@ struct Cursor {
     waiters: Vec<Waiter>,
     /// Set after a commit conflict: not uploaded again.
     fenced: bool,
+    /// The partition lease its objects are committed under (agents of a group).
+    lease: Option<LeaseId>,
+    /// Which opening of the partition this is: a commit answers only the opening whose
+    /// batches it holds (a partition taken over again is a new opening of the same key).
+    generation: u64,
+    /// A graceful handover waits for everything in the log to be committed.
+    handover: Option<oneshot::Sender<i64>>,
 }
 
 /// An object on its way: built, being written by its task.
@@ -79,6 +86,8 @@ pub(super) struct Flusher {
     give_up_at: Option<Instant>,
     /// How long recent objects took from start to commit (moving average).
     cycle: Duration,
+    /// Openings of partitions so far (each `Track` is a new one).
+    generations: u64,
 }
 
 impl Flusher {
@@ -106,6 +115,7 @@ impl Flusher {
             stopping: None,
             give_up_at: None,
             cycle: Duration::ZERO,
+            generations: 0,
         }
     }
 
@@ -142,7 +152,10 @@ impl Flusher {
                 written = front(&mut self.uploads) => self.written(written).await,
                 () = tokio::time::sleep(HEARTBEAT) => {}
             }
+            // A handover waits for its last batches: no reason to wait for the interval.
+            due |= self.handing_over();
             self.start_uploads(due, quiet).await;
+            self.handovers();
             self.expire();
             if self.stopping.is_some() {
                 self.finish().await;
@@ -161,6 +174,7 @@ impl Flusher {
                 log,
                 committed,
                 snapshots,
+                lease,
             } => {
                 if log.local_range().1 > committed {
                     // A tail left by the last run: uploaded within the interval.
@@ -168,8 +182,16 @@ impl Flusher {
                 }
                 let committed_producers: BTreeMap<i64, ProducerSnapshot> =
                     snapshots.into_iter().map(|s| (s.producer_id, s)).collect();
+                self.generations += 1;
+                let key = (topic, partition);
+                if let Some(old) = self.parts.remove(&key) {
+                    // Opened again (taken over): objects on their way hold the old opening's
+                    // batches. Built again from the committed offsets.
+                    Self::drop_cursor(old, "the partition was opened again");
+                    self.rewind();
+                }
                 self.parts.insert(
-                    (topic, partition),
+                    key,
                     Cursor {
                         log,
                         committed,
@@ -178,9 +200,31 @@ impl Flusher {
                         committed_producers,
                         waiters: Vec::new(),
                         fenced: false,
+                        lease,
+                        generation: self.generations,
+                        handover: None,
                     },
                 );
             }
+            Msg::Release {
+                key,
+                log,
+                flush,
+                done,
+            } => match self.parts.get_mut(&key) {
+                Some(cursor) if Arc::ptr_eq(&cursor.log, &log) => {
+                    if flush && !cursor.fenced {
+                        cursor.handover = Some(done);
+                        self.handovers();
+                    } else if let Some(cursor) = self.parts.remove(&key) {
+                        let _ = done.send(cursor.committed);
+                        Self::drop_cursor(cursor, "this agent gave up the partition's lease");
+                    }
+                }
+                _ => {
+                    let _ = done.send(-1);
+                }
+            },
             Msg::Wait {
                 topic,
                 partition,
@@ -224,6 +268,42 @@ impl Flusher {
             }
             Msg::Shutdown(done) => self.stopping = Some(done),
         }
+    }
+
+    /// Refuses a partition's waiting answers `NOT_LEADER` (its lease is gone; what they wait
+    /// for may never be committed) and ends a handover waiting on it.
+    fn drop_cursor(mut cursor: Cursor, why: &str) {
+        for waiter in cursor.waiters.drain(..) {
+            waiter.fail(Rejection::new(
+                ErrorCode::NotLeader,
+                format!("{why}; retry with the partition's new leader"),
+            ));
+        }
+        if let Some(done) = cursor.handover.take() {
+            let _ = done.send(cursor.committed);
+        }
+    }
+
+    /// Ends the handovers whose logs are wholly committed (or that cannot be: fenced).
+    fn handovers(&mut self) {
+        let done: Vec<Key> = self
+            .parts
+            .iter()
+            .filter(|(_, c)| {
+                c.handover.is_some() && (c.fenced || c.committed >= c.log.local_range().1)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            if let Some(cursor) = self.parts.remove(&key) {
+                Self::drop_cursor(cursor, "this agent handed the partition over");
+            }
+        }
+    }
+
+    /// Whether a handover waits for its partition's last batches to be committed.
+    fn handing_over(&self) -> bool {
+        self.parts.values().any(|c| c.handover.is_some())
     }
 
     /// Takes every message waiting (between retries, so answers keep flowing).
@@ -367,7 +447,25 @@ impl Flusher {
                     found,
                 }) => {
                     bump(&self.counters.commit_errors, 1);
-                    self.fence(&topic, partition, expected, found);
+                    let reason = format!(
+                        "another writer committed to {topic}-{partition} in the metadata store \
+                         (its high watermark is {found}, this agent expected {expected})"
+                    );
+                    self.fence(&upload, &topic, partition, reason);
+                    self.pressure.add_back(upload.bytes);
+                    self.rewind();
+                    return;
+                }
+                Err(e @ StoreError::Fenced { .. }) => {
+                    bump(&self.counters.commit_errors, 1);
+                    metrics::counter!("streamhouse_fenced_commits_total").increment(1);
+                    if let StoreError::Fenced {
+                        topic, partition, ..
+                    } = &e
+                    {
+                        let reason = format!("this agent lost the partition's lease: {e}");
+                        self.fence(&upload, topic, *partition, reason);
+                    }
                     self.pressure.add_back(upload.bytes);
                     self.rewind();
                     return;
@@ -396,7 +494,8 @@ impl Flusher {
         // interval counts.
         let took = upload.started.elapsed().min(self.config.flush_interval);
         self.cycle = (self.cycle * 7 + took) / 8;
-        for (range, (key, next)) in upload.object.ranges.iter().zip(&upload.object.ends) {
+        for (range, (key, generation, next)) in upload.object.ranges.iter().zip(&upload.object.ends)
+        {
             let labels = [
                 ("topic", range.topic.clone()),
                 ("partition", range.partition.to_string()),
@@ -404,7 +503,11 @@ impl Flusher {
             metrics::gauge!("streamhouse_partition_objects", &labels).increment(1.0);
             metrics::gauge!("streamhouse_partition_object_bytes", &labels)
                 .increment(range.byte_len as f64);
-            if let Some(cursor) = self.parts.get_mut(key) {
+            if let Some(cursor) = self
+                .parts
+                .get_mut(key)
+                .filter(|c| c.generation == *generation)
+            {
                 cursor.committed = *next;
                 for snapshot in &range.producers {
                     cursor
@@ -526,6 +629,8 @@ impl Flusher {
                 next,
                 batches,
                 producers,
+                lease: cursor.lease,
+                generation: cursor.generation,
             });
         }
         parts
@@ -566,15 +671,27 @@ impl Flusher {
         }
     }
 
-    /// Another writer committed to the partition: it takes no more appends here.
-    fn fence(&mut self, topic: &str, partition: u32, expected: i64, found: i64) {
-        let reason = format!(
-            "another writer committed to {topic}-{partition} in the metadata store (its high \
-             watermark is {found}, this agent expected {expected})"
-        );
+    /// Another writer committed to the partition, or took its lease: the opening of it whose
+    /// batches `upload` holds takes no more appends here.
+    fn fence(&mut self, upload: &Upload, topic: &str, partition: u32, reason: String) {
+        let key: Key = (Arc::from(topic), partition);
+        let Some(generation) = upload
+            .object
+            .ends
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, g, _)| *g)
+        else {
+            return;
+        };
         tracing::error!(%reason, "partition fenced");
         metrics::counter!("streamhouse_partitions_fenced_total").increment(1);
-        if let Some(cursor) = self.parts.get_mut(&(Arc::from(topic), partition)) {
+        self.pressure.fenced.notify_one();
+        if let Some(cursor) = self
+            .parts
+            .get_mut(&key)
+            .filter(|c| c.generation == generation)
+        {
             cursor.fenced = true;
             cursor.log.supersede(reason.clone());
             for waiter in cursor.waiters.drain(..) {

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 use streamhouse::serve::{ProducerSnapshot, Rejection};
-use streamhouse_metastore::{MetadataStore, StoreError};
+use streamhouse_metastore::{LeaseId, MetadataStore, StoreError};
 use streamhouse_proto::v1::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
@@ -67,15 +67,37 @@ impl Waiter {
     }
 }
 
+/// A partition lease an agent of a group took, as its partition is opened.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held {
+    /// The lease.
+    pub(crate) id: LeaseId,
+    /// Nobody else led the partition since this agent last did: its local records past the
+    /// committed high watermark are its own (else they are set aside).
+    pub(crate) own_tail: bool,
+    /// Appends stop at this instant unless the lease is renewed first.
+    pub(crate) until: Instant,
+}
+
 /// What the flusher is told.
 enum Msg {
-    /// Upload this partition from `committed` on.
+    /// Upload this partition from `committed` on (under `lease`, in a group).
     Track {
         topic: Arc<str>,
         partition: u32,
         log: Arc<PartitionLog>,
         committed: i64,
         snapshots: Vec<ProducerSnapshot>,
+        lease: Option<LeaseId>,
+    },
+    /// Stop uploading a partition whose lease is gone: with `flush`, after committing what its
+    /// log holds (a graceful handover, bounded by the durable timeout); waiting answers are
+    /// then refused `NOT_LEADER`. Answers the committed offset.
+    Release {
+        key: upload::Key,
+        log: Arc<PartitionLog>,
+        flush: bool,
+        done: oneshot::Sender<i64>,
     },
     /// Answer these once committed.
     Wait {
@@ -104,6 +126,8 @@ struct Pressure {
     wake: tokio::sync::Notify,
     /// When batches were appended (one lock per append).
     times: std::sync::Mutex<Appends>,
+    /// Signalled when a commit was fenced (the group driver looks at its leases then).
+    fenced: Arc<tokio::sync::Notify>,
 }
 
 /// When batches were appended.
@@ -336,6 +360,7 @@ impl Remote {
             flush_bytes: config.flush_bytes,
             wake: tokio::sync::Notify::new(),
             times: std::sync::Mutex::default(),
+            fenced: Arc::new(tokio::sync::Notify::new()),
         });
         let sink = Arc::new(Sink {
             tx,
@@ -380,6 +405,42 @@ impl Remote {
         self.sink.clone()
     }
 
+    /// Signalled whenever a commit is fenced.
+    pub(crate) fn fenced_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.sink.pressure.fenced.clone()
+    }
+
+    /// Whether this agent is one of a group (it leads only partitions it holds leases for).
+    pub(crate) fn grouped(&self) -> bool {
+        self.config.group.is_some()
+    }
+
+    /// The metadata store.
+    pub(crate) fn store(&self) -> &Arc<dyn MetadataStore> {
+        &self.store
+    }
+
+    /// Stops uploading a partition (its lease is gone or given up); with `flush`, after what
+    /// its log holds is committed. The committed offset then.
+    pub(crate) async fn release(
+        &self,
+        topic: &Arc<str>,
+        partition: u32,
+        log: Arc<PartitionLog>,
+        flush: bool,
+    ) -> Option<i64> {
+        let (done, wait) = oneshot::channel();
+        let msg = Msg::Release {
+            key: (topic.clone(), partition),
+            log,
+            flush,
+            done,
+        };
+        self.sink.tx.send(msg).ok()?;
+        self.sink.pressure.wake.notify_one();
+        wait.await.ok()
+    }
+
     /// Every topic in the store: `(name, partitions)`. Blocking: call off the runtime.
     pub(crate) fn topics_blocking(&self) -> Result<Vec<(String, u32)>, StoreError> {
         let topics = self.runtime.block_on(self.store.topics())?;
@@ -411,6 +472,7 @@ impl Remote {
         (topic, topic_id): (&Arc<str>, i64),
         partition: u32,
         config: LogConfig,
+        lease: Option<Held>,
     ) -> Result<(Arc<PartitionLog>, RecoveryReport), Rejection> {
         let (meta, snapshots, stats) = self
             .runtime
@@ -454,6 +516,13 @@ impl Remote {
             None if start > hw => Some(format!(
                 "the local log starts at {start}, after the committed high watermark {hw}"
             )),
+            // Records past the high watermark written under an earlier lease, when another
+            // agent has led the partition since: they are not the partition's (the new
+            // leader wrote its own at those offsets, or will).
+            None if end > hw && lease.is_some_and(|l| !l.own_tail) => Some(format!(
+                "the local log ends at {end}, past the committed high watermark {hw}, and \
+                 another agent led the partition since"
+            )),
             None => None,
         };
         if let Some(reason) = reason {
@@ -469,6 +538,9 @@ impl Remote {
             report.broken = None;
         }
         log.restore_producers(&snapshots);
+        if let Some(lease) = &lease {
+            log.serve_until(Some(lease.until));
+        }
         // What the partition holds in object storage; the flusher adds each commit.
         let labels = [
             ("topic", topic.to_string()),
@@ -483,6 +555,7 @@ impl Remote {
             log: log.clone(),
             committed: hw,
             snapshots,
+            lease: lease.map(|l| l.id),
         });
         Ok((log, report))
     }

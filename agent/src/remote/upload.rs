@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use streamhouse::batch::BatchHeader;
 use streamhouse::serve::ProducerSnapshot;
-use streamhouse_metastore::{CommittedRange, ObjectRef};
+use streamhouse_metastore::{CommittedRange, LeaseId, ObjectRef};
 
 /// A partition: topic and number.
 pub(super) type Key = (Arc<str>, u32);
@@ -30,13 +30,18 @@ pub(super) struct Part {
     pub(super) next: i64,
     pub(super) batches: Vec<Bytes>,
     pub(super) producers: Vec<ProducerSnapshot>,
+    /// The lease it is written under (agents of a group).
+    pub(super) lease: Option<LeaseId>,
+    /// Which opening of the partition it comes from (see the flusher's `Cursor`).
+    pub(super) generation: u64,
 }
 
 /// An object: its reference, the ranges to commit, and each partition's new committed offset.
 pub(super) struct Object {
     pub(super) object: ObjectRef,
     pub(super) ranges: Vec<CommittedRange>,
-    pub(super) ends: Vec<(Key, i64)>,
+    /// Per range: the partition, the opening it came from, and its new committed offset.
+    pub(super) ends: Vec<(Key, u64, i64)>,
     /// The batches, in object order.
     chunks: Vec<Bytes>,
 }
@@ -58,9 +63,9 @@ impl Object {
                 byte_start: at,
                 byte_len: len,
                 producers: part.producers,
-                lease: None,
+                lease: part.lease,
             });
-            ends.push((part.key, part.next));
+            ends.push((part.key, part.generation, part.next));
             at += len;
             chunks.extend(part.batches);
         }

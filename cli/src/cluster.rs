@@ -1,0 +1,113 @@
+//! `streamhouse cluster status`: an agent group as its metadata store sees it — agents and
+//! their heartbeats, the leases each holds, and per partition how far its leader's local log
+//! is ahead of object storage.
+
+use anyhow::Context;
+use std::collections::BTreeMap;
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Print the group's agents, leases and per-partition lag.
+    Status {
+        /// The group's metadata store (`sqlite://PATH` or `postgres://…`).
+        #[arg(long, value_name = "URL")]
+        metadata: String,
+        /// The group's name.
+        #[arg(long, value_name = "NAME")]
+        group: String,
+    },
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let Command::Status { metadata, group } = args.command;
+    let store = streamhouse_metastore::open(&metadata)
+        .await
+        .with_context(|| format!("cannot open the metadata store {metadata}"))?;
+    let view = store.group(&group).await?;
+    let topics = store.topics().await?;
+    let now = view.now_ms;
+    let ago = |ms: i64| format!("{:.1}s", (now - ms) as f64 / 1e3);
+    let mut held: BTreeMap<u32, usize> = BTreeMap::new();
+    for lease in view.leases.iter().filter(|l| l.expires_ms > now) {
+        *held.entry(lease.id.agent_id).or_default() += 1;
+    }
+    let live = view.live().count();
+    println!(
+        "group {group}: {live} live agent(s) of {} registered",
+        view.agents.len()
+    );
+    println!(
+        "{:>6}  {:<5}  {:>10}  {:>6}  endpoints",
+        "agent", "state", "heartbeat", "leases"
+    );
+    for agent in &view.agents {
+        let state = if agent.expires_ms > now {
+            "live"
+        } else {
+            "gone"
+        };
+        println!(
+            "{:>6}  {:<5}  {:>10}  {:>6}  {}",
+            agent.agent_id,
+            state,
+            format!("{} ago", ago(agent.heartbeat_ms)),
+            held.get(&agent.agent_id).copied().unwrap_or(0),
+            agent.endpoints.join(" ")
+        );
+    }
+    println!();
+    println!(
+        "{:<24} {:>4}  {:>6}  {:>6}  {:>10}  {:>14}  {:>14}  {:>8}",
+        "topic", "part", "leader", "epoch", "expires", "high watermark", "local end", "lag"
+    );
+    for topic in &topics {
+        for partition in 0..topic.partitions {
+            let hw = store
+                .partition(&topic.name, partition)
+                .await?
+                .map_or(0, |p| p.high_watermark);
+            let lease = view
+                .leases
+                .iter()
+                .find(|l| l.topic == topic.name && l.partition == partition);
+            let (leader, epoch, expires, end, lag) = match lease {
+                Some(l) if l.expires_ms > now => (
+                    l.id.agent_id.to_string(),
+                    l.id.epoch.to_string(),
+                    format!("in {:.1}s", (l.expires_ms - now) as f64 / 1e3),
+                    l.local_end.to_string(),
+                    if l.local_end >= 0 {
+                        (l.local_end - hw).max(0).to_string()
+                    } else {
+                        "?".into()
+                    },
+                ),
+                Some(l) => (
+                    "-".into(),
+                    l.id.epoch.to_string(),
+                    format!("{} ago", ago(l.expires_ms)),
+                    "-".into(),
+                    "-".into(),
+                ),
+                None => (
+                    "-".into(),
+                    "-".into(),
+                    "never held".into(),
+                    "-".into(),
+                    "-".into(),
+                ),
+            };
+            println!(
+                "{:<24} {:>4}  {:>6}  {:>6}  {:>10}  {:>14}  {:>14}  {:>8}",
+                topic.name, partition, leader, epoch, expires, hw, end, lag
+            );
+        }
+    }
+    Ok(())
+}
