@@ -56,7 +56,7 @@ pub use error::StoreError;
 pub use sql::SqlStore;
 pub use types::{
     Acquired, AgentRecord, CommittedRange, GroupView, IndexEntry, Lease, LeaseId, ObjectRef,
-    PartitionMeta, StoreStats, TopicConfig, rendezvous,
+    PartitionMeta, StoreStats, TopicConfig, assign, rendezvous,
 };
 
 use std::sync::Arc;

@@ -194,6 +194,53 @@ pub fn rendezvous(
         .max_by_key(|agent| (weight(topic, partition, *agent), *agent))
 }
 
+/// Which agent should lead each partition of `topics` (name, partition count): rendezvous
+/// hashing with bounded load. In a fixed order (topics by name, partitions by number) each
+/// partition goes to the agent that ranks it highest among those holding fewer than
+/// ⌈partitions / agents⌉, so no agent leads more than its share even with few partitions
+/// (plain rendezvous hashing gives 6 of 12 to one of three agents as often as not), and an agent
+/// joining or leaving still moves few partitions. Every agent and client computes the same
+/// answer from the same lists. Empty when `agents` is.
+///
+/// ```
+/// use streamhouse_metastore::assign;
+/// let owners = assign(&[("orders".to_owned(), 12)], &[1, 2, 3]);
+/// for agent in [1, 2, 3] {
+///     assert_eq!(owners.values().filter(|a| **a == agent).count(), 4);
+/// }
+/// ```
+pub fn assign(
+    topics: &[(String, u32)],
+    agents: &[u32],
+) -> std::collections::BTreeMap<(String, u32), u32> {
+    let mut owners = std::collections::BTreeMap::new();
+    if agents.is_empty() {
+        return owners;
+    }
+    let mut agents = agents.to_vec();
+    agents.sort_unstable();
+    agents.dedup();
+    let mut topics = topics.to_vec();
+    topics.sort();
+    let total: u64 = topics.iter().map(|(_, n)| u64::from(*n)).sum();
+    let cap = total.div_ceil(agents.len() as u64);
+    let mut load: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    for (topic, partitions) in &topics {
+        for partition in 0..*partitions {
+            let owner = agents
+                .iter()
+                .copied()
+                .filter(|a| load.get(a).copied().unwrap_or(0) < cap)
+                .max_by_key(|agent| (weight(topic, partition, *agent), *agent));
+            if let Some(owner) = owner {
+                *load.entry(owner).or_default() += 1;
+                owners.insert((topic.clone(), partition), owner);
+            }
+        }
+    }
+    owners
+}
+
 /// A partition's weight for an agent: FNV-1a over the three, then a 64-bit finaliser (the
 /// same on every machine and build: never `std`'s randomised hasher).
 fn weight(topic: &str, partition: u32, agent: u32) -> u64 {

@@ -22,7 +22,7 @@ use super::stats::Counters;
 use super::{Inner, Persistence, Phase, ProduceError};
 use crate::batch::ProducerStamp;
 use crate::codec::Codec;
-use crate::discovery::{DiscoveryError, TopicMetadata};
+use crate::discovery::{DiscoveryError, PartitionLeader, TopicMetadata};
 use crate::layers::{self, Backoff, BoxConnection, LayerFn, RetryPolicy};
 use crate::rng::Rng;
 use crate::transport::{
@@ -31,7 +31,9 @@ use crate::transport::{
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::error::Error as StdError;
 use std::sync::Arc;
-use streamhouse_proto::v1::{ErrorCode, PartitionBatch, ProduceRequest, ProduceResponse};
+use streamhouse_proto::v1::{
+    AgentInfo, ErrorCode, PartitionBatch, ProduceRequest, ProduceResponse,
+};
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -336,6 +338,28 @@ impl Sender {
         }
     }
 
+    /// Drops the cached metadata of every topic with a partition led at `endpoint` and asks
+    /// discovery again (the agent cannot be reached).
+    fn forget_leader(&mut self, endpoint: &Endpoint, now: Instant) {
+        let stale: Vec<Arc<str>> = {
+            let mut state = self.inner.lock();
+            let stale: Vec<Arc<str>> = state
+                .metadata
+                .iter()
+                .filter(|(_, t)| t.metadata.leaders().iter().any(|l| l.endpoint == *endpoint))
+                .map(|(topic, _)| topic.clone())
+                .collect();
+            for topic in &stale {
+                state.metadata.remove(topic);
+            }
+            stale
+        };
+        for topic in stale {
+            self.inner.discovery.invalidate(&topic);
+            self.refresh(topic, now);
+        }
+    }
+
     fn refresh(&mut self, topic: Arc<str>, now: Instant) {
         match self.refreshing.get(&topic) {
             Some(None) => return,
@@ -370,6 +394,9 @@ impl Sender {
                         let delay = self.backoff.jittered(agent.failures, self.rng.unit());
                         agent.failures = agent.failures.saturating_add(1);
                         agent.conn = Conn::Waiting(now + delay);
+                        // The agent may be gone for good (a group moves its partitions to
+                        // another): ask again who leads what it led.
+                        self.forget_leader(&endpoint, now);
                     }
                 }
             }
@@ -423,6 +450,9 @@ impl Sender {
         match outcome {
             RequestOutcome::Answered(response) if response.results.len() == sent.len() => {
                 for (batch, result) in sent.into_iter().zip(response.results) {
+                    if let Some(leader) = result.leader {
+                        settle.named_leader(&batch, result.error_code, leader);
+                    }
                     settle.answer(
                         batch,
                         result.error_code,
@@ -733,6 +763,8 @@ struct Settlement<'a> {
     behind_failure: FxHashSet<TopicPartition>,
     reset: FxHashSet<TopicPartition>,
     stale_topics: FxHashSet<Arc<str>>,
+    /// Partitions an agent said it does not lead, with the leader it named.
+    leaders: Vec<(TopicPartition, AgentInfo)>,
     partitions: FxHashSet<TopicPartition>,
 }
 
@@ -748,6 +780,7 @@ impl<'a> Settlement<'a> {
             behind_failure: FxHashSet::default(),
             reset: FxHashSet::default(),
             stale_topics: FxHashSet::default(),
+            leaders: Vec::new(),
             partitions: FxHashSet::default(),
         }
     }
@@ -822,6 +855,14 @@ impl<'a> Settlement<'a> {
         }
     }
 
+    /// A `NOT_LEADER` answer named the partition's leader: the producer goes there without
+    /// waiting for discovery (see `finish`).
+    fn named_leader(&mut self, batch: &QueuedBatch, code: i32, leader: AgentInfo) {
+        if ErrorCode::from_wire(code) == ErrorCode::NotLeader {
+            self.leaders.push((Self::key(batch), leader));
+        }
+    }
+
     fn answer(&mut self, mut batch: QueuedBatch, code: i32, base_offset: i64, message: String) {
         let key = Self::key(&batch);
         let code = ErrorCode::from_wire(code);
@@ -890,6 +931,8 @@ impl<'a> Settlement<'a> {
             batch.maybe_applied = true;
         }
         if retriable {
+            // The agent may be gone: its partitions may have moved (agent groups).
+            self.stale_topics.insert(batch.topic.clone());
             self.retry(batch, true);
         } else {
             let persistence = batch.persistence();
@@ -933,8 +976,45 @@ impl<'a> Settlement<'a> {
         for (topic, partition) in &self.partitions {
             state.acc.unmute(topic, *partition);
         }
-        (outcomes, self.stale_topics)
+        let mut stale = self.stale_topics;
+        for ((topic, partition), leader) in self.leaders {
+            let patched = state
+                .metadata
+                .get(&topic)
+                .and_then(|entry| with_leader(&entry.metadata, partition, &leader));
+            if let Some(patched) = patched {
+                state.set_metadata(Arc::new(patched));
+                // Discovery's copy is stale too: the next refresh asks afresh. The patched
+                // route is used meanwhile.
+                if stale.remove(&topic) {
+                    self.inner.discovery.invalidate(&topic);
+                }
+            }
+        }
+        (outcomes, stale)
     }
+}
+
+/// `metadata` with `partition` led by `leader`, reached over the transport (scheme) the
+/// partition's current leader uses; `None` when the leader has no such endpoint.
+fn with_leader(
+    metadata: &TopicMetadata,
+    partition: u32,
+    leader: &AgentInfo,
+) -> Option<TopicMetadata> {
+    let current = metadata.leader(partition)?;
+    let scheme = current.endpoint.scheme();
+    let endpoint: Endpoint = leader
+        .endpoints
+        .iter()
+        .filter_map(|e| e.parse::<Endpoint>().ok())
+        .find(|e| e.scheme() == scheme)?;
+    let mut leaders = metadata.leaders().to_vec();
+    leaders[partition as usize] = PartitionLeader {
+        agent_id: leader.id,
+        endpoint,
+    };
+    TopicMetadata::new(metadata.topic().clone(), leaders)
 }
 
 /// Without idempotence and with `acks=none`, a request the agent may have applied is never

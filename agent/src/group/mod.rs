@@ -24,7 +24,7 @@ use crate::remote::Held;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
-use streamhouse_metastore::{GroupView, StoreError, rendezvous};
+use streamhouse_metastore::{GroupView, StoreError};
 use streamhouse_proto::v1::AgentInfo;
 use table::{Key, LeaseTable};
 
@@ -49,14 +49,21 @@ struct Counters {
     handed_over: AtomicU64,
 }
 
+/// The group as last read, with the leader each partition should have.
+#[derive(Default)]
+struct Look {
+    view: GroupView,
+    owners: std::collections::BTreeMap<(String, u32), u32>,
+}
+
 /// This agent's membership of a group.
 pub(crate) struct Group {
     name: String,
     me: u32,
     ttl: Duration,
     endpoints: Vec<String>,
-    /// The group as last read from the store.
-    view: RwLock<Arc<GroupView>>,
+    /// The group as last read from the store, and who should lead each partition.
+    view: RwLock<Arc<Look>>,
     table: tokio::sync::Mutex<LeaseTable>,
     /// Runs a round now (stopping).
     wake: tokio::sync::Notify,
@@ -92,7 +99,7 @@ impl Group {
         *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
     }
 
-    pub(crate) fn view(&self) -> Arc<GroupView> {
+    fn view(&self) -> Arc<Look> {
         self.view
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -111,8 +118,9 @@ impl Group {
 
     /// The live agents as clients should see them (this one included).
     pub(crate) fn agents(&self, me: AgentInfo) -> Vec<AgentInfo> {
-        let view = self.view();
-        let mut agents: Vec<AgentInfo> = view
+        let look = self.view();
+        let mut agents: Vec<AgentInfo> = look
+            .view
             .live()
             .filter(|a| a.agent_id != self.me)
             .map(|a| AgentInfo {
@@ -128,21 +136,26 @@ impl Group {
     /// Who leads a partition this agent does not: the live lease holder, else the live
     /// agent that should take it. `None` when no other agent is known.
     pub(crate) fn leader(&self, topic: &str, partition: u32) -> Option<AgentInfo> {
-        let view = self.view();
+        let look = self.view();
         let info = |id: u32| {
-            view.live().find(|a| a.agent_id == id).map(|a| AgentInfo {
-                id,
-                endpoints: a.endpoints.clone(),
-            })
+            look.view
+                .live()
+                .find(|a| a.agent_id == id)
+                .map(|a| AgentInfo {
+                    id,
+                    endpoints: a.endpoints.clone(),
+                })
         };
-        if let Some(lease) = view.holder(topic, partition)
+        if let Some(lease) = look.view.holder(topic, partition)
             && lease.id.agent_id != self.me
             && let Some(agent) = info(lease.id.agent_id)
         {
             return Some(agent);
         }
-        let others = view.live().map(|a| a.agent_id).filter(|id| *id != self.me);
-        rendezvous(topic, partition, others).and_then(info)
+        look.owners
+            .get(&(topic.to_owned(), partition))
+            .filter(|owner| **owner != self.me)
+            .and_then(|owner| info(*owner))
     }
 
     async fn run(self: Arc<Self>, shared: Weak<Shared>) {
@@ -273,12 +286,12 @@ impl Group {
                 return;
             }
         };
-        let topics: Vec<(Arc<str>, u32)> = topics
-            .into_iter()
-            .map(|t| (Arc::from(t.name.as_str()), t.partitions))
-            .collect();
+        let topics: Vec<(String, u32)> =
+            topics.into_iter().map(|t| (t.name, t.partitions)).collect();
         let plan = table.plan(&view, &topics);
-        *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+        let owners = table.owners(&view, &topics);
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(Look { view, owners });
         for key in plan.give {
             if let Some(holding) = table.forget(&key) {
                 self.hand_over(shared, &key, holding.epoch).await;

@@ -13,9 +13,10 @@
 //! deadline is checked at each append).
 
 use std::collections::BTreeMap;
+use std::collections::BTreeMap as Owners;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use streamhouse_metastore::{GroupView, rendezvous};
+use streamhouse_metastore::{GroupView, assign};
 
 /// A partition: topic and number.
 pub type Key = (Arc<str>, u32);
@@ -134,20 +135,28 @@ impl LeaseTable {
         self.held.remove(key)
     }
 
-    /// What to take and give, from the group as the store sees it (`view`, with this agent
-    /// counted live) and every topic's partition count. Each partition's leader should be the
-    /// live agent [`rendezvous`] ranks first; a partition is taken only when no other agent
-    /// holds its lease, and given up only to a live agent.
-    pub fn plan(&self, view: &GroupView, topics: &[(Arc<str>, u32)]) -> Plan {
+    /// Which agent should lead each partition: [`assign`] over the live agents of `view`,
+    /// this agent counted live.
+    pub fn owners(&self, view: &GroupView, topics: &[(String, u32)]) -> Owners<(String, u32), u32> {
         let mut live: Vec<u32> = view.live().map(|a| a.agent_id).collect();
         if !live.contains(&self.me) {
             live.push(self.me);
         }
+        assign(topics, &live)
+    }
+
+    /// What to take and give, from the group as the store sees it (`view`) and every topic's
+    /// partition count. Each partition's leader should be the agent [`owners`](Self::owners)
+    /// names; a partition is taken only when no other agent holds its lease, and given up only
+    /// to a live agent.
+    pub fn plan(&self, view: &GroupView, topics: &[(String, u32)]) -> Plan {
+        let owners = self.owners(view, topics);
         let mut plan = Plan::default();
         for (topic, partitions) in topics {
+            let name: Arc<str> = Arc::from(topic.as_str());
             for partition in 0..*partitions {
-                let key: Key = (topic.clone(), partition);
-                let owner = rendezvous(topic, partition, live.iter().copied());
+                let key: Key = (name.clone(), partition);
+                let owner = owners.get(&(topic.clone(), partition)).copied();
                 let held = self.held.contains_key(&key);
                 if owner == Some(self.me) && !held {
                     let free = view
@@ -198,7 +207,7 @@ mod tests {
 
     #[test]
     fn every_partition_has_one_planned_taker_and_a_join_moves_only_some() {
-        let topics = [(Arc::<str>::from("t"), 12)];
+        let topics = [("t".to_owned(), 12)];
         let takers = |agents: &[u32]| -> Vec<(u32, Vec<Key>)> {
             agents
                 .iter()
@@ -209,24 +218,26 @@ mod tests {
                 .collect()
         };
         let two = takers(&[1, 2]);
-        let total: usize = two.iter().map(|(_, t)| t.len()).sum();
-        assert_eq!(total, 12, "each partition is taken by exactly one agent");
-        assert!(two.iter().all(|(_, t)| !t.is_empty()), "{two:?}");
+        assert!(
+            two.iter().all(|(_, t)| t.len() == 6),
+            "an equal share each: {two:?}"
+        );
         let three = takers(&[1, 2, 3]);
-        assert_eq!(three.iter().map(|(_, t)| t.len()).sum::<usize>(), 12);
-        // Agents 1 and 2 keep what they had, less what agent 3 now ranks first for.
-        for (me, taken) in &three[..2] {
-            let before = &two.iter().find(|(a, _)| a == me).unwrap().1;
-            assert!(
-                taken.iter().all(|k| before.contains(k)),
-                "agent {me} gained on a join"
-            );
-        }
+        assert!(three.iter().all(|(_, t)| t.len() == 4), "{three:?}");
+        // A join moves few partitions: most stay where they were.
+        let stayed: usize = three[..2]
+            .iter()
+            .map(|(me, taken)| {
+                let before = &two.iter().find(|(a, _)| a == me).unwrap().1;
+                taken.iter().filter(|k| before.contains(k)).count()
+            })
+            .sum();
+        assert!(stayed >= 6, "only {stayed} of 8 stayed on a join");
     }
 
     #[test]
     fn a_held_partition_is_not_taken_and_one_ranked_elsewhere_is_given() {
-        let topics = [(Arc::<str>::from("t"), 12)];
+        let topics = [("t".to_owned(), 12)];
         let mut table = LeaseTable::new(1, Duration::from_secs(5));
         let plan = table.plan(&view(0, &[1, 2], &[]), &topics);
         let mine = plan.take[0].clone();
@@ -266,7 +277,7 @@ mod tests {
         assert!(kept.is_empty());
         // A renewal the store refused: lost at once.
         let (_, lost) = table.renewed(t1, vec![(key.clone(), 3, false)]);
-        assert_eq!(lost, [key.clone()]);
+        assert_eq!(lost, std::slice::from_ref(&key));
         table.took(key.clone(), 4, t1);
         assert_eq!(table.lapsed(t1 + ttl), [key]);
         assert_eq!(table.held().count(), 0);
