@@ -43,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+mod discovery;
 mod error;
 mod group;
 mod schema;
@@ -52,6 +53,7 @@ mod types;
 
 pub mod testing;
 
+pub use discovery::StoreDiscovery;
 pub use error::StoreError;
 pub use sql::SqlStore;
 pub use types::{

@@ -81,7 +81,13 @@ impl SqlStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if !postgres {
+                    if postgres {
+                        // A client paused or cut off inside a transaction (a commit holding a
+                        // lease row, say) must not hold its locks for the others: the server
+                        // ends the session after a second without a word from it.
+                        conn.execute("SET idle_in_transaction_session_timeout = 1000")
+                            .await?;
+                    } else {
                         // Commits are durable (fsynced) before they are answered; readers
                         // do not block the writer.
                         conn.execute("PRAGMA journal_mode=WAL").await?;

@@ -31,6 +31,9 @@ pub struct Bootstrap {
     max_age: Duration,
     timeout: Duration,
     cache: Mutex<HashMap<String, (Arc<TopicMetadata>, Instant)>>,
+    /// The seed that answered last: asked first next time (a dead first seed costs one
+    /// timeout, not one per refresh).
+    last_good: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Bootstrap {
@@ -51,6 +54,7 @@ impl Bootstrap {
             max_age: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
             cache: Mutex::new(HashMap::new()),
+            last_good: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -75,7 +79,11 @@ impl Bootstrap {
         topics: &[String],
     ) -> Result<(Endpoint, MetadataResponse), DiscoveryError> {
         let mut last_error = String::from("no seed endpoints");
-        for seed in &self.seeds {
+        let first = self.last_good.load(std::sync::atomic::Ordering::Relaxed);
+        let count = self.seeds.len();
+        for i in 0..count {
+            let index = (first + i) % count;
+            let seed = &self.seeds[index];
             let request = Request::new(RequestMessage::Metadata(MetadataRequest {
                 topics: topics.to_vec(),
             }))
@@ -85,7 +93,11 @@ impl Bootstrap {
                 connection.oneshot(request).await
             };
             match tokio::time::timeout(self.timeout, attempt).await {
-                Ok(Ok(Response::Metadata(response))) => return Ok((seed.clone(), response)),
+                Ok(Ok(Response::Metadata(response))) => {
+                    self.last_good
+                        .store(index, std::sync::atomic::Ordering::Relaxed);
+                    return Ok((seed.clone(), response));
+                }
                 Ok(Ok(_)) => last_error = format!("{seed}: unexpected answer"),
                 Ok(Err(e)) => last_error = format!("{seed}: {e}"),
                 Err(_) => last_error = format!("{seed}: no answer within {:?}", self.timeout),

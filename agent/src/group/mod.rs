@@ -159,7 +159,12 @@ impl Group {
     }
 
     async fn run(self: Arc<Self>, shared: Weak<Shared>) {
-        let every = self.ttl / 3;
+        // Leases are renewed every third of their time; the group is looked at more often,
+        // so a partition whose lease ran out is taken soon after.
+        let renew_every = self.ttl / 3;
+        let look_every =
+            (self.ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
+        let mut renewed: Option<Instant> = None;
         loop {
             {
                 let Some(shared) = shared.upgrade() else {
@@ -168,14 +173,18 @@ impl Group {
                 if self.stopping.load(Ordering::Acquire) {
                     return;
                 }
-                self.round(&shared).await;
+                let renew = renewed.is_none_or(|at| at.elapsed() >= renew_every);
+                if renew {
+                    renewed = Some(Instant::now());
+                }
+                self.round(&shared, renew).await;
             }
             let fenced = shared
                 .upgrade()
                 .and_then(|s| s.remote.clone())
                 .map(|r| r.fenced_signal());
             tokio::select! {
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(look_every) => {}
                 () = self.wake.notified() => {}
                 // A commit was fenced: that lease is gone, look now.
                 () = async {
@@ -203,9 +212,9 @@ impl Group {
         }
     }
 
-    /// One look at the group: drop lapsed and lost leases, renew the rest, heartbeat, then
-    /// take and give partitions as planned.
-    async fn round(&self, shared: &Arc<Shared>) {
+    /// One look at the group: drop lapsed and lost leases, (with `renew`) renew the rest and
+    /// heartbeat, then take and give partitions as planned.
+    async fn round(&self, shared: &Arc<Shared>, renew: bool) {
         let Some(remote) = shared.remote.clone() else {
             return;
         };
@@ -235,7 +244,7 @@ impl Group {
                 (key.clone(), h.epoch, end)
             })
             .collect();
-        if !asked.is_empty() {
+        if renew && !asked.is_empty() {
             let started = Instant::now();
             let leases: Vec<(String, u32, i64, i64)> = asked
                 .iter()
@@ -271,10 +280,12 @@ impl Group {
         if self.stopping.load(Ordering::Acquire) {
             return;
         }
-        let heartbeat = store.heartbeat(&self.name, self.me, &self.endpoints, self.ttl);
-        if let Err(e) = self.bounded(heartbeat).await {
-            tracing::warn!(error = %e, "group heartbeat failed");
-            return;
+        if renew {
+            let heartbeat = store.heartbeat(&self.name, self.me, &self.endpoints, self.ttl);
+            if let Err(e) = self.bounded(heartbeat).await {
+                tracing::warn!(error = %e, "group heartbeat failed");
+                return;
+            }
         }
         let (view, topics) = match self
             .bounded(async { Ok((store.group(&self.name).await?, store.topics().await?)) })

@@ -85,6 +85,14 @@ impl AgentProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends a signal (`STOP`, `CONT`, …) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), pid.as_str()])
+            .status();
+    }
+
     /// SIGTERM, then wait for a clean exit; returns whether it exited successfully.
     pub fn terminate(mut self) -> bool {
         let pid = self.child.id().to_string();

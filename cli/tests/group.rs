@@ -1,0 +1,569 @@
+//! An agent group under fire, with real processes: three agents share a metadata store and
+//! object storage and lead the partitions of one topic by lease, while a producer
+//! (acks=durable, idempotence on) streams records through `Bootstrap` or the store's own
+//! discovery. Agents are SIGKILLed and restarted (some on an empty data directory), paused with
+//! SIGSTOP for longer than the lease time (they must be fenced: their partitions move, their
+//! late commits are refused), and cut off from the store (their answers from it lost). At the
+//! end every partition is read back from its leader and the history checker must find nothing
+//! acknowledged lost, duplicated, reordered or moved.
+//!
+//! The failover time of a partition is measured from the fault to the acknowledgement of its
+//! first record sent after the fault (what a client sees).
+//!
+//! CI runs bounded versions. The full run of issue 14 — 300,000 records, 12 partitions, 10
+//! kills (5 wiping the data directory), 3 pauses and 3 store cuts, through each discovery, on
+//! PostgreSQL and the S3 server — is one command (with `eval "$(scripts/services start)"` run
+//! first):
+//!
+//! ```text
+//! cargo test --release -p streamhouse-cli --all-features --test group -- --ignored --nocapture
+//! ```
+
+mod support;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use streamhouse::discovery::{Bootstrap, Discovery};
+use streamhouse::history::{History, Outcome, RecordId};
+use streamhouse::producer::{Acks, Producer, ProducerRecord};
+use streamhouse::transport::{Endpoint, Transport};
+use streamhouse_grpc::GrpcTransport;
+use streamhouse_metastore::{MetadataStore, StoreDiscovery};
+use support::AgentProcess;
+use support::proxy::{Jitter, TcpProxy};
+use tokio::time::Instant;
+
+const TOPIC: &str = "group";
+const GROUP: &str = "chaos";
+const AGENTS: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Storage {
+    /// SQLite and `file://` objects.
+    Embedded,
+    /// PostgreSQL and the S3 server; each agent reaches PostgreSQL through a proxy of its own
+    /// (so its link to the store can be cut).
+    Real,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Discover {
+    Bootstrap,
+    Store,
+}
+
+struct Plan {
+    storage: Storage,
+    discover: Discover,
+    partitions: u32,
+    records: u64,
+    kills: usize,
+    wipes: usize,
+    pauses: usize,
+    cuts: usize,
+    ttl: Duration,
+    duration: Duration,
+    seed: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Kill { wipe: bool },
+    Pause,
+    Cut,
+}
+
+/// One agent of the group: its data, its ports, its link to the store.
+struct Member {
+    id: u32,
+    data: PathBuf,
+    grpc_port: u16,
+    store_link: Option<TcpProxy>,
+    process: Option<AgentProcess>,
+}
+
+/// `postgres://user@host:port/db` → `host:port`.
+fn pg_addr(url: &str) -> SocketAddr {
+    let rest = url.split_once('@').unwrap().1;
+    rest.split_once('/').unwrap().0.parse().unwrap()
+}
+
+fn agent_args(plan: &Plan, id: u32, metadata: &str, objects: &str, s3: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "--id".to_owned(),
+        id.to_string(),
+        "--group".to_owned(),
+        GROUP.to_owned(),
+        "--lease-ttl".to_owned(),
+        format!("{}ms", plan.ttl.as_millis()),
+        "--topic".to_owned(),
+        format!("{TOPIC}:{}", plan.partitions),
+        "--metadata".to_owned(),
+        metadata.to_owned(),
+        "--objects".to_owned(),
+        objects.to_owned(),
+        "--flush-interval".to_owned(),
+        "20ms".to_owned(),
+    ];
+    args.extend_from_slice(s3);
+    args
+}
+
+/// Polls the store until every partition has a live lease holder (bounded).
+async fn until_all_led(store: &dyn MetadataStore, partitions: u32, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let view = store.group(GROUP).await.unwrap();
+        let led = (0..partitions)
+            .filter(|p| view.holder(TOPIC, *p).is_some())
+            .count();
+        if led == partitions as usize {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {led} of {partitions} partitions led after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Records a delivery's outcome, and when an acknowledged one was acknowledged.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    acks: &Mutex<BTreeMap<u32, Vec<(Instant, Instant)>>>,
+    history: &mut History,
+    id: RecordId,
+    partition: u32,
+    sent: Instant,
+    result: &Result<streamhouse::producer::RecordMetadata, streamhouse::producer::ProduceError>,
+    at: Instant,
+) {
+    if let Ok(meta) = result {
+        acks.lock()
+            .unwrap()
+            .entry(meta.partition)
+            .or_default()
+            .push((sent, at));
+    }
+    history.record(id, Outcome::of(partition, result));
+}
+
+/// What one run measured.
+struct Summary {
+    failovers: Vec<Duration>,
+    fenced_pauses: usize,
+}
+
+async fn group_chaos(plan: Plan) -> Summary {
+    let base = tempfile::tempdir().unwrap();
+    let (metadata, objects, s3) = match plan.storage {
+        Storage::Embedded => (
+            format!("sqlite://{}/meta.db", base.path().display()),
+            format!("file://{}/objects", base.path().display()),
+            Vec::new(),
+        ),
+        Storage::Real => {
+            let metadata = streamhouse_metastore::testing::fresh_postgres().await;
+            let (endpoint, bucket) = streamhouse_metastore::testing::s3();
+            let prefix = metadata.rsplit('/').next().unwrap().to_owned();
+            let s3 = [
+                "--s3-endpoint",
+                &endpoint,
+                "--s3-region",
+                "us-east-1",
+                "--s3-access-key-id",
+                "test",
+                "--s3-secret-access-key",
+                "test",
+            ]
+            .map(String::from)
+            .to_vec();
+            (metadata, format!("s3://{bucket}/{prefix}"), s3)
+        }
+    };
+    let store = streamhouse_metastore::open(&metadata).await.unwrap();
+    store.ensure_topic(TOPIC, plan.partitions).await.unwrap();
+
+    // Start the agents, each (on PostgreSQL) through its own proxy to the store.
+    let mut members = Vec::new();
+    for id in 1..=AGENTS {
+        let data = base.path().join(format!("agent-{id}"));
+        let (link, url) = match plan.storage {
+            Storage::Real => {
+                let proxy = TcpProxy::start(
+                    pg_addr(&metadata),
+                    Duration::ZERO,
+                    plan.seed + u64::from(id),
+                )
+                .await;
+                let url =
+                    metadata.replace(&pg_addr(&metadata).to_string(), &proxy.addr.to_string());
+                (Some(proxy), url)
+            }
+            Storage::Embedded => (None, metadata.clone()),
+        };
+        let args = agent_args(&plan, id, &url, &objects, &s3);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = AgentProcess::start(&data, 0, &args);
+        members.push(Member {
+            id,
+            data,
+            grpc_port: process.port,
+            store_link: link,
+            process: Some(process),
+        });
+    }
+    let args_of: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let url = match &m.store_link {
+                Some(proxy) => {
+                    metadata.replace(&pg_addr(&metadata).to_string(), &proxy.addr.to_string())
+                }
+                None => metadata.clone(),
+            };
+            agent_args(&plan, m.id, &url, &objects, &s3)
+        })
+        .collect();
+    until_all_led(store.as_ref(), plan.partitions, Duration::from_secs(30)).await;
+    let seeds: Vec<Endpoint> = members
+        .iter()
+        .map(|m| format!("grpc://127.0.0.1:{}", m.grpc_port).parse().unwrap())
+        .collect();
+
+    let discovery: Arc<dyn Discovery> = match plan.discover {
+        Discover::Bootstrap => Arc::new(
+            Bootstrap::new(GrpcTransport::default(), seeds.clone())
+                .timeout(Duration::from_millis(500)),
+        ),
+        Discover::Store => Arc::new(StoreDiscovery::new(store.clone(), GROUP, "grpc")),
+    };
+    let producer = Producer::builder(GrpcTransport::default(), discovery)
+        .acks(Acks::Durable)
+        .idempotence(true)
+        .batch_size(16 * 1024)
+        .linger(Duration::from_millis(2))
+        .request_timeout(Duration::from_secs(2))
+        .delivery_timeout(Duration::from_secs(120))
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build()
+        .unwrap();
+
+    // Who held what, sampled every 50 ms.
+    let samples: Arc<Mutex<Vec<(Instant, Vec<Option<u32>>)>>> = Arc::default();
+    let watcher = {
+        let (store, samples, partitions) = (store.clone(), samples.clone(), plan.partitions);
+        tokio::spawn(async move {
+            loop {
+                if let Ok(view) = store.group(GROUP).await {
+                    let holders = (0..partitions)
+                        .map(|p| view.holder(TOPIC, p).map(|l| l.id.agent_id))
+                        .collect();
+                    samples.lock().unwrap().push((Instant::now(), holders));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    // The faults, at evenly spread times, one after another.
+    let mut schedule: Vec<Fault> = Vec::new();
+    for k in 0..plan.kills {
+        schedule.push(Fault::Kill {
+            wipe: k * plan.wipes / plan.kills.max(1) != (k + 1) * plan.wipes / plan.kills.max(1),
+        });
+    }
+    schedule.extend(std::iter::repeat_n(Fault::Pause, plan.pauses));
+    schedule.extend(std::iter::repeat_n(Fault::Cut, plan.cuts));
+    let jitter = Jitter::new(plan.seed);
+    // Interleave the kinds: a seeded shuffle.
+    for i in (1..schedule.len()).rev() {
+        let j = (jitter.unit() * (i + 1) as f64) as usize % (i + 1);
+        schedule.swap(i, j);
+    }
+    let start = Instant::now();
+    let events = schedule.len();
+    let (ttl, duration) = (plan.ttl, plan.duration);
+    let fault_task = tokio::spawn(async move {
+        let mut done: Vec<(Instant, u32, Fault)> = Vec::new();
+        for (e, fault) in schedule.into_iter().enumerate() {
+            let at = start + duration.mul_f64((e + 1) as f64 / (events + 1) as f64);
+            tokio::time::sleep_until(at.max(Instant::now())).await;
+            let victim = (jitter.unit() * f64::from(AGENTS)) as usize % AGENTS as usize;
+            let member = &mut members[victim];
+            let now = Instant::now();
+            match fault {
+                Fault::Kill { wipe } => {
+                    let old = member.process.take().unwrap();
+                    let (data, port) = (member.data.clone(), member.grpc_port);
+                    let args = args_of[victim].clone();
+                    let down =
+                        Duration::from_millis(100) + jitter.delay(Duration::from_millis(400));
+                    member.process = Some(
+                        tokio::task::spawn_blocking(move || {
+                            old.kill();
+                            if wipe {
+                                std::fs::remove_dir_all(&data).unwrap();
+                            }
+                            std::thread::sleep(down);
+                            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                            AgentProcess::start(&data, port, &args)
+                        })
+                        .await
+                        .unwrap(),
+                    );
+                }
+                Fault::Pause => {
+                    let process = member.process.as_ref().unwrap();
+                    process.signal("STOP");
+                    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+                    process.signal("CONT");
+                }
+                Fault::Cut => {
+                    // The store link goes dark: requests still reach the store (and may take
+                    // effect), answers are lost; then every connection is cut.
+                    let link = member.store_link.as_ref().expect("a store link to cut");
+                    link.mute_answers();
+                    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+                    link.cut();
+                }
+            }
+            done.push((now, member.id, fault));
+        }
+        (members, done)
+    });
+
+    // Sends at an even rate; each acknowledgement is timed.
+    let acks: Arc<Mutex<BTreeMap<u32, Vec<(Instant, Instant)>>>> = Arc::default();
+    let mut pending = FuturesUnordered::new();
+    let mut history = History::new();
+    for seq in 0..plan.records {
+        let due = start + plan.duration.mul_f64(seq as f64 / plan.records as f64);
+        if due > Instant::now() + Duration::from_millis(2) {
+            tokio::time::sleep_until(due).await;
+        }
+        let id = RecordId::new(0, seq);
+        let key = format!("k{}", seq % 1009);
+        let value = id.value(40);
+        let record = ProducerRecord::new(TOPIC, &value).key(key.as_bytes());
+        let delivery = producer.send(record).await.unwrap();
+        let sent = Instant::now();
+        let partition = delivery.partition();
+        pending.push(async move { (id, partition, sent, delivery.await, Instant::now()) });
+        while let Some(Some((id, partition, sent, result, at))) =
+            futures_util::FutureExt::now_or_never(pending.next())
+        {
+            settle(&acks, &mut history, id, partition, sent, &result, at);
+        }
+    }
+    while let Some((id, partition, sent, result, at)) = pending.next().await {
+        settle(&acks, &mut history, id, partition, sent, &result, at);
+    }
+    let stats = producer.stats();
+    producer.close(Duration::from_secs(10)).await.unwrap();
+    drop(producer);
+    let (members, faults) = fault_task.await.unwrap();
+    watcher.abort();
+
+    // Read every partition back from its leader.
+    until_all_led(store.as_ref(), plan.partitions, Duration::from_secs(30)).await;
+    let view = store.group(GROUP).await.unwrap();
+    let transport = GrpcTransport::default();
+    let mut logs = Vec::new();
+    for partition in 0..plan.partitions {
+        let leader = view.holder(TOPIC, partition).unwrap().id.agent_id;
+        let endpoint: Endpoint = view
+            .live()
+            .find(|a| a.agent_id == leader)
+            .unwrap()
+            .endpoints
+            .iter()
+            .find(|e| e.starts_with("grpc://"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let connection = transport.connect(&endpoint).await.unwrap();
+        let records = streamhouse::reader::PartitionReader::new(connection, TOPIC, partition, 0)
+            .read_to_end()
+            .await
+            .unwrap_or_else(|e| panic!("reading partition {partition} from agent {leader}: {e}"));
+        logs.push((partition, records));
+    }
+    let report = history.check(logs);
+    let (acked, failed, unknown) = history.outcomes();
+
+    // Failover: per fault, per partition its victim held just before it, the time to the
+    // acknowledgement of that partition's first record sent after the fault.
+    let samples = samples.lock().unwrap();
+    let acks = acks.lock().unwrap();
+    let mut failovers = Vec::new();
+    let mut fenced_pauses = 0;
+    for (at, victim, fault) in &faults {
+        let Some((_, holders)) = samples.iter().rev().find(|(t, _)| t < at) else {
+            continue;
+        };
+        let held: Vec<u32> = (0..plan.partitions)
+            .filter(|p| holders[*p as usize] == Some(*victim))
+            .collect();
+        if matches!(fault, Fault::Pause) {
+            // Fenced: during the pause some of its partitions went to another agent.
+            let moved = samples.iter().any(|(t, hs)| {
+                t > at
+                    && *t < *at + ttl + Duration::from_secs(1)
+                    && held
+                        .iter()
+                        .any(|p| hs[*p as usize].is_some_and(|h| h != *victim))
+            });
+            fenced_pauses += usize::from(moved);
+        }
+        for p in held {
+            if let Some((_, acked_at)) = acks.get(&p).and_then(|list| {
+                list.iter()
+                    .filter(|(sent, _)| sent >= at)
+                    .min_by_key(|(s, _)| *s)
+            }) {
+                failovers.push(*acked_at - *at);
+            }
+        }
+    }
+    failovers.sort();
+    let pct = |q: f64| {
+        failovers
+            .get(((failovers.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or_default()
+    };
+    let agents_stats = members.len();
+    println!(
+        "group chaos ({:?}, {:?} discovery, {} agents, {} partitions, lease {:?}): {} faults \
+         ({} kills of which {} wiped, {} pauses, {} store cuts); {} records: {acked} acked, \
+         {failed} failed, {unknown} unknown; {} requests, {} request retries, {} batch \
+         retries, {} duplicate answers; failover over {} partition moves: p50 {:?}, p99 {:?}, \
+         max {:?}; pauses fenced: {fenced_pauses}/{}\n{report}",
+        plan.storage,
+        plan.discover,
+        agents_stats,
+        plan.partitions,
+        plan.ttl,
+        faults.len(),
+        plan.kills,
+        plan.wipes,
+        plan.pauses,
+        plan.cuts,
+        plan.records,
+        stats.requests,
+        stats.request_retries,
+        stats.retries,
+        stats.duplicates,
+        failovers.len(),
+        pct(0.5),
+        pct(0.99),
+        failovers.last().copied().unwrap_or_default(),
+        plan.pauses,
+    );
+    assert_eq!(
+        faults.len(),
+        plan.kills + plan.pauses + plan.cuts,
+        "every fault happened"
+    );
+    assert!(report.is_clean(), "history violations:\n{report}");
+    assert_eq!(acked + failed + unknown, plan.records);
+    assert_eq!(
+        failed + unknown,
+        0,
+        "every record was acknowledged within the delivery timeout"
+    );
+    for member in members {
+        if let Some(process) = member.process {
+            assert!(
+                process.terminate(),
+                "agent {} exits cleanly on SIGTERM",
+                member.id
+            );
+        }
+    }
+    Summary {
+        failovers,
+        fenced_pauses,
+    }
+}
+
+/// Bounded (CI): 3 agents on SQLite and files, 30,000 records, 2 kills (1 wiping), through
+/// Bootstrap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_on_sqlite_survives_kills() {
+    group_chaos(Plan {
+        storage: Storage::Embedded,
+        discover: Discover::Bootstrap,
+        partitions: 6,
+        records: 30_000,
+        kills: 2,
+        wipes: 1,
+        pauses: 0,
+        cuts: 0,
+        ttl: Duration::from_secs(2),
+        duration: Duration::from_secs(8),
+        seed: 41,
+    })
+    .await;
+}
+
+/// Bounded (CI): 3 agents on PostgreSQL and S3, through the store's discovery, with a kill, a
+/// pause past the lease time and a store cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_on_postgres_survives_a_kill_a_pause_and_a_store_cut() {
+    let summary = group_chaos(Plan {
+        storage: Storage::Real,
+        discover: Discover::Store,
+        partitions: 6,
+        records: 30_000,
+        kills: 1,
+        wipes: 1,
+        pauses: 1,
+        cuts: 1,
+        ttl: Duration::from_secs(2),
+        duration: Duration::from_secs(12),
+        seed: 42,
+    })
+    .await;
+    assert_eq!(
+        summary.fenced_pauses, 1,
+        "the paused leader lost its partitions"
+    );
+}
+
+/// The failover run of issue 14, through each discovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: 300,000 records, 10 kills, 3 pauses, 3 store cuts per discovery"]
+async fn full_group_failover_run() {
+    for (discover, seed) in [(Discover::Bootstrap, 51), (Discover::Store, 52)] {
+        let ttl = Duration::from_secs(3);
+        let summary = group_chaos(Plan {
+            storage: Storage::Real,
+            discover,
+            partitions: 12,
+            records: 300_000,
+            kills: 10,
+            wipes: 5,
+            pauses: 3,
+            cuts: 3,
+            ttl,
+            duration: Duration::from_secs(90),
+            seed,
+        })
+        .await;
+        assert_eq!(
+            summary.fenced_pauses, 3,
+            "every paused leader lost its partitions"
+        );
+        let p99 = summary.failovers
+            [((summary.failovers.len() as f64 * 0.99).ceil() as usize).saturating_sub(1)];
+        println!("failover p99 {p99:?} (goal: lease {ttl:?} + 1 s)");
+    }
+}
