@@ -76,7 +76,9 @@ impl SqlStore {
             "INSERT INTO sh_agents (group_name, agent_id, endpoints, heartbeat_ms, expires_ms, \
              started_ms) VALUES ($1, $2, $3, $4, $5, $4)
              ON CONFLICT (group_name, agent_id) DO UPDATE SET endpoints = excluded.endpoints,
-             heartbeat_ms = excluded.heartbeat_ms, expires_ms = excluded.expires_ms",
+             heartbeat_ms = excluded.heartbeat_ms, expires_ms = excluded.expires_ms,
+             started_ms = CASE WHEN sh_agents.expires_ms < excluded.heartbeat_ms
+                          THEN excluded.heartbeat_ms ELSE sh_agents.started_ms END",
         )
         .bind(group)
         .bind(i64::from(agent_id))
@@ -103,7 +105,7 @@ impl SqlStore {
         let mut tx = self.pool().begin().await?;
         let now_ms = self.now(&mut tx).await?;
         let agents = sqlx::query(
-            "SELECT agent_id, endpoints, heartbeat_ms, expires_ms FROM sh_agents
+            "SELECT agent_id, endpoints, heartbeat_ms, expires_ms, started_ms FROM sh_agents
              WHERE group_name = $1 ORDER BY agent_id",
         )
         .bind(group)
@@ -117,6 +119,7 @@ impl SqlStore {
                 endpoints: endpoints.split_whitespace().map(str::to_owned).collect(),
                 heartbeat_ms: row.try_get(2)?,
                 expires_ms: row.try_get(3)?,
+                live_since_ms: row.try_get(4)?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

@@ -145,6 +145,9 @@ pub struct AgentRecord {
     pub heartbeat_ms: i64,
     /// When it counts as gone unless it heartbeats again (store clock).
     pub expires_ms: i64,
+    /// Since when it has been live without a lapse (store clock): its registration, or its
+    /// first heartbeat after its registration ran out (a paused agent that came back).
+    pub live_since_ms: i64,
 }
 
 /// A group as the store sees it, at one instant of the store's clock.

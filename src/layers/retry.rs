@@ -55,8 +55,8 @@ impl Backoff {
 /// Retries when the error is retriable by kind — a [`TransportError`] whose
 /// [`is_retriable`](TransportError::is_retriable) holds, or tower's timeout — and never past
 /// [`Request::deadline`]: a retry that could not start before it is not attempted. Responses
-/// are never retried here (per-batch codes are the sender's business). Without a deadline,
-/// `max_retries` bounds the attempts.
+/// are never retried here (per-batch codes are the sender's business). `max_retries` bounds
+/// the attempts too, deadline or not.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     backoff: Backoff,
@@ -68,7 +68,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Retries with `backoff`, at most 10 times when a request has no deadline.
+    /// Retries with `backoff`, at most 10 times.
     pub fn new(backoff: Backoff) -> RetryPolicy {
         RetryPolicy {
             backoff,
@@ -80,7 +80,7 @@ impl RetryPolicy {
         }
     }
 
-    /// Bounds retries of requests that carry no deadline.
+    /// Bounds the retries of one request (its deadline may end them sooner).
     #[must_use]
     pub fn max_retries(mut self, max_retries: u32) -> RetryPolicy {
         self.max_retries = max_retries;
@@ -127,10 +127,10 @@ impl Policy<Request, Response, BoxError> for RetryPolicy {
         }
         let delay = self.backoff.jittered(self.attempt, self.rng.unit());
         let start = Instant::now() + delay;
-        match request.deadline {
-            Some(deadline) if start >= deadline => return None,
-            None if self.attempt >= self.max_retries => return None,
-            _ => {}
+        if self.attempt >= self.max_retries
+            || request.deadline.is_some_and(|deadline| start >= deadline)
+        {
+            return None;
         }
         self.attempt += 1;
         if let Some(counter) = &self.retried {

@@ -128,7 +128,11 @@ impl Sender {
         rng: Rng,
     ) -> Sender {
         let backoff = Backoff::new(inner.config.retry_backoff, inner.config.retry_backoff_max);
+        // A request is retried here a few times on its connection; past that the sender
+        // takes its batches back, asks discovery again and may send them elsewhere (the
+        // partition may have moved to another agent of a group).
         let mut retry = RetryPolicy::new(backoff)
+            .max_retries(MAX_REQUEST_RETRIES)
             .with_seed(rng.next_u64())
             .with_counter(inner.counters.request_retries.clone());
         if at_most_once(&inner) {
@@ -749,6 +753,10 @@ async fn produce(
     }
 }
 
+/// Retries of one request by the transport retry layer before its batches go back to the
+/// sender (which retries them until their delivery timeout, rerouting as metadata changes).
+const MAX_REQUEST_RETRIES: u32 = 2;
+
 /// Collects the consequences of one answered request, then applies them under one lock.
 struct Settlement<'a> {
     inner: &'a Inner,
@@ -983,6 +991,7 @@ impl<'a> Settlement<'a> {
                 .get(&topic)
                 .and_then(|entry| with_leader(&entry.metadata, partition, &leader));
             if let Some(patched) = patched {
+                Counters::add(&self.inner.counters.reroutes, 1);
                 state.set_metadata(Arc::new(patched));
                 // Discovery's copy is stale too: the next refresh asks afresh. The patched
                 // route is used meanwhile.

@@ -15,6 +15,7 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     pub(crate) throttled: AtomicU64,
     pub(crate) duplicates: AtomicU64,
+    pub(crate) reroutes: AtomicU64,
     /// Shared with the transport retry layer's policy.
     pub(crate) request_retries: Arc<AtomicU64>,
 }
@@ -36,6 +37,7 @@ impl Counters {
             retries: get(&self.retries),
             throttled: get(&self.throttled),
             duplicates: get(&self.duplicates),
+            reroutes: get(&self.reroutes),
             request_retries: get(&self.request_retries),
         }
     }
@@ -67,6 +69,9 @@ pub struct ProducerStats {
     /// Batches the agent answered `DUPLICATE_SEQUENCE`: a retry of a batch it had already
     /// appended (an earlier answer was lost), resolved with the original offset.
     pub duplicates: u64,
+    /// Partitions sent to another agent at once because a `NOT_LEADER` answer named the new
+    /// leader (agent groups), without waiting for discovery.
+    pub reroutes: u64,
     /// Requests sent again by the transport retry layer after a retriable transport error or
     /// a timeout (connection lost, agent unreachable).
     pub request_retries: u64,

@@ -35,7 +35,8 @@ pub struct Holding {
 pub struct Plan {
     /// Partitions this agent should lead and that are free: try to take them.
     pub take: Vec<Key>,
-    /// Partitions it leads that another live agent ranks first for: flush and give them up.
+    /// Partitions it leads that another agent, live for a while, ranks first for: flush and
+    /// give them up.
     pub give: Vec<Key>,
 }
 
@@ -135,6 +136,17 @@ impl LeaseTable {
         self.held.remove(key)
     }
 
+    /// Whether `agent` has been live long enough to be handed partitions: twice the lease
+    /// time. An agent that joins (or comes back from a pause) takes free partitions at once,
+    /// but held ones move to it only once it has stayed up, so a flapping agent does not drag
+    /// partitions back and forth.
+    fn settled(&self, view: &GroupView, agent: u32) -> bool {
+        let settle = i64::try_from((self.ttl * 2).as_millis()).unwrap_or(i64::MAX);
+        view.live()
+            .find(|a| a.agent_id == agent)
+            .is_some_and(|a| view.now_ms - a.live_since_ms >= settle)
+    }
+
     /// Which agent should lead each partition: [`assign`] over the live agents of `view`,
     /// this agent counted live.
     pub fn owners(&self, view: &GroupView, topics: &[(String, u32)]) -> Owners<(String, u32), u32> {
@@ -165,7 +177,10 @@ impl LeaseTable {
                     if free {
                         plan.take.push(key);
                     }
-                } else if owner != Some(self.me) && held {
+                } else if held
+                    && let Some(owner) = owner.filter(|o| *o != self.me)
+                    && self.settled(view, owner)
+                {
                     plan.give.push(key);
                 }
             }
@@ -189,6 +204,7 @@ mod tests {
                     endpoints: vec![],
                     heartbeat_ms: now_ms,
                     expires_ms: now_ms + 5_000,
+                    live_since_ms: now_ms - 60_000,
                 })
                 .collect(),
             leases: leases
@@ -258,6 +274,21 @@ mod tests {
         let give = table.plan(&view(0, &[1, 2], &[]), &topics).give;
         assert!(!give.contains(&mine));
         assert_eq!(give.len(), 12 - plan.take.len());
+    }
+
+    #[test]
+    fn held_partitions_move_to_an_agent_only_once_it_has_stayed_up() {
+        let topics = [("t".to_owned(), 12)];
+        let mut table = LeaseTable::new(1, Duration::from_secs(5));
+        for p in 0..12 {
+            table.took((Arc::from("t"), p), 1, Instant::now());
+        }
+        // Agent 2 came back 3 s ago (less than twice the lease time): nothing is given yet.
+        let mut back = view(100_000, &[1, 2], &[]);
+        back.agents[1].live_since_ms = 97_000;
+        assert!(table.plan(&back, &topics).give.is_empty());
+        back.agents[1].live_since_ms = 89_000;
+        assert_eq!(table.plan(&back, &topics).give.len(), 6);
     }
 
     #[test]

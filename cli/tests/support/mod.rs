@@ -42,7 +42,15 @@ impl AgentProcess {
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("AGENT_STDERR") {
+                // Debugging: the agents' logs, appended to this file.
+                Some(path) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_or_else(|_| Stdio::null(), Stdio::from),
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("agent starts");
         let listeners = 1 + usize::from(extra.contains(&"--quic"));
