@@ -168,6 +168,15 @@ struct Summary {
 }
 
 async fn group_chaos(plan: Plan) -> Summary {
+    if let Some(path) = std::env::var_os("PRODUCER_LOG") {
+        // The producer's own account (debug), to read next to the agents' (AGENT_STDERR).
+        let file = std::fs::File::create(path).unwrap();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("streamhouse=trace")
+            .with_ansi(false)
+            .with_writer(Mutex::new(file))
+            .try_init();
+    }
     let base = tempfile::tempdir().unwrap();
     let (metadata, objects, s3) = match plan.storage {
         Storage::Embedded => (

@@ -65,6 +65,7 @@ pub struct RetryPolicy {
     rng: Arc<Rng>,
     retried: Option<Arc<AtomicU64>>,
     at_most_once: bool,
+    retry_timeouts: bool,
 }
 
 impl RetryPolicy {
@@ -77,6 +78,7 @@ impl RetryPolicy {
             rng: Arc::new(Rng::from_entropy()),
             retried: None,
             at_most_once: false,
+            retry_timeouts: true,
         }
     }
 
@@ -103,6 +105,16 @@ impl RetryPolicy {
         self
     }
 
+    /// Never retries a request whose attempt timed out: the caller learns at once. An agent
+    /// that does not answer within the request timeout is more likely stopped or cut off than
+    /// slow, and the producer's sender would rather ask discovery again (a group may have
+    /// moved the partition) than spend two more timeouts on the same agent.
+    #[must_use]
+    pub fn without_timeout_retries(mut self) -> RetryPolicy {
+        self.retry_timeouts = false;
+        self
+    }
+
     /// Seeds the jitter, for repeatable tests.
     #[must_use]
     pub fn with_seed(mut self, seed: u64) -> RetryPolicy {
@@ -122,6 +134,7 @@ impl Policy<Request, Response, BoxError> for RetryPolicy {
         let error = result.as_ref().err()?;
         if !is_retriable(error.as_ref())
             || (self.at_most_once && may_have_been_applied(error.as_ref()))
+            || (!self.retry_timeouts && is_timeout(error.as_ref()))
         {
             return None;
         }
@@ -150,6 +163,15 @@ pub(crate) fn is_retriable(error: &(dyn std::error::Error + 'static)) -> bool {
         return e.is_retriable();
     }
     error.is::<tower::timeout::error::Elapsed>()
+}
+
+/// Whether the attempt ran out of time (tower's timeout layer, or the transport's own).
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.is::<tower::timeout::error::Elapsed>()
+        || matches!(
+            error.downcast_ref::<TransportError>(),
+            Some(TransportError::Timeout)
+        )
 }
 
 /// Whether a layered connection's error leaves open that the agent applied the request
@@ -251,6 +273,23 @@ mod tests {
             .retry(policy().max_retries(2))
             .service(svc);
         svc.oneshot(request(None)).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_timeout_retries_a_timed_out_attempt_comes_back_at_once() {
+        let (svc, calls) = flaky(u32::MAX, || TransportError::Timeout);
+        let svc = ServiceBuilder::new()
+            .retry(policy().without_timeout_retries())
+            .service(svc);
+        svc.oneshot(request(None)).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Other retriable failures are still retried.
+        let (svc, calls) = flaky(2, || TransportError::Unavailable(None));
+        let svc = ServiceBuilder::new()
+            .retry(policy().without_timeout_retries())
+            .service(svc);
+        svc.oneshot(request(None)).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 

@@ -128,11 +128,12 @@ impl Sender {
         rng: Rng,
     ) -> Sender {
         let backoff = Backoff::new(inner.config.retry_backoff, inner.config.retry_backoff_max);
-        // A request is retried here a few times on its connection; past that the sender
-        // takes its batches back, asks discovery again and may send them elsewhere (the
-        // partition may have moved to another agent of a group).
+        // A request is retried here a few times on its connection; past that — or at once
+        // when it timed out — the sender takes its batches back, asks discovery again and may
+        // send them elsewhere (the partition may have moved to another agent of a group).
         let mut retry = RetryPolicy::new(backoff)
             .max_retries(MAX_REQUEST_RETRIES)
+            .without_timeout_retries()
             .with_seed(rng.next_u64())
             .with_counter(inner.counters.request_retries.clone());
         if at_most_once(&inner) {
@@ -394,7 +395,8 @@ impl Sender {
                             self.retry.clone(),
                         ));
                     }
-                    Err(_) => {
+                    Err(error) => {
+                        tracing::debug!(%endpoint, %error, "cannot connect to the agent");
                         let delay = self.backoff.jittered(agent.failures, self.rng.unit());
                         agent.failures = agent.failures.saturating_add(1);
                         agent.conn = Conn::Waiting(now + delay);
@@ -406,10 +408,16 @@ impl Sender {
             }
             Event::Metadata { topic, result } => match result {
                 Ok(metadata) => {
+                    tracing::debug!(
+                        %topic,
+                        leaders = ?metadata.leaders().iter().map(|l| l.agent_id).collect::<Vec<_>>(),
+                        "metadata"
+                    );
                     self.refreshing.remove(&topic);
                     self.inner.lock().set_metadata(metadata);
                 }
-                Err(_) => {
+                Err(error) => {
+                    tracing::debug!(%topic, %error, "metadata lookup failed");
                     let delay = self.backoff.jittered(0, self.rng.unit());
                     self.refreshing.insert(topic, Some(now + delay));
                 }
@@ -453,7 +461,26 @@ impl Sender {
         }
         match outcome {
             RequestOutcome::Answered(response) if response.results.len() == sent.len() => {
+                tracing::trace!(
+                    %endpoint,
+                    answers = ?sent
+                        .iter()
+                        .zip(&response.results)
+                        .map(|(b, r)| (b.partition, b.attempts, r.error_code))
+                        .collect::<Vec<_>>(),
+                    "request answered"
+                );
                 for (batch, result) in sent.into_iter().zip(response.results) {
+                    if result.error_code != 0 {
+                        tracing::debug!(
+                            %endpoint,
+                            partition = batch.partition,
+                            code = ?ErrorCode::from_wire(result.error_code),
+                            leader = ?result.leader.as_ref().map(|l| l.id),
+                            attempts = batch.attempts,
+                            "batch refused"
+                        );
+                    }
                     if let Some(leader) = result.leader {
                         settle.named_leader(&batch, result.error_code, leader);
                     }
@@ -477,11 +504,13 @@ impl Sender {
                 }
             }
             RequestOutcome::Failed { error, retriable } => {
+                tracing::debug!(%endpoint, %error, retriable, batches = sent.len(), "request failed");
                 for batch in sent {
                     settle.transport_failure(batch, &error, retriable);
                 }
             }
             RequestOutcome::DeadlinePassed => {
+                tracing::debug!(%endpoint, batches = sent.len(), "request past its deadline");
                 let at_most_once = at_most_once(&self.inner);
                 for mut batch in sent {
                     batch.maybe_applied = true;
@@ -639,6 +668,11 @@ fn spawn_request(
         .map(|b| Instant::from_std(b.created + config.delivery_timeout))
         .min()
         .unwrap_or_else(|| Instant::now() + config.delivery_timeout);
+    tracing::trace!(
+        %endpoint,
+        batches = ?batches.iter().map(|b| (b.partition, b.attempts)).collect::<Vec<_>>(),
+        "request sent"
+    );
     let refs = batches
         .iter()
         .map(|b| {

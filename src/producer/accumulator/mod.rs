@@ -107,6 +107,19 @@ struct PartitionQueue {
     producer_id: Option<i64>,
 }
 
+impl PartitionQueue {
+    /// Whether a lingered open batch is sealed now. Not while the partition has a request in
+    /// flight or sealed batches waiting (a backoff, an agent being dialled, a leader being
+    /// looked up): the open batch keeps filling up to `batch_size` and is sealed when the
+    /// partition can send again, as Kafka's accumulator appends to the last batch until it is
+    /// drained. Sealing on linger regardless would queue a stalled partition's records in
+    /// batches of a few records each, and a failover would then drain thousands of tiny
+    /// batches, five per request.
+    fn seals_on_linger(&self) -> bool {
+        !self.muted && self.sealed.is_empty()
+    }
+}
+
 /// A topic's index in the accumulator: the per-record path finds its queues without hashing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct TopicId(usize);
@@ -361,6 +374,7 @@ impl Accumulator {
             for (p, queue) in topic.partitions.iter_mut().enumerate() {
                 if let Some(open) = &queue.open
                     && open.created + linger <= now
+                    && queue.seals_on_linger()
                 {
                     to_seal.push((TopicId(id), p as u32));
                 }
@@ -433,7 +447,9 @@ impl Accumulator {
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for topic in &self.topics {
             for queue in &topic.partitions {
-                if let Some(open) = &queue.open {
+                if let Some(open) = &queue.open
+                    && queue.seals_on_linger()
+                {
                     consider(open.created + linger);
                 }
                 if let Some(head) = queue.sealed.front() {

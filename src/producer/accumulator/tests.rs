@@ -502,3 +502,44 @@ fn pooled_buffers_count_against_buffer_memory() {
     acc.recycle(bytes::BytesMut::with_capacity(100));
     assert!(acc.pool.is_empty());
 }
+
+/// Found by the group chaos test: a partition whose leader was away queued its records in
+/// batches of one or two (each sealed at linger), and on failover drained them five per
+/// request for many seconds. While a partition cannot send, its open batch keeps filling.
+#[test]
+fn a_stalled_partition_keeps_filling_its_open_batch_past_linger() {
+    let (mut acc, _) = accumulator(AccumulatorConfig {
+        delivery_timeout: 10_000 * MS,
+        ..config()
+    });
+    let t0 = Instant::now();
+    push(&mut acc, 0, 10, t0).unwrap();
+    acc.expire(t0 + 5 * MS);
+    // In flight: the next records share one batch, however long the request takes.
+    let first = acc.drain("t", 0, usize::MAX, t0 + 5 * MS);
+    assert_eq!(first.len(), 1);
+    for k in 1..=20 {
+        push(&mut acc, 0, 10, t0 + k * 5 * MS).unwrap();
+        assert!(acc.expire(t0 + k * 5 * MS).is_empty());
+        assert!(
+            acc.next_deadline(t0 + k * 5 * MS)
+                .is_none_or(|d| d > t0 + k * 5 * MS),
+            "a lingered batch of a muted partition is no deadline (the sender would spin)"
+        );
+    }
+    assert!(ready_partitions(&acc, t0 + 100 * MS).is_empty());
+    // The request failed and went back behind a backoff: still one open batch growing.
+    acc.requeue(first, Some(t0 + 200 * MS), t0 + 100 * MS);
+    acc.unmute("t", 0);
+    push(&mut acc, 0, 10, t0 + 150 * MS).unwrap();
+    acc.expire(t0 + 150 * MS);
+    assert_eq!(acc.next_deadline(t0 + 150 * MS), Some(t0 + 200 * MS));
+    // The backoff over: the retried batch goes first, then the open batch is sealed whole.
+    let retried = acc.drain("t", 0, usize::MAX, t0 + 200 * MS);
+    assert_eq!(retried.len(), 1);
+    acc.unmute("t", 0);
+    acc.expire(t0 + 210 * MS);
+    let rest = acc.drain("t", 0, usize::MAX, t0 + 210 * MS);
+    assert_eq!(rest.len(), 1, "21 records in one batch");
+    assert_eq!(rest[0].record_count, 21);
+}
