@@ -45,7 +45,13 @@
 //! | `streamhouse_corrupt_reads_total` | | fetches refused for a corrupt stored batch |
 //! | `streamhouse_recovery_truncated_bytes_total` | | torn-tail bytes cut at start (kept in `quarantine/`) |
 //! | `streamhouse_recovery_quarantined_bytes_total` | | bytes moved into `quarantine/` after a break |
-//! | `streamhouse_partitions_fenced_total` | | partitions that started fenced (a `BROKEN` note) |
+//! | `streamhouse_partitions_fenced_total` | | partitions fenced: a `BROKEN` note at start, or a commit refused (lease lost, another writer) |
+//! | `streamhouse_lease_acquisitions_total` | | partition leases taken (`--group`) |
+//! | `streamhouse_lease_losses_total` | | leases lost: run out before a renewal landed, refused at renewal, or fenced at a commit |
+//! | `streamhouse_lease_handovers_total` | | leases given up to the partition's new owner (flushed, released) |
+//! | `streamhouse_leases_held` | | partition leases this agent holds (gauge) |
+//! | `streamhouse_failover_seconds` | | at a takeover from another agent, how long the partition had no leader (store clock) |
+//! | `streamhouse_fenced_commits_total` | | object commits the store refused because the lease's epoch moved on |
 //!
 //! `PRODUCER_STATE_FULL` refusals (a partition tracking `producer_limits.max_producers`
 //! producers, none idle) show in `streamhouse_errors_total{code="ERROR_CODE_PRODUCER_STATE_FULL"}`.

@@ -387,16 +387,28 @@ impl Shared {
     }
 
     pub(crate) async fn metadata(self: &Arc<Self>, request: &MetadataRequest) -> MetadataResponse {
+        // A group member cut off from the store knows no leaders any more: it says so
+        // (retriable) for every topic it knows, and `Bootstrap` asks another seed.
+        let stale = self.group.as_ref().and_then(|g| g.stale());
+        let describe =
+            |name: &str, topic: Result<Arc<crate::topics::Topic>, Rejection>| match (topic, &stale)
+            {
+                (Ok(_), Some(message)) => self.describe(
+                    name,
+                    Err(Rejection::new(ErrorCode::Unavailable, message.clone())),
+                ),
+                (topic, _) => self.describe(name, topic),
+            };
         let topics: Vec<TopicMetadata> = if request.topics.is_empty() {
             self.topics
                 .all()
                 .iter()
-                .map(|t| self.describe(&t.name, Ok(t.clone())))
+                .map(|t| describe(&t.name, Ok(t.clone())))
                 .collect()
         } else {
             let mut described = Vec::with_capacity(request.topics.len());
             for name in &request.topics {
-                described.push(self.describe(name, self.topic(name).await));
+                described.push(describe(name, self.topic(name).await));
             }
             described
         };

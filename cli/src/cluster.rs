@@ -4,6 +4,8 @@
 
 use anyhow::Context;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -37,14 +39,24 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for lease in view.leases.iter().filter(|l| l.expires_ms > now) {
         *held.entry(lease.id.agent_id).or_default() += 1;
     }
+    let mut out = String::new();
+    // Written at the end in one piece; a closed pipe (`| head`) is no error.
+    macro_rules! emit {
+        ($($arg:tt)*) => {{
+            let _ = writeln!(out, $($arg)*);
+        }};
+    }
     let live = view.live().count();
-    println!(
+    emit!(
         "group {group}: {live} live agent(s) of {} registered",
         view.agents.len()
     );
-    println!(
+    emit!(
         "{:>6}  {:<5}  {:>10}  {:>6}  endpoints",
-        "agent", "state", "heartbeat", "leases"
+        "agent",
+        "state",
+        "heartbeat",
+        "leases"
     );
     for agent in &view.agents {
         let state = if agent.expires_ms > now {
@@ -52,7 +64,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         } else {
             "gone"
         };
-        println!(
+        emit!(
             "{:>6}  {:<5}  {:>10}  {:>6}  {}",
             agent.agent_id,
             state,
@@ -61,10 +73,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             agent.endpoints.join(" ")
         );
     }
-    println!();
-    println!(
+    out.push('\n');
+    emit!(
         "{:<24} {:>4}  {:>6}  {:>6}  {:>10}  {:>14}  {:>14}  {:>8}",
-        "topic", "part", "leader", "epoch", "expires", "high watermark", "local end", "lag"
+        "topic",
+        "part",
+        "leader",
+        "epoch",
+        "expires",
+        "high watermark",
+        "local end",
+        "lag"
     );
     for topic in &topics {
         for partition in 0..topic.partitions {
@@ -103,11 +122,29 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     "-".into(),
                 ),
             };
-            println!(
+            emit!(
                 "{:<24} {:>4}  {:>6}  {:>6}  {:>10}  {:>14}  {:>14}  {:>8}",
-                topic.name, partition, leader, epoch, expires, hw, end, lag
+                topic.name,
+                partition,
+                leader,
+                epoch,
+                expires,
+                hw,
+                end,
+                lag
             );
         }
     }
-    Ok(())
+    emit!(
+        "(local end: the leader's local log end at its last lease renewal; lag: how much of it \
+         is not yet in object storage)"
+    );
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

@@ -133,6 +133,50 @@ async fn until_all_led(store: &dyn MetadataStore, partitions: u32, within: Durat
     }
 }
 
+/// A partition's records, read from its current leader; a leader that refuses (it is still
+/// opening a partition it just took) is asked again, with the leader looked up afresh, for at
+/// most 30 s.
+async fn read_partition(
+    store: &dyn MetadataStore,
+    partition: u32,
+) -> Vec<streamhouse::batch::Record> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let transport = GrpcTransport::default();
+    loop {
+        let view = store.group(GROUP).await.unwrap();
+        let leader = view.holder(TOPIC, partition).map(|l| l.id.agent_id);
+        let endpoint = leader.and_then(|leader| {
+            view.live()
+                .find(|a| a.agent_id == leader)?
+                .endpoints
+                .iter()
+                .find(|e| e.starts_with("grpc://"))?
+                .parse::<Endpoint>()
+                .ok()
+        });
+        let result = match endpoint {
+            Some(endpoint) => match transport.connect(&endpoint).await {
+                Ok(connection) => {
+                    streamhouse::reader::PartitionReader::new(connection, TOPIC, partition, 0)
+                        .read_to_end()
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            None => Err("no live leader".to_owned()),
+        };
+        match result {
+            Ok(records) => return records,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "reading partition {partition} from agent {leader:?}: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Who held each partition (agent, epoch) at a moment, as the watcher sampled it.
 type Samples = Vec<(Instant, Vec<Option<(u32, i64)>>)>;
 
@@ -387,29 +431,11 @@ async fn group_chaos(plan: Plan) -> Summary {
     let (members, faults) = fault_task.await.unwrap();
     watcher.abort();
 
-    // Read every partition back from its leader.
-    until_all_led(store.as_ref(), plan.partitions, Duration::from_secs(30)).await;
-    let view = store.group(GROUP).await.unwrap();
-    let transport = GrpcTransport::default();
+    // Read every partition back from its leader (the last rebalances may still be settling: a
+    // lease just taken is served once the partition is open, so a refusal is retried).
     let mut logs = Vec::new();
     for partition in 0..plan.partitions {
-        let leader = view.holder(TOPIC, partition).unwrap().id.agent_id;
-        let endpoint: Endpoint = view
-            .live()
-            .find(|a| a.agent_id == leader)
-            .unwrap()
-            .endpoints
-            .iter()
-            .find(|e| e.starts_with("grpc://"))
-            .unwrap()
-            .parse()
-            .unwrap();
-        let connection = transport.connect(&endpoint).await.unwrap();
-        let records = streamhouse::reader::PartitionReader::new(connection, TOPIC, partition, 0)
-            .read_to_end()
-            .await
-            .unwrap_or_else(|e| panic!("reading partition {partition} from agent {leader}: {e}"));
-        logs.push((partition, records));
+        logs.push((partition, read_partition(store.as_ref(), partition).await));
     }
     let report = history.check(logs);
     let (acked, failed, unknown) = history.outcomes();
@@ -613,5 +639,92 @@ async fn full_group_failover_run() {
         println!(
             "failover p99 {p99:?} (goal: lease {ttl:?} + 1 s); slowest takeover in the store {taken:?}"
         );
+    }
+}
+
+/// `streamhouse cluster status` against a group of two: both agents live, every partition led
+/// by one of them with the leases split; and with its reader gone (`| head`) it still exits
+/// cleanly (it panicked on the broken pipe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_shows_agents_leases_and_survives_a_closed_pipe() {
+    let base = tempfile::tempdir().unwrap();
+    let metadata = format!("sqlite://{}/meta.db", base.path().display());
+    let objects = format!("file://{}/objects", base.path().display());
+    let store = streamhouse_metastore::open(&metadata).await.unwrap();
+    store.ensure_topic(TOPIC, 4).await.unwrap();
+    let plan = Plan {
+        storage: Storage::Embedded,
+        discover: Discover::Bootstrap,
+        partitions: 4,
+        records: 0,
+        kills: 0,
+        wipes: 0,
+        pauses: 0,
+        cuts: 0,
+        ttl: Duration::from_secs(2),
+        duration: Duration::ZERO,
+        seed: 0,
+    };
+    let agents: Vec<AgentProcess> = (1..=2)
+        .map(|id| {
+            let args = agent_args(&plan, id, &metadata, &objects, &[]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            AgentProcess::start(&base.path().join(format!("agent-{id}")), 0, &args)
+        })
+        .collect();
+    until_all_led(store.as_ref(), 4, Duration::from_secs(30)).await;
+    let status = |stdout: std::process::Stdio| {
+        std::process::Command::new(support::BIN)
+            .args([
+                "cluster",
+                "status",
+                "--metadata",
+                &metadata,
+                "--group",
+                GROUP,
+            ])
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = status(std::process::Stdio::piped())
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("group {GROUP}: 2 live agent(s) of 2 registered")),
+        "{text}"
+    );
+    let leases: u32 = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(['1', '2']) && l.contains("live"))
+        .map(|l| l.split_whitespace().nth(4).unwrap().parse::<u32>().unwrap())
+        .sum();
+    assert_eq!(leases, 4, "every partition's lease counted once:\n{text}");
+    let led = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() > 2 && w[0] == TOPIC && w[1].parse::<u32>().is_ok())
+        .filter(|w| matches!(w[2], "1" | "2"))
+        .count();
+    assert_eq!(led, 4, "every partition has a leader:\n{text}");
+
+    // The reader closes the pipe before anything is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = status(writer.into()).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    for agent in agents {
+        assert!(agent.terminate());
     }
 }

@@ -54,6 +54,8 @@ struct Counters {
 struct Look {
     view: GroupView,
     owners: std::collections::BTreeMap<(String, u32), u32>,
+    /// When it was read (`None`: never).
+    at: Option<Instant>,
 }
 
 /// This agent's membership of a group.
@@ -116,6 +118,25 @@ impl Group {
         }
     }
 
+    /// Why this agent cannot say who leads what: it has not read the group from the store
+    /// for longer than the lease time (its link to the store is down), so the leases it knows
+    /// may all have moved. `None` when its view is fresh.
+    pub(crate) fn stale(&self) -> Option<String> {
+        let at = self.view().at;
+        match at {
+            Some(at) if at.elapsed() <= self.ttl => None,
+            Some(at) => Some(format!(
+                "agent {} has not reached the metadata store for {:.1} s: ask another agent",
+                self.me,
+                at.elapsed().as_secs_f64()
+            )),
+            None => Some(format!(
+                "agent {} has not read its group from the metadata store yet",
+                self.me
+            )),
+        }
+    }
+
     /// The live agents as clients should see them (this one included).
     pub(crate) fn agents(&self, me: AgentInfo) -> Vec<AgentInfo> {
         let look = self.view();
@@ -136,6 +157,9 @@ impl Group {
     /// Who leads a partition this agent does not: the live lease holder, else the live
     /// agent that should take it. `None` when no other agent is known.
     pub(crate) fn leader(&self, topic: &str, partition: u32) -> Option<AgentInfo> {
+        if self.stale().is_some() {
+            return None;
+        }
         let look = self.view();
         let info = |id: u32| {
             look.view
@@ -301,8 +325,11 @@ impl Group {
             topics.into_iter().map(|t| (t.name, t.partitions)).collect();
         let plan = table.plan(&view, &topics);
         let owners = table.owners(&view, &topics);
-        *self.view.write().unwrap_or_else(PoisonError::into_inner) =
-            Arc::new(Look { view, owners });
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Look {
+            view,
+            owners,
+            at: Some(Instant::now()),
+        });
         for key in plan.give {
             if let Some(holding) = table.forget(&key) {
                 self.hand_over(shared, &key, holding.epoch).await;
