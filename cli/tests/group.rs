@@ -82,6 +82,8 @@ enum Fault {
 struct Member {
     id: u32,
     data: PathBuf,
+    /// Its standard error, across restarts (outside the data directory, which kills wipe).
+    log: PathBuf,
     grpc_port: u16,
     store_link: Option<TcpProxy>,
     process: Option<AgentProcess>,
@@ -270,10 +272,12 @@ async fn group_chaos(plan: Plan) -> Summary {
         };
         let args = agent_args(&plan, id, &url, &objects, &s3);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let process = AgentProcess::start(&data, 0, &args);
+        let log = base.path().join(format!("agent-{id}.log"));
+        let process = AgentProcess::start_logged(&data, 0, &args, &log);
         members.push(Member {
             id,
             data,
+            log,
             grpc_port: process.port,
             store_link: link,
             process: Some(process),
@@ -362,6 +366,7 @@ async fn group_chaos(plan: Plan) -> Summary {
                 Fault::Kill { wipe } => {
                     let old = member.process.take().unwrap();
                     let (data, port) = (member.data.clone(), member.grpc_port);
+                    let log = member.log.clone();
                     let args = args_of[victim].clone();
                     let down =
                         Duration::from_millis(100) + jitter.delay(Duration::from_millis(400));
@@ -373,7 +378,7 @@ async fn group_chaos(plan: Plan) -> Summary {
                             }
                             std::thread::sleep(down);
                             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                            AgentProcess::start(&data, port, &args)
+                            AgentProcess::start_logged(&data, port, &args, &log)
                         })
                         .await
                         .unwrap(),
@@ -439,6 +444,24 @@ async fn group_chaos(plan: Plan) -> Summary {
     }
     let report = history.check(logs);
     let (acked, failed, unknown) = history.outcomes();
+    // Commits the store refused because the lease had moved on, as the agents reported them.
+    let mut fenced_commits = 0;
+    for member in &members {
+        let log = std::fs::read_to_string(&member.log).unwrap_or_default();
+        fenced_commits += log
+            .lines()
+            .filter(|l| l.contains("lost the partition's lease"))
+            .count();
+        if let Some(path) = std::env::var_os("AGENT_STDERR") {
+            use std::io::Write;
+            let mut all = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            writeln!(all, "==== agent {} ====\n{log}", member.id).unwrap();
+        }
+    }
 
     // Failover: per fault, per partition its victim held just before it, the time to the
     // acknowledgement of that partition's first record sent after the fault.
@@ -507,7 +530,7 @@ async fn group_chaos(plan: Plan) -> Summary {
          ({} kills of which {} wiped, {} pauses, {} store cuts); {} records: {acked} acked, \
          {failed} failed, {unknown} unknown; {} requests, {} request retries, {} batch \
          retries, {} duplicate answers, {} reroutes to a leader named in a NOT_LEADER answer; \
-         failover seen by the producer (fault → first ack of a record sent after it) over {} \
+         {fenced_commits} commits fenced; failover seen by the producer (fault → first ack of a record sent after it) over {} \
          partitions: p50 {:?}, p99 {:?}, max {:?}; lease taken over by another agent (pauses, \
          store cuts) over {} partitions: p50 {:?}, p99 {:?}, max {:?}; pauses fenced: \
          {fenced_pauses}/{}\n{report}",

@@ -182,6 +182,34 @@ impl Group {
             .and_then(|owner| info(*owner))
     }
 
+    /// When the group, as of the last look, next changes without anyone acting: another
+    /// agent's lease or registration runs out (it stopped renewing: a failover). Projected
+    /// from the store's clock onto this agent's monotonic clock, a few milliseconds late so
+    /// the store agrees it has. Healthy agents renew well before, so in steady state this is
+    /// later than the next regular look.
+    fn next_expiry(&self) -> Option<Instant> {
+        let look = self.view();
+        let at = look.at?;
+        let now_ms = look.view.now_ms;
+        let leases = look
+            .view
+            .leases
+            .iter()
+            .filter(|l| l.id.agent_id != self.me)
+            .map(|l| l.expires_ms);
+        let agents = look
+            .view
+            .agents
+            .iter()
+            .filter(|a| a.agent_id != self.me)
+            .map(|a| a.expires_ms);
+        leases
+            .chain(agents)
+            .filter(|expires| *expires > now_ms)
+            .min()
+            .map(|expires| at + Duration::from_millis((expires - now_ms) as u64 + 5))
+    }
+
     async fn run(self: Arc<Self>, shared: Weak<Shared>) {
         // Leases are renewed every third of their time; the group is looked at more often,
         // so a partition whose lease ran out is taken soon after.
@@ -207,8 +235,13 @@ impl Group {
                 .upgrade()
                 .and_then(|s| s.remote.clone())
                 .map(|r| r.fenced_signal());
+            // Look again at the next interval, or just after a lease this agent should take
+            // runs out (its holder stopped renewing: a failover), whichever is first.
+            let next = self.next_expiry().map_or(look_every, |at| {
+                at.saturating_duration_since(Instant::now()).min(look_every)
+            });
             tokio::select! {
-                () = tokio::time::sleep(look_every) => {}
+                () = tokio::time::sleep(next) => {}
                 () = self.wake.notified() => {}
                 // A commit was fenced: that lease is gone, look now.
                 () = async {

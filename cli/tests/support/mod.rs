@@ -33,7 +33,38 @@ impl AgentProcess {
         AgentProcess::start_with(command, data, 0, extra)
     }
 
-    fn start_with(mut command: Command, data: &Path, port: u16, extra: &[&str]) -> AgentProcess {
+    /// As [`start`](Self::start), its standard error appended to `log` (for tests that read
+    /// what the agent reported).
+    #[allow(dead_code)]
+    pub fn start_logged(data: &Path, port: u16, extra: &[&str], log: &Path) -> AgentProcess {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("agent log opens");
+        AgentProcess::spawn(Command::new(BIN), data, port, extra, Stdio::from(file))
+    }
+
+    fn start_with(command: Command, data: &Path, port: u16, extra: &[&str]) -> AgentProcess {
+        let stderr = match std::env::var_os("AGENT_STDERR") {
+            // Debugging: the agents' logs, appended to this file.
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_or_else(|_| Stdio::null(), Stdio::from),
+            None => Stdio::null(),
+        };
+        AgentProcess::spawn(command, data, port, extra, stderr)
+    }
+
+    fn spawn(
+        mut command: Command,
+        data: &Path,
+        port: u16,
+        extra: &[&str],
+        stderr: Stdio,
+    ) -> AgentProcess {
         let mut child = command
             .arg("agent")
             .arg("--data")
@@ -42,15 +73,7 @@ impl AgentProcess {
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(match std::env::var_os("AGENT_STDERR") {
-                // Debugging: the agents' logs, appended to this file.
-                Some(path) => std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_or_else(|_| Stdio::null(), Stdio::from),
-                None => Stdio::null(),
-            })
+            .stderr(stderr)
             .spawn()
             .expect("agent starts");
         let listeners = 1 + usize::from(extra.contains(&"--quic"));
