@@ -261,6 +261,22 @@ impl Agent {
                             .into(),
                     ));
                 }
+                if !group::LEASE_TTL_RANGE.contains(&group.lease_ttl) {
+                    return Err(AgentError::Config(format!(
+                        "a lease time of {:?} is outside {:?}..={:?}",
+                        group.lease_ttl,
+                        group::LEASE_TTL_RANGE.start(),
+                        group::LEASE_TTL_RANGE.end()
+                    )));
+                }
+                group::admit(
+                    remote.store().as_ref(),
+                    &group.name,
+                    config.id,
+                    group.lease_ttl,
+                )
+                .await
+                .map_err(AgentError::Config)?;
                 let endpoints: Vec<String> =
                     config.endpoints.iter().map(ToString::to_string).collect();
                 remote

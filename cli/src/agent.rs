@@ -197,8 +197,8 @@ pub(crate) struct Args {
     /// reachable --advertise endpoints). Without it the agent leads every partition alone.
     #[arg(long, value_name = "NAME", requires = "objects")]
     group: Option<String>,
-    /// How long a partition lease lasts without renewal; a partition whose leader died moves
-    /// to another agent after about this long [default: 5s].
+    /// How long a partition lease lasts without renewal (e.g. 5s, 1500ms; 500ms to 1h); a
+    /// partition whose leader died moves to another agent after about this long [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "group")]
     lease_ttl: Option<std::time::Duration>,
 }
@@ -216,7 +216,10 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let duration = match unit {
         "" | "ms" => std::time::Duration::from_millis(n),
         "s" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_secs(n * 60),
+        "m" => std::time::Duration::from_secs(
+            n.checked_mul(60)
+                .ok_or_else(|| format!("{text:?}: too long"))?,
+        ),
         _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
     };
     if duration.is_zero() {

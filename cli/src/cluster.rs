@@ -28,10 +28,30 @@ enum Command {
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let Command::Status { metadata, group } = args.command;
+    // A read-only look: a mistyped SQLite path must not create an empty store.
+    if let Some(path) = metadata.strip_prefix("sqlite://")
+        && !std::path::Path::new(path).exists()
+    {
+        anyhow::bail!("no metadata store at {metadata}: {path} does not exist");
+    }
     let store = streamhouse_metastore::open(&metadata)
         .await
         .with_context(|| format!("cannot open the metadata store {metadata}"))?;
-    let view = store.group(&group).await?;
+    let mut view = store.group(&group).await?;
+    if view.agents.is_empty() {
+        let mut known: Vec<&str> = view.leases.iter().map(|l| l.group.as_str()).collect();
+        known.sort_unstable();
+        known.dedup();
+        anyhow::bail!(
+            "no agent has registered in group {group:?} in this store{}",
+            if known.is_empty() {
+                String::new()
+            } else {
+                format!(" (its leases belong to group {known:?})")
+            }
+        );
+    }
+    view.leases.retain(|l| l.group == group);
     let topics = store.topics().await?;
     let now = view.now_ms;
     let ago = |ms: i64| format!("{:.1}s", (now - ms) as f64 / 1e3);
@@ -136,8 +156,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     emit!(
-        "(local end: the leader's local log end at its last lease renewal; lag: how much of it \
-         is not yet in object storage)"
+        "(local end: the leader's local log end at its last lease renewal, -1 before its first; \
+         lag: how much of it is not yet in object storage, ? when unknown)"
     );
     let mut stdout = std::io::stdout().lock();
     match stdout

@@ -751,3 +751,101 @@ async fn cluster_status_shows_agents_leases_and_survives_a_closed_pipe() {
         assert!(agent.terminate());
     }
 }
+
+/// Runs `streamhouse` to completion; (success, stderr).
+fn run_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(support::BIN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Found by an outside review: a second agent with an id already in use (or the default id
+/// twice) joined silently, both led every partition under one lease epoch, and acknowledged
+/// records overlapped; an agent of another group on the same store led the first group's
+/// partitions; a huge lease time panicked; `cluster status` created a store at a mistyped path
+/// and described a group that does not exist with another group's leases. Each is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_refuses_a_second_agent_with_the_same_id_or_another_group() {
+    let base = tempfile::tempdir().unwrap();
+    let metadata = format!("sqlite://{}/meta.db", base.path().display());
+    let objects = format!("file://{}/objects", base.path().display());
+    let store = streamhouse_metastore::open(&metadata).await.unwrap();
+    store.ensure_topic(TOPIC, 2).await.unwrap();
+    let common = |group: &str, id: u32, ttl: &str| -> Vec<String> {
+        [
+            "--id",
+            &id.to_string(),
+            "--group",
+            group,
+            "--lease-ttl",
+            ttl,
+            "--metadata",
+            &metadata,
+            "--objects",
+            &objects,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let first_args = common(GROUP, 1, "1s");
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let first = AgentProcess::start(&base.path().join("a1"), 0, &first_args);
+    until_all_led(store.as_ref(), 2, Duration::from_secs(30)).await;
+
+    let data = base.path().join("a2");
+    let agent = |extra: &[String]| {
+        let mut args = vec![
+            "agent".to_owned(),
+            "--data".to_owned(),
+            data.display().to_string(),
+            "--grpc".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ];
+        args.extend_from_slice(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&args)
+    };
+    let (ok, stderr) = agent(&common(GROUP, 1, "1s"));
+    assert!(!ok && stderr.contains("agent id 1 is in use"), "{stderr}");
+    let (ok, stderr) = agent(&common("other", 2, "1s"));
+    assert!(
+        !ok && stderr.contains("already serves agent group [\"chaos\"]"),
+        "{stderr}"
+    );
+    for ttl in ["1ms", "18446744073709551615s", "153722867280912931m"] {
+        let (ok, stderr) = agent(&common(GROUP, 2, ttl));
+        assert!(!ok && !stderr.contains("panicked"), "{ttl}: {stderr}");
+    }
+
+    let missing = format!("sqlite://{}/nothere.db", base.path().display());
+    let (ok, stderr) = run_cli(&[
+        "cluster",
+        "status",
+        "--metadata",
+        &missing,
+        "--group",
+        GROUP,
+    ]);
+    assert!(!ok && stderr.contains("does not exist"), "{stderr}");
+    assert!(!base.path().join("nothere.db").exists());
+    let (ok, stderr) = run_cli(&[
+        "cluster",
+        "status",
+        "--metadata",
+        &metadata,
+        "--group",
+        "nope",
+    ]);
+    assert!(
+        !ok && stderr.contains("no agent has registered in group \"nope\""),
+        "{stderr}"
+    );
+    assert!(first.terminate());
+}

@@ -49,6 +49,58 @@ struct Counters {
     handed_over: AtomicU64,
 }
 
+/// The lease times an agent accepts: store round trips must fit well inside a third of it,
+/// and an agent that dies must not hold its partitions for hours.
+pub(crate) const LEASE_TTL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(500)..=Duration::from_secs(3600);
+
+/// Checks, before an agent registers, that it may join `group` as `me`: the store serves no
+/// other group (topics and leases are the store's, so two groups would lead the same
+/// partitions), and no live agent is registered under the same id (two agents with one id
+/// would share lease epochs and hand out the same offsets). A registration still live from an
+/// earlier run of this agent (killed, restarting) is told apart by waiting half a lease time:
+/// a live agent heartbeats in that time, a dead one does not.
+pub(crate) async fn admit(
+    store: &dyn streamhouse_metastore::MetadataStore,
+    group: &str,
+    me: u32,
+    ttl: Duration,
+) -> Result<(), String> {
+    let view = store.group(group).await.map_err(|e| e.to_string())?;
+    let mut others: Vec<&str> = view
+        .leases
+        .iter()
+        .filter(|l| l.group != group && l.expires_ms > view.now_ms)
+        .map(|l| l.group.as_str())
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    if !others.is_empty() {
+        return Err(format!(
+            "the metadata store already serves agent group {others:?}: one store holds one group \
+             (its topics and partition leases belong to the store, not to a group); join that \
+             group or use another store"
+        ));
+    }
+    let registered = |view: &GroupView| {
+        view.agents
+            .iter()
+            .find(|a| a.agent_id == me && a.expires_ms > view.now_ms)
+            .map(|a| a.heartbeat_ms)
+    };
+    if let Some(heartbeat) = registered(&view) {
+        tokio::time::sleep(ttl / 2).await;
+        let again = store.group(group).await.map_err(|e| e.to_string())?;
+        if registered(&again).is_some_and(|h| h > heartbeat) {
+            return Err(format!(
+                "agent id {me} is in use in group {group:?}: another agent registered under it is \
+                 heartbeating; give each agent of a group its own --id"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The group as last read, with the leader each partition should have.
 #[derive(Default)]
 struct Look {
