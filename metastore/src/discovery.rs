@@ -18,12 +18,15 @@ use tokio::time::Instant;
 /// Leaders are reached at the endpoint their agent registered for `scheme`.
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run(
+/// #     transport: impl streamhouse::transport::Transport,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use streamhouse::producer::Producer;
 /// use streamhouse_metastore::StoreDiscovery;
+///
 /// let store = streamhouse_metastore::open("postgres://app@db:5432/streamhouse").await?;
 /// let discovery = StoreDiscovery::new(store, "prod", "grpc");
-/// # let transport = streamhouse::mock::MockTransport::new();
-/// let producer = streamhouse::Producer::builder(transport, discovery).build()?;
+/// let producer = Producer::builder(transport, discovery).build()?;
 /// # Ok(()) }
 /// ```
 pub struct StoreDiscovery {
