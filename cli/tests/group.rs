@@ -95,16 +95,24 @@ fn pg_addr(url: &str) -> SocketAddr {
     rest.split_once('/').unwrap().0.parse().unwrap()
 }
 
-fn agent_args(plan: &Plan, id: u32, metadata: &str, objects: &str, s3: &[String]) -> Vec<String> {
+/// A group member's arguments: `--id`, the group, its lease time, the topic, the store.
+fn agent_args(
+    ttl: Duration,
+    partitions: u32,
+    id: u32,
+    metadata: &str,
+    objects: &str,
+    s3: &[String],
+) -> Vec<String> {
     let mut args = vec![
         "--id".to_owned(),
         id.to_string(),
         "--group".to_owned(),
         GROUP.to_owned(),
         "--lease-ttl".to_owned(),
-        format!("{}ms", plan.ttl.as_millis()),
+        format!("{}ms", ttl.as_millis()),
         "--topic".to_owned(),
-        format!("{TOPIC}:{}", plan.partitions),
+        format!("{TOPIC}:{partitions}"),
         "--metadata".to_owned(),
         metadata.to_owned(),
         "--objects".to_owned(),
@@ -114,6 +122,19 @@ fn agent_args(plan: &Plan, id: u32, metadata: &str, objects: &str, s3: &[String]
     ];
     args.extend_from_slice(s3);
     args
+}
+
+/// A SQLite store and a `file://` object directory in a fresh temporary directory, with the
+/// test topic of `partitions` partitions: (directory, metadata URL, objects URL, store).
+async fn embedded_store(
+    partitions: u32,
+) -> (tempfile::TempDir, String, String, Arc<dyn MetadataStore>) {
+    let base = tempfile::tempdir().unwrap();
+    let metadata = format!("sqlite://{}/meta.db", base.path().display());
+    let objects = format!("file://{}/objects", base.path().display());
+    let store = streamhouse_metastore::open(&metadata).await.unwrap();
+    store.ensure_topic(TOPIC, partitions).await.unwrap();
+    (base, metadata, objects, store)
 }
 
 /// Polls the store until every partition has a live lease holder (bounded).
@@ -270,7 +291,7 @@ async fn group_chaos(plan: Plan) -> Summary {
             }
             Storage::Embedded => (None, metadata.clone()),
         };
-        let args = agent_args(&plan, id, &url, &objects, &s3);
+        let args = agent_args(plan.ttl, plan.partitions, id, &url, &objects, &s3);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = base.path().join(format!("agent-{id}.log"));
         let process = AgentProcess::start_logged(&data, 0, &args, &log);
@@ -292,7 +313,7 @@ async fn group_chaos(plan: Plan) -> Summary {
                 }
                 None => metadata.clone(),
             };
-            agent_args(&plan, m.id, &url, &objects, &s3)
+            agent_args(plan.ttl, plan.partitions, m.id, &url, &objects, &s3)
         })
         .collect();
     until_all_led(store.as_ref(), plan.partitions, Duration::from_secs(30)).await;
@@ -670,27 +691,10 @@ async fn full_group_failover_run() {
 /// cleanly (it panicked on the broken pipe).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_status_shows_agents_leases_and_survives_a_closed_pipe() {
-    let base = tempfile::tempdir().unwrap();
-    let metadata = format!("sqlite://{}/meta.db", base.path().display());
-    let objects = format!("file://{}/objects", base.path().display());
-    let store = streamhouse_metastore::open(&metadata).await.unwrap();
-    store.ensure_topic(TOPIC, 4).await.unwrap();
-    let plan = Plan {
-        storage: Storage::Embedded,
-        discover: Discover::Bootstrap,
-        partitions: 4,
-        records: 0,
-        kills: 0,
-        wipes: 0,
-        pauses: 0,
-        cuts: 0,
-        ttl: Duration::from_secs(2),
-        duration: Duration::ZERO,
-        seed: 0,
-    };
+    let (base, metadata, objects, store) = embedded_store(4).await;
     let agents: Vec<AgentProcess> = (1..=2)
         .map(|id| {
-            let args = agent_args(&plan, id, &metadata, &objects, &[]);
+            let args = agent_args(Duration::from_secs(2), 4, id, &metadata, &objects, &[]);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             AgentProcess::start(&base.path().join(format!("agent-{id}")), 0, &args)
         })
@@ -773,11 +777,7 @@ fn run_cli(args: &[&str]) -> (bool, String) {
 /// and described a group that does not exist with another group's leases. Each is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_refuses_a_second_agent_with_the_same_id_or_another_group() {
-    let base = tempfile::tempdir().unwrap();
-    let metadata = format!("sqlite://{}/meta.db", base.path().display());
-    let objects = format!("file://{}/objects", base.path().display());
-    let store = streamhouse_metastore::open(&metadata).await.unwrap();
-    store.ensure_topic(TOPIC, 2).await.unwrap();
+    let (base, metadata, objects, store) = embedded_store(2).await;
     let common = |group: &str, id: u32, ttl: &str| -> Vec<String> {
         [
             "--id",

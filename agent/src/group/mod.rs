@@ -110,6 +110,13 @@ struct Look {
     at: Option<Instant>,
 }
 
+impl Look {
+    /// Whether it was read within `ttl`: older, the leases it names may all have moved.
+    fn fresh(&self, ttl: Duration) -> bool {
+        self.at.is_some_and(|at| at.elapsed() <= ttl)
+    }
+}
+
 /// This agent's membership of a group.
 pub(crate) struct Group {
     name: String,
@@ -174,9 +181,11 @@ impl Group {
     /// for longer than the lease time (its link to the store is down), so the leases it knows
     /// may all have moved. `None` when its view is fresh.
     pub(crate) fn stale(&self) -> Option<String> {
-        let at = self.view().at;
-        match at {
-            Some(at) if at.elapsed() <= self.ttl => None,
+        let look = self.view();
+        if look.fresh(self.ttl) {
+            return None;
+        }
+        match look.at {
             Some(at) => Some(format!(
                 "agent {} has not reached the metadata store for {:.1} s: ask another agent",
                 self.me,
@@ -209,10 +218,10 @@ impl Group {
     /// Who leads a partition this agent does not: the live lease holder, else the live
     /// agent that should take it. `None` when no other agent is known.
     pub(crate) fn leader(&self, topic: &str, partition: u32) -> Option<AgentInfo> {
-        if self.stale().is_some() {
+        let look = self.view();
+        if !look.fresh(self.ttl) {
             return None;
         }
-        let look = self.view();
         let info = |id: u32| {
             look.view
                 .live()
