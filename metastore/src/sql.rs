@@ -25,6 +25,29 @@ pub struct SqlStore {
 /// [`StoreError::Unavailable`]: a store that is down is reported, not waited for.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a SQLite connection waits for another one's write lock (the `PRAGMA busy_timeout`
+/// of [`sqlite_wal`] says it in milliseconds).
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sets a SQLite connection's busy timeout and switches its file to WAL. The switch needs the
+/// file to itself, and SQLite answers "database is locked" at once, without waiting the busy
+/// timeout, while another connection is switching it too (agents started together on a new
+/// file): that answer is retried for up to the busy timeout.
+async fn sqlite_wal(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("PRAGMA busy_timeout=5000").await?;
+    let deadline = tokio::time::Instant::now() + SQLITE_BUSY_TIMEOUT;
+    loop {
+        match conn.execute("PRAGMA journal_mode=WAL").await {
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some("5") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other.map(drop),
+        }
+    }
+}
+
 impl SqlStore {
     /// Connects to the store a URL names (see [`crate::open`]) and migrates its schema.
     /// An unreachable server, a missing permission or an unreadable file fails here.
@@ -72,7 +95,7 @@ impl SqlStore {
             use sqlx::{ConnectOptions, Connection};
             let mut probe = options.connect().await?;
             if !postgres {
-                probe.execute("PRAGMA journal_mode=WAL").await?;
+                sqlite_wal(&mut probe).await?;
             }
             probe.close().await?;
         }
@@ -90,9 +113,8 @@ impl SqlStore {
                     } else {
                         // Commits are durable (fsynced) before they are answered; readers
                         // do not block the writer.
-                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        sqlite_wal(conn).await?;
                         conn.execute("PRAGMA synchronous=FULL").await?;
-                        conn.execute("PRAGMA busy_timeout=5000").await?;
                     }
                     Ok(())
                 })

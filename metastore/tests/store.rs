@@ -402,6 +402,31 @@ async fn concurrent_writers_on_one_sqlite_file_wait_for_each_other() {
     }
 }
 
+/// Found by starting the README's three agents at once: every store opened on a fresh SQLite
+/// file switches it to WAL, which needs the file to itself, and the switch was made before
+/// the busy timeout was set, so the second and third agent failed at once with "database is
+/// locked". Stores opened together on one new file now wait for each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opened_together_on_a_new_sqlite_file_all_open() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/meta.db", dir.path().display());
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { streamhouse_metastore::open(&url).await })
+            })
+            .collect();
+        for (i, open) in opens.into_iter().enumerate() {
+            let store = open
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}, store {i}: {e}"));
+            store.ensure_topic("t", 1).await.unwrap();
+        }
+    }
+}
+
 /// Registrations, leases and fencing, on one store.
 async fn group_contract(store: Arc<dyn MetadataStore>) {
     const TTL: Duration = Duration::from_secs(60);
