@@ -8,7 +8,7 @@ use std::sync::Arc;
 use streamhouse::conformance::{self, Harness, Report};
 use streamhouse::transport::frame::{self, MAX_FRAME};
 use streamhouse::transport::{
-    AgentService, BoxFuture, Connection, Endpoint, Request, Transport, TransportError,
+    AgentService, BoxFuture, Connection, Endpoint, Peer, Request, Transport, TransportError,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -42,7 +42,7 @@ async fn exchange(
                 endpoint: addr.clone(),
                 source: Some(Box::new(e)),
             })?;
-        frame::write_request(&mut stream, &request.message, MAX_FRAME).await?;
+        frame::write_request(&mut stream, &request, MAX_FRAME).await?;
         let (kind, body) = frame::read_frame(&mut stream, MAX_FRAME)
             .await?
             .ok_or_else(|| TransportError::connection_lost("closed without an answer"))?;
@@ -59,18 +59,24 @@ async fn exchange(
 /// The server side: answers each connection's one frame with the agent's answer.
 async fn serve(listener: TcpListener, agent: AgentService) {
     let mut connections = JoinSet::new();
-    while let Ok((mut stream, _)) = listener.accept().await {
+    while let Ok((mut stream, addr)) = listener.accept().await {
         let agent = agent.clone();
         connections.spawn(async move {
-            let Ok(Some((kind, body))) = frame::read_frame(&mut stream, MAX_FRAME).await else {
-                return; // oversized, truncated or garbage: drop only this connection
-            };
-            let reply = match frame::decode_request(kind, &body) {
-                Ok(message) => match agent.oneshot(Request::new(message)).await {
-                    Ok(response) => frame::encode_response(&response, MAX_FRAME)
-                        .unwrap_or_else(|e| frame::encode_error(&e.to_string())),
-                    Err(e) => frame::encode_error(&e.to_string()),
-                },
+            let reply = match frame::read_request(&mut stream, MAX_FRAME).await {
+                Ok(Some((metadata, message))) => {
+                    // The agent learns who asked (for authentication and audit).
+                    let peer = Arc::new(Peer::at(Some(addr)));
+                    match agent
+                        .oneshot(Request::received(message, metadata, peer))
+                        .await
+                    {
+                        Ok(response) => frame::encode_response(&response, MAX_FRAME)
+                            .unwrap_or_else(|e| frame::encode_error(&e.to_string())),
+                        Err(e) => frame::encode_error(&e.to_string()),
+                    }
+                }
+                Ok(None) => return,
+                // Oversized, truncated or garbage: answered, and only this connection dropped.
                 Err(e) => frame::encode_error(&e.to_string()),
             };
             let _ = stream.write_all(&reply).await;

@@ -34,7 +34,7 @@ use std::time::Instant;
 use streamhouse::batch::{DecodeLimits, Header, ProducerStamp, Record};
 use streamhouse::codec::{Codec, NoCompression};
 use streamhouse::proto::v1::{
-    Acks, AgentInfo, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
+    Acks, AgentInfo, ErrorCode, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
     PartitionBatch, PartitionMetadata, PartitionResult, ProduceRequest, ProduceResponse,
     TopicMetadata,
 };
@@ -270,6 +270,8 @@ fn response_seeds() -> Vec<Response> {
                 }],
             }],
             responder_id: 1,
+            error_code: ErrorCode::Unauthenticated as i32,
+            error_message: "no credentials".into(),
         }),
         Response::Fetch(FetchResponse {
             topic: "orders".into(),

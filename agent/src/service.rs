@@ -428,6 +428,7 @@ impl Shared {
             },
             topics,
             responder_id: self.config.id,
+            ..MetadataResponse::default()
         }
     }
 

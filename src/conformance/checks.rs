@@ -4,8 +4,11 @@ use super::{Harness, Outcome, Report};
 use crate::batch::{Batch, BatchBuilder, DecodeLimits, ProducerStamp};
 use crate::codec::{Codecs, NoCompression};
 use crate::mock::MockAgent;
-use crate::transport::{Connection, Endpoint, Request, RequestMessage, Response, TransportError};
+use crate::transport::{
+    Connection, Endpoint, Metadata, Peer, Request, RequestMessage, Response, TransportError,
+};
 use bytes::Bytes;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use streamhouse_proto::v1::{
     Acks, ErrorCode, FetchRequest, MetadataRequest, PartitionBatch, ProduceRequest, ProduceResponse,
@@ -29,7 +32,21 @@ pub(super) async fn run_all(harness: &mut (impl Harness + ?Sized)) -> Report {
             ..DecodeLimits::default()
         })
         .with_topic(TOPIC, 1);
-    let endpoint = harness.start(agent.service()).await;
+    // What the agent's side received of the last request that carried the check's marker.
+    let seen: Seen = Arc::default();
+    let recorder = seen.clone();
+    let served = tower::ServiceBuilder::new()
+        .map_request(move |request: Request| {
+            if request.metadata.get(MARKER).is_some() {
+                *recorder.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((request.metadata.clone(), request.peer.clone()));
+            }
+            request
+        })
+        .service(agent.service());
+    let endpoint = harness
+        .start(tower::util::BoxCloneSyncService::new(served))
+        .await;
     let mut report = Report { checks: Vec::new() };
 
     macro_rules! check {
@@ -46,6 +63,7 @@ pub(super) async fn run_all(harness: &mut (impl Harness + ?Sized)) -> Report {
     }
 
     check!("round_trip", round_trip(harness, &endpoint, &agent));
+    check!("metadata", metadata(harness, &endpoint, &seen));
     check!("large_batch", large_batch(harness, &endpoint));
     check!("oversized_frame", oversized_frame(harness, &endpoint));
     check!(
@@ -73,6 +91,73 @@ pub(super) async fn run_all(harness: &mut (impl Harness + ?Sized)) -> Report {
     }
     harness.stop().await;
     report
+}
+
+/// The metadata key that marks the `metadata` check's requests.
+const MARKER: &str = "x-conformance";
+
+type Seen = Arc<Mutex<Option<(Metadata, Option<Arc<Peer>>)>>>;
+
+/// Metadata reaches the agent's side intact (each key's values in order, nothing added), with
+/// the peer filled in by the server side, whatever the client put there.
+async fn metadata(
+    harness: &(impl Harness + ?Sized),
+    endpoint: &Endpoint,
+    seen: &Seen,
+) -> CheckResult {
+    let connection = connect(harness, endpoint).await?;
+    let mut request = Request::new(RequestMessage::Metadata(MetadataRequest {
+        topics: vec![TOPIC.into()],
+    }));
+    let pairs = [
+        (MARKER, "1".to_string()),
+        (
+            "authorization",
+            "Bearer conformance.token-~!#$%&'*+/=?^_`{|}".to_string(),
+        ),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        ),
+        (MARKER, "second value, same key".into()),
+        ("x-large", "v".repeat(4096)),
+        ("x-space", " leading and trailing ".into()),
+    ];
+    for (key, value) in &pairs {
+        request
+            .metadata
+            .insert(*key, value.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    // A client cannot pose as a peer: the server side decides it.
+    let forged = Arc::new(Peer::at(Some(([203, 0, 113, 7], 1).into())));
+    request.peer = Some(forged.clone());
+    let sent = request.metadata.clone();
+    let response = call(connection, request).await?;
+    if !matches!(response, Response::Metadata(_)) {
+        return Err(format!("metadata answered with {response:?}"));
+    }
+    let Some((received, peer)) = seen.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+        return Err("the agent saw no request carrying the metadata".into());
+    };
+    let by_key = |m: &Metadata| {
+        let mut pairs: Vec<(String, String)> =
+            m.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0)); // stable: a key's values stay in order
+        pairs
+    };
+    if by_key(&received) != by_key(&sent) {
+        return Err(format!(
+            "sent {:?}, the agent received {:?}",
+            by_key(&sent),
+            by_key(&received)
+        ));
+    }
+    match peer {
+        None => Err("the agent's side got no peer".into()),
+        Some(peer) if peer == forged => Err("the client's forged peer reached the agent".into()),
+        Some(_) => Ok(()),
+    }
 }
 
 fn batch(records: usize, value_len: usize) -> Bytes {

@@ -9,6 +9,7 @@
 //! | check | the transport must |
 //! |---|---|
 //! | `round_trip` | carry produce, metadata and fetch and their answers intact |
+//! | `metadata` | carry a request's metadata to the agent's side intact, with the peer set by the server side |
 //! | `large_batch` | carry a request near its maximum message size |
 //! | `oversized_frame` | refuse a request over its maximum with `FrameTooLarge`, and keep the connection usable |
 //! | `concurrent_requests` | carry 64 concurrent requests on one connection, each answered once |

@@ -191,10 +191,9 @@ mod tests {
     use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
     fn request(deadline: Option<Instant>) -> Request {
-        Request {
-            message: RequestMessage::Metadata(MetadataRequest::default()),
-            deadline,
-        }
+        let mut request = Request::new(RequestMessage::Metadata(MetadataRequest::default()));
+        request.deadline = deadline;
+        request
     }
 
     /// A service failing its first `failures` calls with `error()`.

@@ -544,6 +544,7 @@ impl MockAgent {
             }],
             topics: names.iter().map(|n| describe(n)).collect(),
             responder_id: self.inner.id,
+            ..MetadataResponse::default()
         }
     }
 

@@ -2,8 +2,8 @@
 
 use super::MockAgent;
 use crate::transport::{
-    AgentService, BoxFuture, Connection, Endpoint, Request, Response, Transport, TransportError,
-    frame,
+    AgentService, BoxFuture, Connection, Endpoint, Peer, Request, Response, Transport,
+    TransportError, frame,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -144,7 +144,10 @@ impl Transport for MockTransport {
             registered?;
             // Each request reaches whichever agent serves the endpoint now, as a network
             // connection re-dials after the agent restarts.
-            let connection = tower::service_fn(move |request: Request| {
+            let connection = tower::service_fn(move |mut request: Request| {
+                // As a server adaptor does: the peer is the agent side's to fill in, whatever
+                // the client put there. In process there is no address or certificate.
+                request.peer = Some(Arc::new(Peer::default()));
                 let registration = transport.registration(&endpoint);
                 let limit = transport.max_message_size;
                 async move {

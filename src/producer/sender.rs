@@ -759,10 +759,7 @@ async fn produce(
         RequestOutcome::Answered(ProduceResponse::default())
     } else {
         Counters::add(&counters.requests, 1);
-        let request = Request {
-            message: RequestMessage::Produce(request),
-            deadline: Some(deadline),
-        };
+        let request = Request::new(RequestMessage::Produce(request)).with_deadline(deadline);
         match tokio::time::timeout_at(deadline, service.oneshot(request)).await {
             Err(_) => RequestOutcome::DeadlinePassed,
             Ok(Ok(Response::Produce(response))) => RequestOutcome::Answered(response),

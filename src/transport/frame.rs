@@ -15,6 +15,8 @@
 //! | 0x01 / 0x81 | `ProduceRequest` / `ProduceResponse` |
 //! | 0x02 / 0x82 | `MetadataRequest` / `MetadataResponse` |
 //! | 0x03 / 0x83 | `FetchRequest` / `FetchResponse` |
+//! | 0x04 / 0x84 | `AdminRequest` / `AdminResponse` |
+//! | 0x05 | `RequestHeaders`: the request's metadata, sent just before its frame (only when it has any) |
 //! | 0xFF | error: UTF-8 text, the server could not handle the request |
 //!
 //! The length is checked against the reader's limit *before* anything is allocated, so a
@@ -22,24 +24,25 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! use streamhouse::transport::frame::{read_frame, write_request, decode_request, MAX_FRAME};
-//! use streamhouse::transport::RequestMessage;
+//! use streamhouse::transport::frame::{read_request, write_request, MAX_FRAME};
+//! use streamhouse::transport::{Request, RequestMessage};
 //! use streamhouse::proto::v1::MetadataRequest;
 //!
 //! let (mut client, mut server) = tokio::io::duplex(1024);
-//! let request = RequestMessage::Metadata(MetadataRequest { topics: vec!["t".into()] });
+//! let mut request = Request::new(RequestMessage::Metadata(MetadataRequest { topics: vec!["t".into()] }));
+//! request.metadata.insert("authorization", "Bearer s3cret").unwrap();
 //! write_request(&mut client, &request, MAX_FRAME).await.unwrap();
-//! let (kind, body) = read_frame(&mut server, MAX_FRAME).await.unwrap().unwrap();
-//! assert_eq!(decode_request(kind, &body).unwrap(), request);
+//! let (metadata, message) = read_request(&mut server, MAX_FRAME).await.unwrap().unwrap();
+//! assert_eq!((metadata, message), (request.metadata, request.message));
 //! # }
 //! ```
 
-use super::{RequestMessage, Response, TransportError};
+use super::{Metadata, Request, RequestMessage, Response, TransportError};
 use crate::serve::{RequestBudget, RequestLease};
 use streamhouse_proto::prost::Message;
 use streamhouse_proto::v1::{
-    AdminRequest, AdminResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse,
+    AdminRequest, AdminResponse, FetchRequest, FetchResponse, Header, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeaders,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -50,6 +53,8 @@ const PRODUCE: u8 = 0x01;
 const METADATA: u8 = 0x02;
 const FETCH: u8 = 0x03;
 const ADMIN: u8 = 0x04;
+/// Kind of a frame of request metadata (`RequestHeaders`), which precedes its request's frame.
+pub const HEADERS: u8 = 0x05;
 const RESPONSE: u8 = 0x80;
 /// Kind of an error frame.
 pub const ERROR: u8 = 0xFF;
@@ -233,6 +238,55 @@ pub fn encode_request(request: &RequestMessage, limit: usize) -> Result<Vec<u8>,
     }
 }
 
+/// The frames of a whole request: its metadata's frame when it has any, then the message's.
+/// Each is checked against `limit` on its own.
+pub fn encode_request_frames(request: &Request, limit: usize) -> Result<Vec<u8>, FrameError> {
+    if request.metadata.is_empty() {
+        return encode_request(&request.message, limit);
+    }
+    let headers = RequestHeaders {
+        headers: request
+            .metadata
+            .iter()
+            .map(|(key, value)| Header {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            })
+            .collect(),
+    };
+    let mut frames = encode(HEADERS, &headers, limit)?;
+    frames.extend_from_slice(&encode_request(&request.message, limit)?);
+    Ok(frames)
+}
+
+/// Decodes a [`HEADERS`] frame's body into the metadata a server hands its agent (pairs no
+/// client could have sent are dropped, see [`Metadata::received`]).
+pub fn decode_headers(body: &[u8]) -> Result<Metadata, FrameError> {
+    let headers = decode::<RequestHeaders>("RequestHeaders", body)?;
+    Ok(Metadata::received(
+        headers.headers.into_iter().map(|h| (h.key, h.value)),
+    ))
+}
+
+/// Reads a whole request — its optional metadata frame, then its message's frame — for a
+/// simple server; `Ok(None)` if the stream ended cleanly before it began.
+pub async fn read_request<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<(Metadata, RequestMessage)>, FrameError> {
+    let Some((mut kind, mut body)) = read_frame(reader, limit).await? else {
+        return Ok(None);
+    };
+    let mut metadata = Metadata::new();
+    if kind == HEADERS {
+        metadata = decode_headers(&body)?;
+        (kind, body) = read_frame(reader, limit)
+            .await?
+            .ok_or(FrameError::Truncated)?;
+    }
+    Ok(Some((metadata, decode_request(kind, &body)?)))
+}
+
 /// The frame of a response.
 pub fn encode_response(response: &Response, limit: usize) -> Result<Vec<u8>, FrameError> {
     match response {
@@ -293,13 +347,14 @@ pub fn decode_response(kind: u8, body: &[u8]) -> Result<Response, FrameError> {
     })
 }
 
-/// Writes a request frame and flushes.
+/// Writes a whole request (its metadata's frame when it has any, then its message's) and
+/// flushes.
 pub async fn write_request<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    request: &RequestMessage,
+    request: &Request,
     limit: usize,
 ) -> Result<(), FrameError> {
-    let frame = encode_request(request, limit)?;
+    let frame = encode_request_frames(request, limit)?;
     writer.write_all(&frame).await?;
     writer.flush().await?;
     Ok(())
@@ -351,6 +406,46 @@ mod tests {
         assert!(
             matches!(decode_response(kind, &body), Err(FrameError::Remote(m)) if m == "agent stopping")
         );
+    }
+
+    #[tokio::test]
+    async fn metadata_travels_in_a_headers_frame_before_its_request() {
+        let mut request = Request::from(MetadataRequest::default());
+        let plain = encode_request_frames(&request, MAX_FRAME).unwrap();
+        assert_eq!(plain, encode_request(&request.message, MAX_FRAME).unwrap());
+        request
+            .metadata
+            .insert("authorization", "Bearer t")
+            .unwrap();
+        request.metadata.insert("x-b", "2").unwrap();
+        let frames = encode_request_frames(&request, MAX_FRAME).unwrap();
+        assert_eq!(frames[4], HEADERS);
+        let mut reader = &frames[..];
+        let (metadata, message) = read_request(&mut reader, MAX_FRAME).await.unwrap().unwrap();
+        assert_eq!(metadata, request.metadata);
+        assert_eq!(message, request.message);
+        // A headers frame with nothing after it is a truncated request.
+        let headers_only = &frames[..frames.len() - plain.len()];
+        let mut reader = headers_only;
+        assert!(matches!(
+            read_request(&mut reader, MAX_FRAME).await,
+            Err(FrameError::Truncated)
+        ));
+        // Hand-made headers no client could send are dropped, not refused.
+        let odd = RequestHeaders {
+            headers: vec![
+                Header {
+                    key: "GRPC-X".into(),
+                    value: "1".into(),
+                },
+                Header {
+                    key: "ok".into(),
+                    value: "yes".into(),
+                },
+            ],
+        };
+        let metadata = decode_headers(&odd.encode_to_vec()).unwrap();
+        assert_eq!(metadata.iter().collect::<Vec<_>>(), vec![("ok", "yes")]);
     }
 
     #[tokio::test]

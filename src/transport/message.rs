@@ -1,5 +1,7 @@
 //! [`Request`] and [`Response`]: the protocol messages a connection carries.
 
+use super::{Metadata, Peer};
+use std::sync::Arc;
 use streamhouse_proto::v1::{
     AdminRequest, AdminResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
     ProduceRequest, ProduceResponse,
@@ -20,23 +22,42 @@ pub enum RequestMessage {
     Admin(AdminRequest),
 }
 
-/// A request to an agent: the message, and the instant after which nobody waits for the
-/// answer. Layers use the deadline (the retry policy stops retrying before it); transports may
-/// forward it (gRPC's `grpc-timeout`).
+/// A request to an agent: the message, the instant after which nobody waits for the answer,
+/// and metadata. Layers use the deadline (the retry policy stops retrying before it);
+/// transports may forward it (gRPC's `grpc-timeout`). Every transport carries the metadata
+/// (credentials, trace context, a user's own headers); the peer is filled in by a server
+/// adaptor on the agent's side and never sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     /// What is asked.
     pub message: RequestMessage,
     /// When the caller gives up, if ever.
     pub deadline: Option<Instant>,
+    /// Key/value pairs carried with the message.
+    pub metadata: Metadata,
+    /// Who sent it, on the agent's side; `None` on the client's.
+    pub peer: Option<Arc<Peer>>,
 }
 
 impl Request {
-    /// A request without a deadline.
+    /// A request without a deadline or metadata.
     pub fn new(message: RequestMessage) -> Request {
         Request {
             message,
             deadline: None,
+            metadata: Metadata::new(),
+            peer: None,
+        }
+    }
+
+    /// A request as a server adaptor hands it to the agent: with the metadata that arrived and
+    /// the connection's peer.
+    pub fn received(message: RequestMessage, metadata: Metadata, peer: Arc<Peer>) -> Request {
+        Request {
+            message,
+            deadline: None,
+            metadata,
+            peer: Some(peer),
         }
     }
 

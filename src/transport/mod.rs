@@ -33,12 +33,14 @@ mod endpoint;
 mod error;
 pub mod frame;
 mod message;
+mod metadata;
 mod schemes;
 pub mod tls;
 
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::TransportError;
 pub use message::{Request, RequestMessage, Response};
+pub use metadata::{Metadata, MetadataError, Peer};
 pub use schemes::SchemeTransport;
 
 use std::future::Future;

@@ -8,8 +8,8 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use streamhouse::transport::{
-    BoxFuture, Connection, Endpoint, Request, RequestMessage, Response, Transport, TransportError,
-    frame,
+    BoxFuture, Connection, Endpoint, Metadata, Request, RequestMessage, Response, Transport,
+    TransportError, frame,
 };
 use streamhouse_proto::v1::agent_client::AgentClient;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -211,22 +211,22 @@ impl Service<Request> for GrpcConnection {
             if size > max {
                 return Err(TransportError::FrameTooLarge { size, limit: max });
             }
-            let deadline = request.deadline;
+            let (deadline, metadata) = (request.deadline, &request.metadata);
             let result = match request.message {
                 RequestMessage::Produce(m) => client
-                    .produce(with_deadline(m, deadline))
+                    .produce(tonic_request(m, deadline, metadata))
                     .await
                     .map(|r| Response::Produce(r.into_inner())),
                 RequestMessage::Metadata(m) => client
-                    .metadata(with_deadline(m, deadline))
+                    .metadata(tonic_request(m, deadline, metadata))
                     .await
                     .map(|r| Response::Metadata(r.into_inner())),
                 RequestMessage::Fetch(m) => client
-                    .fetch(with_deadline(m, deadline))
+                    .fetch(tonic_request(m, deadline, metadata))
                     .await
                     .map(|r| Response::Fetch(r.into_inner())),
                 RequestMessage::Admin(m) => client
-                    .admin(with_deadline(m, deadline))
+                    .admin(tonic_request(m, deadline, metadata))
                     .await
                     .map(|r| Response::Admin(r.into_inner())),
                 _ => return Err(TransportError::Protocol("unsupported request".into())),
@@ -236,11 +236,26 @@ impl Service<Request> for GrpcConnection {
     }
 }
 
-/// A tonic request carrying the remaining time as its `grpc-timeout`.
-fn with_deadline<T>(message: T, deadline: Option<Instant>) -> tonic::Request<T> {
+/// A tonic request carrying the remaining time as its `grpc-timeout` and the request's
+/// metadata as gRPC metadata.
+fn tonic_request<T>(
+    message: T,
+    deadline: Option<Instant>,
+    metadata: &Metadata,
+) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Some(deadline) = deadline {
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+    let map = request.metadata_mut();
+    for (key, value) in metadata.iter() {
+        // `Metadata` admits only what gRPC can carry, so neither parse fails.
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::AsciiMetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::AsciiMetadataValue::try_from(value),
+        ) {
+            map.append(key, value);
+        }
     }
     request
 }

@@ -7,9 +7,10 @@ use crate::status::from_agent_error;
 use futures_core::Stream;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use streamhouse::serve::window_sizes;
-use streamhouse::transport::{AgentService, Request, RequestMessage, Response};
+use streamhouse::transport::{AgentService, Metadata, Peer, Request, RequestMessage, Response};
 use streamhouse_proto::v1::agent_server::{Agent, AgentServer};
 use streamhouse_proto::v1::{
     AdminRequest, AdminResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
@@ -183,16 +184,36 @@ impl Adaptor {
         message: impl FnOnce(T) -> RequestMessage,
     ) -> Result<Response, Status> {
         let pass = crate::bounds::connection_of(request.extensions()).map(|c| c.pass.clone());
-        let call = self
-            .agent
-            .clone()
-            .oneshot(Request::new(message(request.into_inner())));
+        let peer = Arc::new(peer_of(&request));
+        let metadata =
+            Metadata::received(request.metadata().iter().filter_map(|pair| match pair {
+                tonic::metadata::KeyAndValueRef::Ascii(key, value) => {
+                    Some((key.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            }));
+        let call = self.agent.clone().oneshot(Request::received(
+            message(request.into_inner()),
+            metadata,
+            peer,
+        ));
         let answer = match pass {
             Some(pass) => streamhouse::serve::for_client(pass, call).await,
             None => call.await,
         };
         answer.map_err(|e| from_agent_error(e.as_ref()))
     }
+}
+
+/// The client's address and, over TLS, the certificate chain it presented (verified).
+fn peer_of<T>(request: &tonic::Request<T>) -> Peer {
+    let peer = Peer::at(request.remote_addr());
+    #[cfg(feature = "tls")]
+    let peer = match request.peer_certs() {
+        Some(chain) => peer.with_certificates(chain.iter().map(|c| c.to_vec()).collect()),
+        None => peer,
+    };
+    peer
 }
 
 fn mismatched() -> Status {

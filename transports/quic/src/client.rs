@@ -250,7 +250,7 @@ impl Service<Request> for QuicConnection {
         let endpoint = self.endpoint.clone();
         let limit = self.max_frame;
         Box::pin(async move {
-            let frame = frame::encode_request(&request.message, limit)?;
+            let frame = frame::encode_request_frames(&request, limit)?;
             let exchange = async {
                 let connection = transport.live(&endpoint).await?;
                 let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;

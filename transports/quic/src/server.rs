@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use streamhouse::serve::{ConnectionPass, MIN_WINDOW, WindowGrant};
 use streamhouse::transport::frame::{self, FrameError, decode_request, read_frame_within};
-use streamhouse::transport::{AgentService, Request};
+use streamhouse::transport::{AgentService, Metadata, Peer, Request};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
@@ -159,6 +159,7 @@ async fn connection(
         // connection is affected.
         return;
     };
+    let peer = Arc::new(peer_of(&connection));
     connection
         .set_receive_window(quinn::VarInt::from_u64(window.bytes()).unwrap_or(quinn::VarInt::MAX));
     let mut streams = JoinSet::new();
@@ -168,7 +169,14 @@ async fn connection(
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(stream(send, recv, pass.clone(), agent.clone(), stream_limits));
+                    streams.spawn(stream(
+                        send,
+                        recv,
+                        pass.clone(),
+                        peer.clone(),
+                        agent.clone(),
+                        stream_limits,
+                    ));
                 }
                 Err(_) => break,
             },
@@ -204,6 +212,20 @@ fn server_config(config: &QuicConfig, tls: &ServerTls) -> Result<quinn::ServerCo
     Ok(server)
 }
 
+/// The client's address and, when it presented one, its verified certificate chain.
+fn peer_of(connection: &quinn::Connection) -> Peer {
+    let certificates = connection
+        .peer_identity()
+        .and_then(|identity| {
+            identity
+                .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .map(|chain| chain.iter().map(|c| c.to_vec()).collect())
+        .unwrap_or_default();
+    Peer::at(Some(connection.remote_address())).with_certificates(certificates)
+}
+
 /// One request: read a frame (limit checked before allocating, each chunk leased from the
 /// connection's request budget, the whole frame within the read timeout), answer it within the
 /// write timeout, finish.
@@ -211,6 +233,7 @@ async fn stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     pass: Arc<ConnectionPass>,
+    peer: Arc<Peer>,
     agent: AgentService,
     limits: StreamLimits,
 ) {
@@ -224,16 +247,33 @@ async fn stream(
         // Too many requests in progress: refused before anything is read (retriable).
         return refuse(&mut send, &mut recv, UNAVAILABLE);
     };
-    let reading = read_frame_within(&mut recv, limit, pass.requests());
+    let budget = pass.requests();
+    // The request's metadata frame, when it has one, then its message's frame; both within
+    // the read timeout, each leased from the connection's request budget while it is read.
+    let reading = async {
+        let mut metadata = Metadata::new();
+        let Some((mut kind, mut body, mut lease)) =
+            read_frame_within(&mut recv, limit, budget).await?
+        else {
+            return Ok(None);
+        };
+        if kind == frame::HEADERS {
+            metadata = frame::decode_headers(&body)?;
+            drop((body, lease));
+            (kind, body, lease) = read_frame_within(&mut recv, limit, budget)
+                .await?
+                .ok_or(FrameError::Truncated)?;
+        }
+        let message = decode_request(kind, &body)?;
+        drop((body, lease));
+        Ok::<_, FrameError>(Some((metadata, message)))
+    };
     let Ok(read) = tokio::time::timeout(limits.read_timeout, reading).await else {
         // A peer that starts a message and stops holds the stream no longer than this.
         return refuse(&mut send, &mut recv, READ_TIMEOUT);
     };
-    let request = match read {
-        Ok(Some((kind, body, _lease))) => match decode_request(kind, &body) {
-            Ok(message) => message,
-            Err(_) => return refuse(&mut send, &mut recv, MALFORMED),
-        },
+    let (metadata, message) = match read {
+        Ok(Some(request)) => request,
         Ok(None) => {
             let _ = send.finish();
             return;
@@ -243,7 +283,7 @@ async fn stream(
     };
     // The response lives until the answer is delivered: a fetch's batches count against the
     // agent's answer budget until then.
-    let call = agent.oneshot(Request::new(request));
+    let call = agent.oneshot(Request::received(message, metadata, peer));
     let (response, answer) = match streamhouse::serve::for_client(pass.clone(), call).await {
         Ok(response) => match frame::encode_response(&response, limit) {
             Ok(frame) => (response, frame),

@@ -11,7 +11,7 @@ use streamhouse::mock::MockAgent;
 use streamhouse::proto::v1::MetadataRequest;
 use streamhouse::serve::{ServerBounds, ServerLimits};
 use streamhouse::transport::frame::{self, MAX_FRAME, decode_response, read_frame};
-use streamhouse::transport::{RequestMessage, Response, Transport};
+use streamhouse::transport::{Request, RequestMessage, Response, Transport};
 use streamhouse_quic::{
     ALPN, ClientTls, QuicConfig, QuicServer, QuicTransport, ServerTls, dev_certificate,
 };
@@ -106,6 +106,16 @@ async fn garbage_ends_only_its_own_stream() {
 
     let client = raw_client(&ca, ALPN);
     let connection = client.connect(addr, "localhost").unwrap().await.unwrap();
+    let mut with_metadata = Request::new(RequestMessage::Metadata(MetadataRequest::default()));
+    with_metadata
+        .metadata
+        .insert("authorization", "Bearer x")
+        .unwrap();
+    let both = frame::encode_request_frames(&with_metadata, MAX_FRAME).unwrap();
+    let metadata_request = frame::encode_request(&with_metadata.message, MAX_FRAME).unwrap();
+    let headers = both[..both.len() - metadata_request.len()].to_vec();
+    // The whole thing, well formed, is answered.
+    assert_eq!(send_raw(&connection, &both).await, None);
     let cases: Vec<(&str, Vec<u8>, u64)> = vec![
         ("2 GiB length prefix", vec![0x80, 0, 0, 0, 0x01, 1, 2, 3], 1),
         (
@@ -129,6 +139,36 @@ async fn garbage_ends_only_its_own_stream() {
             2,
         ),
         ("zero-length frame", 0u32.to_be_bytes().to_vec(), 2),
+        // Request metadata (a headers frame before the request's frame), mangled.
+        ("headers frame and nothing after it", headers.clone(), 2),
+        (
+            "two headers frames",
+            [&headers[..], &headers[..], &metadata_request[..]].concat(),
+            2,
+        ),
+        (
+            "headers frame, then a truncated request",
+            [
+                &headers[..],
+                &metadata_request[..metadata_request.len() - 1],
+            ]
+            .concat(),
+            2,
+        ),
+        (
+            "malformed headers frame",
+            [&3u32.to_be_bytes()[..], &[frame::HEADERS, 0x0a, 0xff]].concat(),
+            2,
+        ),
+        (
+            "headers frame with a key that is not UTF-8",
+            [
+                &6u32.to_be_bytes()[..],
+                &[frame::HEADERS, 0x0a, 3, 0x0a, 1, 0xff][..],
+            ]
+            .concat(),
+            2,
+        ),
     ];
     for (name, bytes, code) in cases {
         assert_eq!(send_raw(&connection, &bytes).await, Some(code), "{name}");
