@@ -94,6 +94,15 @@ impl Bootstrap {
             };
             match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(Ok(Response::Metadata(response)))
+                    if ErrorCode::from_wire(response.error_code) != ErrorCode::None =>
+                {
+                    // Refused whole (our credentials): every seed of the group would say so.
+                    return Err(DiscoveryError::Unauthenticated(format!(
+                        "{seed}: {}",
+                        response.error_message
+                    )));
+                }
+                Ok(Ok(Response::Metadata(response)))
                     if !response.topics.is_empty()
                         && response.topics.iter().all(|t| {
                             ErrorCode::from_wire(t.error_code) == ErrorCode::Unavailable
@@ -137,6 +146,7 @@ fn to_metadata(
         ErrorCode::None => {}
         ErrorCode::UnknownTopic => return Err(DiscoveryError::UnknownTopic(topic.name.clone())),
         ErrorCode::InvalidTopic => return Err(DiscoveryError::InvalidTopic(topic.name.clone())),
+        ErrorCode::Unauthorized => return Err(DiscoveryError::Unauthorized(topic.name.clone())),
         ErrorCode::LimitExceeded => {
             return Err(DiscoveryError::Refused(format!(
                 "{}: {}",

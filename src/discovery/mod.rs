@@ -92,6 +92,12 @@ pub enum DiscoveryError {
     /// The agent refuses the topic for good (e.g. it would pass the agent's topic limit).
     #[error("topic refused: {0}")]
     Refused(String),
+    /// The agent did not accept our credentials (none, malformed, unknown, expired).
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// Our principal may not describe the topic.
+    #[error("not authorized to describe {0:?}")]
+    Unauthorized(String),
 }
 
 impl DiscoveryError {

@@ -11,6 +11,9 @@
 //!   jittered exponential backoff, never past the request's deadline. Refusals inside a response
 //!   (an `ErrorCode` per batch) are the sender's to retry, batch by batch.
 //! - tower's own `Timeout` bounds each attempt by `request_timeout`.
+//! - [`CredentialsLayer`] writes a [`Credentials`] provider's credentials (a [`BearerToken`])
+//!   into each request's metadata; [`WithCredentials`] puts it around a whole transport, so
+//!   discovery and reads carry them too.
 //! - [`FaultLayer`] injects seeded faults for tests: error codes, lost answers after the agent
 //!   applied the request, duplicated requests, delay.
 //!
@@ -18,9 +21,13 @@
 //! [`ProducerBuilder::layer`](crate::producer::ProducerBuilder::layer); they sit between the
 //! timeout and the connection, over the type-erased [`BoxConnection`].
 
+mod credentials;
 mod fault;
 mod retry;
 
+pub use credentials::{
+    ApplyCredentials, BearerToken, Credentials, CredentialsLayer, WithCredentials,
+};
 pub use fault::{FaultConfig, FaultLayer, FaultService, FaultStats};
 pub use retry::{Backoff, RetryPolicy};
 pub(crate) use retry::{is_retriable, may_have_been_applied};

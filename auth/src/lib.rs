@@ -1,0 +1,26 @@
+//! Security for StreamHouse agents: who sent a request ([`Authenticator`]), what they may do
+//! ([`Authorizer`]), and [`guard`], the layer that applies both in front of any agent service
+//! — the reference agent's or the mock's.
+//!
+//! ```text
+//! transport server adaptor ──Request{metadata, peer}──▶ guard ──▶ agent service
+//!                                                         │ authenticate(peer, metadata) → Principal
+//!                                                         │ allowed(principal, operation, topic)
+//!                                                         └ refusals answered here: UNAUTHENTICATED / UNAUTHORIZED
+//! ```
+//!
+//! Built so far: static bearer tokens stored as hashes ([`TokenFile`]) and topic ACLs with
+//! literal and prefix patterns, deny by default ([`Acls`], [`AclFile`]). The producer side
+//! (credentials in the request metadata) lives in the core crate, as a layer.
+
+mod acl;
+mod guard;
+mod principal;
+mod tokens;
+
+pub use acl::{
+    AclError, AclFile, Acls, Authorizer, Operation, Rule, TopicPattern, read as read_acls,
+};
+pub use guard::guard;
+pub use principal::{AuthError, Authenticator, Principal};
+pub use tokens::{MAX_TOKEN_LEN, TokenFile, TokenFileError, bearer_token};
