@@ -82,7 +82,7 @@ mod topics;
 pub use config::{AgentConfig, GroupConfig, RemoteConfig, S3Options, TopicSpec};
 pub use group::GroupStats;
 pub use group::table::{Holding, Key as LeaseKey, LeaseTable, Plan};
-pub use listen::{ListenError, ListenOptions, Listeners, Serving};
+pub use listen::{ListenError, ListenOptions, Listeners, Security, Serving};
 pub use log::{PartitionRecovery, RecoveryReport};
 pub use remote::RemoteStats;
 

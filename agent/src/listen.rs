@@ -6,6 +6,7 @@
 
 use crate::Agent;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use streamhouse::serve::{ServerBounds, ServerLimits};
 use streamhouse::transport::Endpoint;
 use streamhouse::transport::tls::ServerTls;
@@ -32,6 +33,25 @@ pub struct ListenOptions {
     /// Connections, idle timeout and request-byte budgets, counted once across gRPC and QUIC
     /// (they replace the `bounds` of `grpc_config` and `quic_config`).
     pub limits: ServerLimits,
+    /// Authentication and authorization of every request on every listener; `None` serves
+    /// anyone who reaches the ports.
+    pub security: Option<Security>,
+}
+
+/// Who may do what: the authenticator and authorizer [`streamhouse_auth::guard`] puts in
+/// front of the agent on every listener.
+#[derive(Clone)]
+pub struct Security {
+    /// Tells who sent a request.
+    pub authenticator: Arc<dyn streamhouse_auth::Authenticator>,
+    /// Decides what they may do.
+    pub authorizer: Arc<dyn streamhouse_auth::Authorizer>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Security { .. }")
+    }
 }
 
 /// Why listening failed.
@@ -148,13 +168,21 @@ impl Listeners {
                 let _ = rx.recv().await;
             }
         };
+        let service = match &self.options.security {
+            Some(security) => streamhouse_auth::guard(
+                agent.service(),
+                security.authenticator.clone(),
+                security.authorizer.clone(),
+            ),
+            None => agent.service(),
+        };
         let grpc = self.grpc.map(|listener| {
             let mut config = self.options.grpc_config.clone();
             if self.options.grpc_tls {
                 config.server_tls = self.options.tls.clone();
             }
             tokio::spawn(streamhouse_grpc::serve(
-                agent.service(),
+                service.clone(),
                 listener,
                 config,
                 stopped(&stop),
@@ -162,7 +190,7 @@ impl Listeners {
         });
         let quic = self
             .quic
-            .map(|server| tokio::spawn(server.serve(agent.service(), stopped(&stop))));
+            .map(|server| tokio::spawn(server.serve(service.clone(), stopped(&stop))));
         Serving {
             endpoints: self.endpoints,
             stop,

@@ -39,9 +39,23 @@ pub(crate) struct Args {
     /// `--ca DIR/cert.pem`.
     #[arg(long, value_name = "DIR")]
     dev_cert: Option<PathBuf>,
-    /// Require clients to present a certificate signed by this CA (mutual TLS).
+    /// Require clients to present a certificate signed by this CA (mutual TLS); needs a
+    /// server certificate.
     #[arg(long, value_name = "FILE")]
     client_ca: Option<PathBuf>,
+    /// Authenticate every request by bearer token: a file of `sha256:HEX PRINCIPAL` lines, the
+    /// hash of each token (`printf %s TOKEN | sha256sum`). Needs --acl-file: nothing is allowed
+    /// without a rule.
+    #[arg(long, value_name = "FILE", requires = "acl_file")]
+    token_file: Option<PathBuf>,
+    /// Who may do what, one rule per line: `allow PRINCIPAL OPERATION[,…] TOPIC` (operations
+    /// produce, fetch, describe, create, delete, admin, all; TOPIC a name, `prefix*` or `*`).
+    /// Everything else is denied.
+    #[arg(long, value_name = "FILE", requires = "token_file")]
+    acl_file: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS or without authentication (refused otherwise).
+    #[arg(long)]
+    insecure: bool,
     /// Serve gRPC over TLS too (grpcs://), with the same certificate as QUIC.
     #[arg(long, requires = "grpc")]
     grpc_tls: bool,
@@ -313,6 +327,80 @@ fn server_limits(args: &Args, fd_limit: u64) -> (ServerLimits, GrpcConfig, QuicC
     (limits, grpc, quic)
 }
 
+/// Refuses settings that would serve less securely than they look: a client CA without a
+/// certificate (it would be ignored), a wildcard address advertised as-is, a non-loopback
+/// listener without TLS or without authentication (unless --insecure), auto-creation with
+/// authentication (its `create` permission is not checked yet).
+fn check_security(args: &Args, tls: bool) -> anyhow::Result<()> {
+    if args.client_ca.is_some() && !tls {
+        bail!(
+            "--client-ca needs a server certificate (--tls-cert/--tls-key or --dev-cert); without one it would be ignored and clients served without TLS"
+        );
+    }
+    if args.client_ca.is_some() && args.grpc.is_some() && !args.grpc_tls && !args.insecure {
+        bail!(
+            "--client-ca applies to QUIC and grpcs:// only: plaintext gRPC on {} would serve clients without certificates; add --grpc-tls, or --insecure to serve it anyway",
+            args.grpc.map(|a| a.to_string()).unwrap_or_default()
+        );
+    }
+    let addrs = args.grpc.iter().chain(args.quic.iter());
+    if args.advertise.is_empty()
+        && let Some(wildcard) = addrs.clone().find(|a| a.ip().is_unspecified())
+    {
+        bail!(
+            "{wildcard} is not an address clients can use: give --advertise URL (e.g. grpc://agent-1.internal:{})",
+            wildcard.port()
+        );
+    }
+    if !args.insecure {
+        let authenticated = args.token_file.is_some() || args.client_ca.is_some();
+        if let Some(grpc) = args.grpc.filter(|a| !a.ip().is_loopback())
+            && !(args.grpc_tls && authenticated)
+        {
+            bail!(
+                "refusing to serve gRPC on non-loopback {grpc} without TLS and authentication: add --grpc-tls and --token-file/--acl-file (or --client-ca), or --insecure"
+            );
+        }
+        if let Some(quic) = args.quic.filter(|a| !a.ip().is_loopback())
+            && !authenticated
+        {
+            bail!(
+                "refusing to serve QUIC on non-loopback {quic} without authentication: add --token-file/--acl-file (or --client-ca), or --insecure"
+            );
+        }
+    }
+    if args.token_file.is_some() && args.auto_create.is_some() {
+        bail!(
+            "--auto-create cannot be combined with --token-file yet (the create permission is not checked on auto-creation); create topics with --topic or `streamhouse topics create`"
+        );
+    }
+    Ok(())
+}
+
+/// The authenticator and authorizer of --token-file and --acl-file.
+fn security(args: &Args) -> anyhow::Result<Option<streamhouse_agent::Security>> {
+    let (Some(tokens), Some(acls)) = (&args.token_file, &args.acl_file) else {
+        return Ok(None);
+    };
+    let tokens = streamhouse_auth::TokenFile::load(tokens).context("cannot load --token-file")?;
+    if !acls.exists() {
+        bail!(
+            "--acl-file {} does not exist (create it with `streamhouse acl add`; an empty file denies everything)",
+            acls.display()
+        );
+    }
+    let acls = streamhouse_auth::AclFile::load(acls).context("cannot load --acl-file")?;
+    tracing::info!(
+        tokens = tokens.len(),
+        rules = acls.rules().rules.len(),
+        "authentication by token, authorization by ACL"
+    );
+    Ok(Some(streamhouse_agent::Security {
+        authenticator: std::sync::Arc::new(tokens),
+        authorizer: std::sync::Arc::new(acls),
+    }))
+}
+
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let fd_limit = match streamhouse_agent::raise_fd_limit() {
         Ok((before, after)) => {
@@ -338,6 +426,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             "QUIC and --grpc-tls need a certificate: --tls-cert FILE --tls-key FILE, or --dev-cert DIR"
         );
     }
+    check_security(&args, tls.is_some())?;
+    let security = security(&args)?;
     let listeners = Listeners::bind(ListenOptions {
         grpc: args.grpc,
         quic: args.quic,
@@ -346,6 +436,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         grpc_config,
         quic_config,
         limits,
+        security,
     })
     .await?;
     let mut config = AgentConfig::new(&args.data);

@@ -1,10 +1,12 @@
-//! Client connection options shared by `produce`, `consume` and `topics`: seed URLs, and the
-//! certificates for `quic://` and `grpcs://`.
+//! Client connection options shared by `produce`, `consume` and `topics`: seed URLs, the
+//! certificates for `quic://` and `grpcs://`, and the bearer token for agents that
+//! authenticate.
 
 use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::sync::Arc;
 use streamhouse::discovery::Bootstrap;
+use streamhouse::layers::{BearerToken, WithCredentials};
 use streamhouse::transport::tls::ClientTls;
 use streamhouse::transport::{Endpoint, SchemeTransport, Transport};
 use streamhouse_grpc::{GrpcConfig, GrpcTransport};
@@ -26,6 +28,13 @@ pub(crate) struct ClientArgs {
     /// PEM private key of --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
+    /// Bearer token to present to agents that authenticate (visible to other users of this
+    /// machine in the process list: prefer --token-file).
+    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the bearer token (surrounding whitespace ignored).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -36,13 +45,25 @@ impl ClientArgs {
             ca,
             cert: None,
             key: None,
+            token: None,
+            token_file: None,
         }
+    }
+
+    /// The same, presenting the token in `file`.
+    pub(crate) fn with_token_file(mut self, file: Option<PathBuf>) -> ClientArgs {
+        self.token_file = file;
+        self
     }
 
     /// Transport (by scheme) and discovery for the seeds.
     pub(crate) fn connect(&self) -> anyhow::Result<(Arc<dyn Transport>, Bootstrap)> {
         let seeds = seeds(&self.bootstrap)?;
-        let transport: Arc<dyn Transport> = Arc::new(self.transport(&seeds)?);
+        let transport = self.transport(&seeds)?;
+        let transport: Arc<dyn Transport> = match self.credentials()? {
+            Some(token) => Arc::new(WithCredentials::new(transport, Arc::new(token))),
+            None => Arc::new(transport),
+        };
         let discovery = Bootstrap::new(transport.clone(), seeds);
         Ok((transport, discovery))
     }
@@ -53,6 +74,24 @@ impl ClientArgs {
             .into_iter()
             .next()
             .context("--bootstrap names no agent")
+    }
+
+    /// The bearer token of --token or --token-file.
+    fn credentials(&self) -> anyhow::Result<Option<BearerToken>> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read --token-file {}", file.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        let token = BearerToken::new(&token).map_err(|_| {
+            anyhow::anyhow!(
+                "the token is empty or holds spaces or characters other than visible ASCII"
+            )
+        })?;
+        Ok(Some(token))
     }
 
     fn transport(&self, seeds: &[Endpoint]) -> anyhow::Result<SchemeTransport> {

@@ -96,6 +96,9 @@ pub(crate) struct Args {
     /// PEM CA for an external quic:// or grpcs:// agent.
     #[arg(long, value_name = "FILE", requires = "bootstrap")]
     ca: Option<PathBuf>,
+    /// File holding the bearer token for an external agent that authenticates.
+    #[arg(long, value_name = "FILE", requires = "bootstrap")]
+    token_file: Option<PathBuf>,
     /// Topic to use on an external agent.
     #[arg(long, default_value = "bench")]
     topic: String,
@@ -156,6 +159,8 @@ struct CellSpec {
     rate: Option<f64>,
     bootstrap: Option<String>,
     ca: Option<PathBuf>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
     topic: String,
     #[serde(default)]
     storage: Option<embedded::Storage>,
@@ -248,7 +253,8 @@ async fn run_cell(spec: &CellSpec) -> anyhow::Result<CellResult> {
     let payload = Arc::new(Payload::generate(&payload_kind, spec.value_size)?);
     let (embedded, target) = match &spec.bootstrap {
         Some(list) => {
-            let client = ClientArgs::new(list.clone(), spec.ca.clone());
+            let client = ClientArgs::new(list.clone(), spec.ca.clone())
+                .with_token_file(spec.token_file.clone());
             let (transport, discovery) = client.connect()?;
             (
                 None,
@@ -363,6 +369,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         rate: args.rate,
         bootstrap: args.bootstrap.clone(),
         ca: args.ca.clone(),
+        token_file: args.token_file.clone(),
         topic: args.topic.clone(),
         storage: args.objects.as_ref().map(|objects| embedded::Storage {
             objects: objects.clone(),

@@ -105,6 +105,9 @@ pub async fn serve(
     Ok(())
 }
 
+/// Largest header list (request metadata included) a request may carry: 128 KiB.
+const MAX_HEADER_LIST_SIZE: u32 = 128 << 10;
+
 /// Connections waiting for their HTTP/2 server to take them.
 const LANE_QUEUE: usize = 16;
 
@@ -160,6 +163,10 @@ fn router(
         .http2_keepalive_interval(Some(config.keep_alive_interval))
         .http2_keepalive_timeout(Some(config.keep_alive_timeout))
         .max_concurrent_streams(Some(config.max_concurrent_streams))
+        // Room for request metadata past HTTP/2's usual 16 KiB, so that an oversized credential
+        // reaches the agent's authenticator and is answered UNAUTHENTICATED, as on QUIC,
+        // instead of failing the stream with an opaque protocol error.
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
         .timeout(config.request_timeout);
     #[cfg(feature = "tls")]
     let builder = match &config.server_tls {

@@ -1,0 +1,222 @@
+//! Authentication and ACLs on the reference agent, over gRPC, gRPC+TLS and QUIC: each bad
+//! credential or forbidden operation is a typed refusal, nothing is appended or readable, and
+//! the agent serves the next good request.
+
+use bytes::Bytes;
+use std::sync::Arc;
+use streamhouse::batch::{BatchBuilder, ProducerStamp};
+use streamhouse::codec::NoCompression;
+use streamhouse::proto::v1::{
+    Acks, ErrorCode, FetchRequest, MetadataRequest, PartitionBatch, ProduceRequest,
+};
+use streamhouse::transport::tls::{ClientTls, ServerTls};
+use streamhouse::transport::{Endpoint, Request, RequestMessage, Response, Transport};
+use streamhouse_agent::{Agent, AgentConfig, ListenOptions, Listeners, Security, TopicSpec};
+use streamhouse_auth::{Acls, TokenFile};
+use streamhouse_grpc::{GrpcConfig, GrpcTransport};
+use streamhouse_quic::{QuicConfig, QuicTransport, dev_certificate};
+use tower::ServiceExt;
+
+struct Secured {
+    agent: Agent,
+    endpoints: Vec<(&'static str, Endpoint, Arc<dyn Transport>)>,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    _serving: Vec<streamhouse_agent::Serving>,
+}
+
+async fn secured() -> Secured {
+    let data = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let dev = dev_certificate(certs.path()).unwrap();
+    let tls = ServerTls::from_files(&dev.cert, &dev.key).unwrap();
+    let tokens = format!(
+        "{}{}",
+        TokenFile::line("alpha", "payments"),
+        TokenFile::line("beta", "search")
+    );
+    let acls: Acls = "allow payments produce,describe orders*\nallow search fetch,describe orders"
+        .parse()
+        .unwrap();
+    let security = Security {
+        authenticator: Arc::new(TokenFile::parse(&tokens).unwrap()),
+        authorizer: Arc::new(acls),
+    };
+    let mut config = AgentConfig::new(data.path());
+    config.topics = ["orders:1", "order:1"]
+        .iter()
+        .map(|t| t.parse::<TopicSpec>().unwrap())
+        .collect();
+    let agent = Agent::open(config).await.unwrap();
+    let client_tls = ClientTls::from_ca_file(&dev.cert).unwrap();
+    let mut endpoints: Vec<(&'static str, Endpoint, Arc<dyn Transport>)> = Vec::new();
+    let mut serving = Vec::new();
+    for grpc_tls in [false, true] {
+        let listeners = Listeners::bind(ListenOptions {
+            grpc: Some("127.0.0.1:0".parse().unwrap()),
+            quic: (!grpc_tls).then(|| "127.0.0.1:0".parse().unwrap()),
+            tls: Some(tls.clone()),
+            grpc_tls,
+            security: Some(security.clone()),
+            ..ListenOptions::default()
+        })
+        .await
+        .unwrap();
+        let s = listeners.serve(&agent);
+        if grpc_tls {
+            let mut config = GrpcConfig::default();
+            config.client_tls = Some(client_tls.clone());
+            let e = s.endpoint("grpcs").unwrap().clone();
+            endpoints.push(("grpcs", e, Arc::new(GrpcTransport::new(config))));
+        } else {
+            let e = s.endpoint("grpc").unwrap().clone();
+            endpoints.push(("grpc", e, Arc::new(GrpcTransport::default())));
+            let e = s.endpoint("quic").unwrap().clone();
+            let quic = QuicTransport::new(QuicConfig::default(), &client_tls).unwrap();
+            endpoints.push(("quic", e, Arc::new(quic)));
+        }
+        serving.push(s);
+    }
+    Secured {
+        agent,
+        endpoints,
+        _dirs: (data, certs),
+        _serving: serving,
+    }
+}
+
+fn produce(topic: &str) -> RequestMessage {
+    let mut builder = BatchBuilder::new();
+    builder.append(1, None, Some(b"v"), &[]).unwrap();
+    let batch: Bytes = builder.finish(ProducerStamp::NONE, &NoCompression).unwrap();
+    RequestMessage::Produce(ProduceRequest {
+        acks: Acks::Leader as i32,
+        timeout_ms: 5_000,
+        batches: vec![PartitionBatch {
+            topic: topic.into(),
+            partition: 0,
+            batch,
+        }],
+    })
+}
+
+fn fetch(topic: &str) -> RequestMessage {
+    RequestMessage::Fetch(FetchRequest {
+        topic: topic.into(),
+        partition: 0,
+        offset: 0,
+        max_bytes: 1 << 20,
+        max_wait_ms: 0,
+    })
+}
+
+async fn call(
+    transport: &Arc<dyn Transport>,
+    endpoint: &Endpoint,
+    authorization: Option<&str>,
+    message: RequestMessage,
+) -> (ErrorCode, usize) {
+    let mut request = Request::new(message);
+    if let Some(value) = authorization {
+        request.metadata.insert("authorization", value).unwrap();
+    }
+    let connection = transport.connect(endpoint).await.unwrap();
+    match connection.oneshot(request).await.unwrap() {
+        Response::Produce(r) => (ErrorCode::from_wire(r.results[0].error_code), 0),
+        Response::Fetch(r) => (ErrorCode::from_wire(r.error_code), r.batches.len()),
+        Response::Metadata(r) => (ErrorCode::from_wire(r.error_code), r.topics.len()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bad_input_rows_are_refused_by_type_on_every_transport() {
+    let s = secured().await;
+    let oversize = format!("Bearer {}", "t".repeat(64 << 10));
+    let rows: Vec<(&str, Option<&str>, RequestMessage, ErrorCode)> = vec![
+        (
+            "no credentials",
+            None,
+            produce("orders"),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "another scheme",
+            Some("Basic YWxwaGE="),
+            produce("orders"),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "malformed token",
+            Some("Bearer"),
+            produce("orders"),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "truncated token",
+            Some("Bearer alph"),
+            produce("orders"),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "unknown token",
+            Some("Bearer gamma"),
+            produce("orders"),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "oversize token (64 KiB)",
+            Some(&oversize),
+            produce("orders"),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "metadata without credentials",
+            None,
+            RequestMessage::Metadata(MetadataRequest::default()),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "prefix edge: order is not orders*",
+            Some("Bearer alpha"),
+            produce("order"),
+            ErrorCode::Unauthorized,
+        ),
+        (
+            "a token valid for another principal's topic",
+            Some("Bearer beta"),
+            produce("orders"),
+            ErrorCode::Unauthorized,
+        ),
+        (
+            "fetch without fetch",
+            Some("Bearer alpha"),
+            fetch("orders"),
+            ErrorCode::Unauthorized,
+        ),
+        (
+            "fetch of a topic without a rule",
+            Some("Bearer beta"),
+            fetch("order"),
+            ErrorCode::Unauthorized,
+        ),
+    ];
+    for (name, endpoint, transport) in &s.endpoints {
+        for (row, authorization, message, expected) in &rows {
+            let before = s.agent.next_offset("orders", 0).unwrap()
+                + s.agent.next_offset("order", 0).unwrap();
+            let (code, items) = call(transport, endpoint, *authorization, message.clone()).await;
+            assert_eq!(code, *expected, "{name}: {row}");
+            assert_eq!(items, 0, "{name}: {row}: nothing readable");
+            let after = s.agent.next_offset("orders", 0).unwrap()
+                + s.agent.next_offset("order", 0).unwrap();
+            assert_eq!(before, after, "{name}: {row}: nothing appended");
+            // The next good request is served.
+            let (code, _) =
+                call(transport, endpoint, Some("Bearer alpha"), produce("orders")).await;
+            assert_eq!(code, ErrorCode::None, "{name}: after {row}");
+        }
+        // And what was appended is readable by the principal allowed to fetch it.
+        let (code, batches) = call(transport, endpoint, Some("Bearer beta"), fetch("orders")).await;
+        assert_eq!((code, batches > 0), (ErrorCode::None, true), "{name}");
+    }
+}
