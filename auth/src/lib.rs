@@ -9,12 +9,14 @@
 //!                                                         └ refusals answered here: UNAUTHENTICATED / UNAUTHORIZED
 //! ```
 //!
-//! Built so far: static bearer tokens stored as hashes ([`TokenFile`]) and topic ACLs with
+//! Built so far: static bearer tokens stored as hashes ([`TokenFile`]), client certificates
+//! (mutual TLS, [`CertificateNames`]), either of them ([`FirstOf`]), and topic ACLs with
 //! literal and prefix patterns, deny by default ([`Acls`], [`AclFile`]). The producer side
 //! (credentials in the request metadata) lives in the core crate, as a layer.
 
 mod acl;
 mod guard;
+mod mtls;
 mod principal;
 mod tokens;
 
@@ -22,5 +24,6 @@ pub use acl::{
     AclError, AclFile, Acls, Authorizer, Operation, Rule, TopicPattern, read as read_acls,
 };
 pub use guard::guard;
+pub use mtls::{CertificateNames, FirstOf};
 pub use principal::{AuthError, Authenticator, Principal};
 pub use tokens::{MAX_TOKEN_LEN, TokenFile, TokenFileError, bearer_token};

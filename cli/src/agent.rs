@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use streamhouse::serve::ServerLimits;
 use streamhouse::transport::Endpoint;
@@ -40,8 +41,9 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DIR")]
     dev_cert: Option<PathBuf>,
     /// Require clients to present a certificate signed by this CA (mutual TLS); needs a
-    /// server certificate.
-    #[arg(long, value_name = "FILE")]
+    /// server certificate and --acl-file. A client's principal is the first DNS name among its
+    /// certificate's subject alternative names.
+    #[arg(long, value_name = "FILE", requires = "acl_file")]
     client_ca: Option<PathBuf>,
     /// Authenticate every request by bearer token: a file of `sha256:HEX PRINCIPAL` lines, the
     /// hash of each token (`printf %s TOKEN | sha256sum`). Needs --acl-file: nothing is allowed
@@ -50,8 +52,8 @@ pub(crate) struct Args {
     token_file: Option<PathBuf>,
     /// Who may do what, one rule per line: `allow PRINCIPAL OPERATION[,…] TOPIC` (operations
     /// produce, fetch, describe, create, delete, admin, all; TOPIC a name, `prefix*` or `*`).
-    /// Everything else is denied.
-    #[arg(long, value_name = "FILE", requires = "token_file")]
+    /// Everything else is denied. Needs --token-file or --client-ca (who the principals are).
+    #[arg(long, value_name = "FILE")]
     acl_file: Option<PathBuf>,
     /// Serve a non-loopback address without TLS or without authentication (refused otherwise).
     #[arg(long)]
@@ -379,10 +381,25 @@ fn check_security(args: &Args, tls: bool) -> anyhow::Result<()> {
 
 /// The authenticator and authorizer of --token-file and --acl-file.
 fn security(args: &Args) -> anyhow::Result<Option<streamhouse_agent::Security>> {
-    let (Some(tokens), Some(acls)) = (&args.token_file, &args.acl_file) else {
+    let Some(acls) = &args.acl_file else {
         return Ok(None);
     };
-    let tokens = streamhouse_auth::TokenFile::load(tokens).context("cannot load --token-file")?;
+    let mut authenticators: Vec<Arc<dyn streamhouse_auth::Authenticator>> = Vec::new();
+    if let Some(tokens) = &args.token_file {
+        let tokens =
+            streamhouse_auth::TokenFile::load(tokens).context("cannot load --token-file")?;
+        tracing::info!(tokens = tokens.len(), "authentication by bearer token");
+        authenticators.push(Arc::new(tokens));
+    }
+    if args.client_ca.is_some() {
+        tracing::info!("authentication by client certificate (its first DNS name)");
+        authenticators.push(Arc::new(streamhouse_auth::CertificateNames));
+    }
+    if authenticators.is_empty() {
+        bail!(
+            "--acl-file needs --token-file or --client-ca: the rules name principals, and these say who they are"
+        );
+    }
     if !acls.exists() {
         bail!(
             "--acl-file {} does not exist (create it with `streamhouse acl add`; an empty file denies everything)",
@@ -390,14 +407,10 @@ fn security(args: &Args) -> anyhow::Result<Option<streamhouse_agent::Security>> 
         );
     }
     let acls = streamhouse_auth::AclFile::load(acls).context("cannot load --acl-file")?;
-    tracing::info!(
-        tokens = tokens.len(),
-        rules = acls.rules().rules.len(),
-        "authentication by token, authorization by ACL"
-    );
+    tracing::info!(rules = acls.rules().rules.len(), "authorization by ACL");
     Ok(Some(streamhouse_agent::Security {
-        authenticator: std::sync::Arc::new(tokens),
-        authorizer: std::sync::Arc::new(acls),
+        authenticator: Arc::new(streamhouse_auth::FirstOf::new(authenticators)),
+        authorizer: Arc::new(acls),
     }))
 }
 

@@ -212,13 +212,27 @@ impl Adaptor {
     }
 }
 
-/// The client's address and, over TLS, the certificate chain it presented (verified).
+/// The client's address and, over TLS, the certificate chain it presented (verified). Our own
+/// listener's connections carry [`ConnInfo`](crate::incoming::ConnInfo), which tonic's
+/// `remote_addr`/`peer_certs` do not look for; other incoming streams (`serve_incoming`) carry
+/// their own, read through tonic's accessors.
 fn peer_of<T>(request: &tonic::Request<T>) -> Peer {
-    let peer = Peer::at(request.remote_addr());
+    let addr = crate::bounds::connection_of(request.extensions())
+        .map(|c| c.peer)
+        .or_else(|| request.remote_addr());
+    let peer = Peer::at(addr);
     #[cfg(feature = "tls")]
-    let peer = match request.peer_certs() {
-        Some(chain) => peer.with_certificates(chain.iter().map(|c| c.to_vec()).collect()),
-        None => peer,
+    let peer = {
+        use tonic::transport::server::TlsConnectInfo;
+        let chain = request
+            .extensions()
+            .get::<TlsConnectInfo<crate::incoming::ConnInfo>>()
+            .and_then(TlsConnectInfo::peer_certs)
+            .or_else(|| request.peer_certs());
+        match chain {
+            Some(chain) => peer.with_certificates(chain.iter().map(|c| c.to_vec()).collect()),
+            None => peer,
+        }
     };
     peer
 }

@@ -43,6 +43,13 @@ pub(crate) fn connection_error(e: quinn::ConnectionError) -> TransportError {
         C::TransportError(ref t) if (0x100..=0x1ff).contains(&u64::from(t.code)) => {
             TransportError::Tls(Some(Box::new(e)))
         }
+        // The agent refused our certificate (none, unknown CA, expired): its own error, not a
+        // lost connection to retry.
+        C::ConnectionClosed(ref close)
+            if (0x100..=0x1ff).contains(&u64::from(close.error_code)) =>
+        {
+            TransportError::Tls(Some(Box::new(e)))
+        }
         C::VersionMismatch => TransportError::Protocol(e.to_string()),
         // Idle timeout, closed or reset connections: retriable, and a request in flight may
         // have been applied.

@@ -1,0 +1,68 @@
+//! [`CertificateNames`]: the principal of a client that presented a TLS certificate (mutual
+//! TLS, on gRPC+TLS and QUIC), and [`FirstOf`]: several authenticators, tried in order.
+//!
+//! The transport has already verified the chain against the agent's client CA before a request
+//! arrives; this only names the client: its principal is the first DNS name of the leaf
+//! certificate's subject alternative names (`payments.clients.example` → principal
+//! `payments.clients.example`). A certificate without one is refused.
+
+use crate::{AuthError, Authenticator, Principal};
+use rustls_pki_types::CertificateDer;
+use std::sync::Arc;
+use streamhouse::transport::{Metadata, Peer};
+
+/// Names a client by the first DNS name in its verified certificate's subject alternative
+/// names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CertificateNames;
+
+impl Authenticator for CertificateNames {
+    fn authenticate(&self, peer: &Peer, _: &Metadata) -> Result<Principal, AuthError> {
+        let leaf = peer.certificates.first().ok_or(AuthError::Missing)?;
+        let der = CertificateDer::from(leaf.as_slice());
+        let cert = webpki::EndEntityCert::try_from(&der)
+            .map_err(|_| AuthError::Malformed("client certificate does not parse"))?;
+        let name = cert.valid_dns_names().next().ok_or(AuthError::Malformed(
+            "client certificate names no DNS subject alternative name",
+        ))?;
+        Ok(Principal::new(name))
+    }
+}
+
+/// Several authenticators, tried in order: the first that names a principal wins. When none
+/// does, the answer is the first failure other than [`AuthError::Missing`] (a bad token is
+/// reported as bad, not as absent), or `Missing`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use streamhouse_auth::{CertificateNames, FirstOf, TokenFile};
+///
+/// let tokens = TokenFile::parse(&TokenFile::line("s3cret", "payments")).unwrap();
+/// // A bearer token when the request carries one, else the client certificate.
+/// let either = FirstOf::new(vec![Arc::new(tokens), Arc::new(CertificateNames)]);
+/// ```
+pub struct FirstOf {
+    authenticators: Vec<Arc<dyn Authenticator>>,
+}
+
+impl FirstOf {
+    /// Tries `authenticators` in this order.
+    pub fn new(authenticators: Vec<Arc<dyn Authenticator>>) -> FirstOf {
+        FirstOf { authenticators }
+    }
+}
+
+impl Authenticator for FirstOf {
+    fn authenticate(&self, peer: &Peer, metadata: &Metadata) -> Result<Principal, AuthError> {
+        let mut failure = AuthError::Missing;
+        for authenticator in &self.authenticators {
+            match authenticator.authenticate(peer, metadata) {
+                Ok(principal) => return Ok(principal),
+                Err(AuthError::Missing) => {}
+                Err(e) if failure == AuthError::Missing => failure = e,
+                Err(_) => {}
+            }
+        }
+        Err(failure)
+    }
+}
