@@ -48,6 +48,31 @@ pub(crate) fn from_agent_error(error: &(dyn std::error::Error + 'static)) -> Sta
     }
 }
 
+/// Whether the call failed on a TLS alert from the agent (our certificate refused: none,
+/// unknown CA, expired) — its own error, not a lost connection to retry. HTTP/2 (h2) keeps an
+/// I/O error's kind and text only, so rustls's error is recognised by its text under
+/// `InvalidData`. In TLS 1.3 the agent judges the client's certificate after the client
+/// considers the handshake done, so a request written first can also fail with a broken pipe
+/// before the alert is read: that one stays a retriable lost connection, and the retry meets
+/// the alert.
+fn tls_refusal(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+        {
+            let text = io.to_string();
+            if text.starts_with("received fatal alert")
+                || text.starts_with("invalid peer certificate")
+            {
+                return true;
+            }
+        }
+        source = error.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,29 +104,4 @@ mod tests {
             TransportError::Unauthenticated
         ));
     }
-}
-
-/// Whether the call failed on a TLS alert from the agent (our certificate refused: none,
-/// unknown CA, expired) — its own error, not a lost connection to retry. HTTP/2 (h2) keeps an
-/// I/O error's kind and text only, so rustls's error is recognised by its text under
-/// `InvalidData`. In TLS 1.3 the agent judges the client's certificate after the client
-/// considers the handshake done, so a request written first can also fail with a broken pipe
-/// before the alert is read: that one stays a retriable lost connection, and the retry meets
-/// the alert.
-fn tls_refusal(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if let Some(io) = error.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::InvalidData
-        {
-            let text = io.to_string();
-            if text.starts_with("received fatal alert")
-                || text.starts_with("invalid peer certificate")
-            {
-                return true;
-            }
-        }
-        source = error.source();
-    }
-    false
 }
