@@ -12,10 +12,27 @@ use streamhouse::proto::v1::{
 use streamhouse::transport::tls::{ClientTls, ServerTls};
 use streamhouse::transport::{Endpoint, Request, RequestMessage, Response, Transport};
 use streamhouse_agent::{Agent, AgentConfig, ListenOptions, Listeners, Security, TopicSpec};
-use streamhouse_auth::{Acls, TokenFile};
+use streamhouse_auth::{Acls, FirstOf, Jwt, JwtAlgorithm, TokenFile};
 use streamhouse_grpc::{GrpcConfig, GrpcTransport};
 use streamhouse_quic::{QuicConfig, QuicTransport, dev_certificate};
 use tower::ServiceExt;
+
+const JWT_SECRET: &[u8] = b"a-shared-secret-of-32-bytes-or-more";
+
+/// An HS256 JWT for `sub`, valid from `nbf` to `exp` (seconds from now), issued by `iss`.
+fn jwt(sub: &str, nbf: i64, exp: i64, iss: &str, secret: &[u8]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = serde_json::json!({"sub": sub, "nbf": now + nbf, "exp": now + exp, "iss": iss});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
 
 struct Secured {
     agent: Agent,
@@ -37,8 +54,14 @@ async fn secured() -> Secured {
     let acls: Acls = "allow payments produce,describe orders*\nallow search fetch,describe orders"
         .parse()
         .unwrap();
+    let jwt = Jwt::new(JwtAlgorithm::Hs256, JWT_SECRET)
+        .unwrap()
+        .issuer("idp");
     let security = Security {
-        authenticator: Arc::new(TokenFile::parse(&tokens).unwrap()),
+        authenticator: Arc::new(FirstOf::new(vec![
+            Arc::new(TokenFile::parse(&tokens).unwrap()),
+            Arc::new(jwt),
+        ])),
         authorizer: Arc::new(acls),
     };
     let mut config = AgentConfig::new(data.path());
@@ -132,7 +155,56 @@ async fn call(
 async fn the_bad_input_rows_are_refused_by_type_on_every_transport() {
     let s = secured().await;
     let oversize = format!("Bearer {}", "t".repeat(64 << 10));
+    let bearer = |token: String| format!("Bearer {token}");
+    let expired = bearer(jwt("payments", -600, -60, "idp", JWT_SECRET));
+    let immature = bearer(jwt("payments", 600, 1200, "idp", JWT_SECRET));
+    let wrong_issuer = bearer(jwt("payments", -60, 600, "evil", JWT_SECRET));
+    let wrong_key = bearer(jwt(
+        "payments",
+        -60,
+        600,
+        "idp",
+        b"not-the-secret-but-32-bytes-long!!",
+    ));
+    let search_jwt = bearer(jwt("search", -60, 600, "idp", JWT_SECRET));
+    let payments_jwt = bearer(jwt("payments", -60, 600, "idp", JWT_SECRET));
     let rows: Vec<(&str, Option<&str>, RequestMessage, ErrorCode)> = vec![
+        (
+            "expired JWT",
+            Some(&expired),
+            produce("orders"),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "JWT not yet valid",
+            Some(&immature),
+            produce("orders"),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "JWT of another issuer",
+            Some(&wrong_issuer),
+            produce("orders"),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "JWT with a wrong signature",
+            Some(&wrong_key),
+            produce("orders"),
+            ErrorCode::Unauthenticated,
+        ),
+        (
+            "JWT of a principal without produce",
+            Some(&search_jwt),
+            produce("orders"),
+            ErrorCode::Unauthorized,
+        ),
+        (
+            "JWT fetch without fetch",
+            Some(&payments_jwt),
+            fetch("orders"),
+            ErrorCode::Unauthorized,
+        ),
         (
             "no credentials",
             None,

@@ -14,7 +14,7 @@
 //!
 //! | metric | labels |
 //! |---|---|
-//! | `streamhouse_auth_failures_total` | `reason`: `missing`, `malformed`, `too_large`, `invalid` |
+//! | `streamhouse_auth_failures_total` | `reason`: `missing`, `malformed`, `too_large`, `invalid`, `expired`, `not_yet_valid`, `claim` |
 //! | `streamhouse_auth_denied_total` | `operation` |
 
 use crate::{AuthError, Authenticator, Authorizer, Operation, Principal};

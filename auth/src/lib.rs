@@ -9,13 +9,15 @@
 //!                                                         └ refusals answered here: UNAUTHENTICATED / UNAUTHORIZED
 //! ```
 //!
-//! Built so far: static bearer tokens stored as hashes ([`TokenFile`]), client certificates
+//! Built so far: static bearer tokens stored as hashes ([`TokenFile`]), JSON Web Tokens
+//! ([`Jwt`]: HS256, RS256, ES256; issuer, audience, expiry, not-before), client certificates
 //! (mutual TLS, [`CertificateNames`]), either of them ([`FirstOf`]), and topic ACLs with
 //! literal and prefix patterns, deny by default ([`Acls`], [`AclFile`]). The producer side
 //! (credentials in the request metadata) lives in the core crate, as a layer.
 
 mod acl;
 mod guard;
+mod jwt;
 mod mtls;
 mod principal;
 mod tokens;
@@ -24,6 +26,7 @@ pub use acl::{
     AclError, AclFile, Acls, Authorizer, Operation, Rule, TopicPattern, read as read_acls,
 };
 pub use guard::guard;
+pub use jwt::{Jwt, JwtAlgorithm, JwtKeyError};
 pub use mtls::{CertificateNames, FirstOf};
 pub use principal::{AuthError, Authenticator, Principal};
 pub use tokens::{MAX_TOKEN_LEN, TokenFile, TokenFileError, bearer_token};

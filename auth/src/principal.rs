@@ -50,6 +50,15 @@ pub enum AuthError {
     /// The credentials are well formed but not valid (unknown or revoked token, bad signature).
     #[error("invalid credentials")]
     Invalid,
+    /// The token has expired.
+    #[error("token expired")]
+    Expired,
+    /// The token is not valid yet (`nbf` in the future).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// A claim the agent requires is wrong or missing.
+    #[error("token refused: {0}")]
+    Claim(&'static str),
 }
 
 impl AuthError {
@@ -60,6 +69,9 @@ impl AuthError {
             AuthError::Malformed(_) => "malformed",
             AuthError::TooLarge { .. } => "too_large",
             AuthError::Invalid => "invalid",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::Claim(_) => "claim",
         }
     }
 }

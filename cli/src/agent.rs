@@ -50,6 +50,20 @@ pub(crate) struct Args {
     /// without a rule.
     #[arg(long, value_name = "FILE", requires = "acl_file")]
     token_file: Option<PathBuf>,
+    /// Authenticate bearer tokens that are JWTs signed with this key: the HS256 secret's
+    /// bytes (at least 32), or the PEM public key for RS256/ES256. The principal is `sub`.
+    /// Needs --acl-file.
+    #[arg(long, value_name = "FILE", requires_all = ["jwt_algorithm", "acl_file"])]
+    jwt_key: Option<PathBuf>,
+    /// The one algorithm JWTs must be signed with: HS256, RS256 or ES256.
+    #[arg(long, value_name = "ALG", requires = "jwt_key")]
+    jwt_algorithm: Option<streamhouse_auth::JwtAlgorithm>,
+    /// Require JWTs to carry this issuer (`iss`).
+    #[arg(long, value_name = "ISSUER", requires = "jwt_key")]
+    jwt_issuer: Option<String>,
+    /// Require JWTs to name this audience (`aud`).
+    #[arg(long, value_name = "AUDIENCE", requires = "jwt_key")]
+    jwt_audience: Option<String>,
     /// Who may do what, one rule per line: `allow PRINCIPAL OPERATION[,…] TOPIC` (operations
     /// produce, fetch, describe, create, delete, admin, all; TOPIC a name, `prefix*` or `*`).
     /// Everything else is denied. Needs --token-file or --client-ca (who the principals are).
@@ -355,7 +369,8 @@ fn check_security(args: &Args, tls: bool) -> anyhow::Result<()> {
         );
     }
     if !args.insecure {
-        let authenticated = args.token_file.is_some() || args.client_ca.is_some();
+        let authenticated =
+            args.token_file.is_some() || args.jwt_key.is_some() || args.client_ca.is_some();
         if let Some(grpc) = args.grpc.filter(|a| !a.ip().is_loopback())
             && !(args.grpc_tls && authenticated)
         {
@@ -371,9 +386,9 @@ fn check_security(args: &Args, tls: bool) -> anyhow::Result<()> {
             );
         }
     }
-    if args.token_file.is_some() && args.auto_create.is_some() {
+    if args.acl_file.is_some() && args.auto_create.is_some() {
         bail!(
-            "--auto-create cannot be combined with --token-file yet (the create permission is not checked on auto-creation); create topics with --topic or `streamhouse topics create`"
+            "--auto-create cannot be combined with authentication yet (the create permission is not checked on auto-creation); create topics with --topic or `streamhouse topics create`"
         );
     }
     Ok(())
@@ -390,6 +405,18 @@ fn security(args: &Args) -> anyhow::Result<Option<streamhouse_agent::Security>> 
             streamhouse_auth::TokenFile::load(tokens).context("cannot load --token-file")?;
         tracing::info!(tokens = tokens.len(), "authentication by bearer token");
         authenticators.push(Arc::new(tokens));
+    }
+    if let (Some(key), Some(algorithm)) = (&args.jwt_key, args.jwt_algorithm) {
+        let mut jwt =
+            streamhouse_auth::Jwt::from_file(algorithm, key).context("cannot load --jwt-key")?;
+        if let Some(issuer) = &args.jwt_issuer {
+            jwt = jwt.issuer(issuer);
+        }
+        if let Some(audience) = &args.jwt_audience {
+            jwt = jwt.audience(audience);
+        }
+        tracing::info!(?algorithm, "authentication by JWT");
+        authenticators.push(Arc::new(jwt));
     }
     if args.client_ca.is_some() {
         tracing::info!("authentication by client certificate (its first DNS name)");
