@@ -115,6 +115,7 @@ async fn client_certificates_name_principals_and_bad_ones_are_refused() {
         security: Some(Security {
             authenticator: Arc::new(CertificateNames),
             authorizer: Arc::new(acls),
+            quotas: Arc::default(),
         }),
         ..ListenOptions::default()
     })

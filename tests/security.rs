@@ -63,6 +63,7 @@ async fn secured() -> Secured {
             Arc::new(jwt),
         ])),
         authorizer: Arc::new(acls),
+        quotas: Arc::default(),
     };
     let mut config = AgentConfig::new(data.path());
     config.topics = ["orders:1", "order:1"]

@@ -46,6 +46,8 @@ pub struct Security {
     pub authenticator: Arc<dyn streamhouse_auth::Authenticator>,
     /// Decides what they may do.
     pub authorizer: Arc<dyn streamhouse_auth::Authorizer>,
+    /// Produce bytes per second per principal.
+    pub quotas: Arc<streamhouse_auth::Quotas>,
 }
 
 impl std::fmt::Debug for Security {
@@ -169,10 +171,11 @@ impl Listeners {
             }
         };
         let service = match &self.options.security {
-            Some(security) => streamhouse_auth::guard(
+            Some(security) => streamhouse_auth::guard_with_quotas(
                 agent.service(),
                 security.authenticator.clone(),
                 security.authorizer.clone(),
+                security.quotas.clone(),
             ),
             None => agent.service(),
         };

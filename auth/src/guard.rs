@@ -16,14 +16,18 @@
 //! |---|---|
 //! | `streamhouse_auth_failures_total` | `reason`: `missing`, `malformed`, `too_large`, `invalid`, `expired`, `not_yet_valid`, `claim` |
 //! | `streamhouse_auth_denied_total` | `operation` |
+//! | `streamhouse_quota_throttled_total` | answers that told a client to hold off |
+//! | `streamhouse_quota_refusals_total` | requests refused `THROTTLED` (sent while in debt) |
 
-use crate::{AuthError, Authenticator, Authorizer, Operation, Principal};
+use crate::{Admission, AuthError, Authenticator, Authorizer, Operation, Principal, Quotas};
 use std::sync::Arc;
+use std::time::Duration;
 use streamhouse::proto::v1::{
     AdminResponse, ErrorCode, FetchResponse, MetadataResponse, PartitionResult, ProduceRequest,
     ProduceResponse, TopicMetadata, admin_request::Action,
 };
 use streamhouse::transport::{AgentService, Peer, Request, RequestMessage, Response};
+use tokio::time::Instant;
 use tower::{BoxError, ServiceExt};
 
 /// `agent` behind `authenticator` and `authorizer`: see the module documentation.
@@ -42,9 +46,22 @@ pub fn guard(
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
 ) -> AgentService {
+    guard_with_quotas(agent, authenticator, authorizer, Arc::new(Quotas::new()))
+}
+
+/// [`guard`], with produce [`Quotas`] per principal: a request within its principal's rate
+/// passes and its answer carries the `throttle_ms` that keeps the principal at the rate; one
+/// sent while the principal is still in debt is refused `THROTTLED` whole.
+pub fn guard_with_quotas(
+    agent: AgentService,
+    authenticator: Arc<dyn Authenticator>,
+    authorizer: Arc<dyn Authorizer>,
+    quotas: Arc<Quotas>,
+) -> AgentService {
     let guard = Arc::new(Guard {
         authenticator,
         authorizer,
+        quotas,
     });
     AgentService::new(tower::service_fn(move |request: Request| {
         let (guard, agent) = (guard.clone(), agent.clone());
@@ -55,6 +72,7 @@ pub fn guard(
 struct Guard {
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
+    quotas: Arc<Quotas>,
 }
 
 impl Guard {
@@ -78,11 +96,33 @@ impl Guard {
                     .iter()
                     .map(|b| allowed(Operation::Produce, &b.topic))
                     .collect();
-                if verdicts.iter().all(|&ok| ok) {
-                    return agent.oneshot(request).await;
+                let bytes: u64 = produce
+                    .batches
+                    .iter()
+                    .zip(&verdicts)
+                    .filter(|(_, ok)| **ok)
+                    .map(|(b, _)| b.batch.len() as u64)
+                    .sum();
+                let throttle = match self.quotas.admit(&principal, bytes, Instant::now()) {
+                    Admission::Pass { throttle } => throttle,
+                    Admission::Refuse { throttle } => {
+                        metrics::counter!("streamhouse_quota_refusals_total").increment(1);
+                        return Ok(throttled(produce, &verdicts, throttle));
+                    }
+                };
+                let mut response = if verdicts.iter().all(|&ok| ok) {
+                    agent.oneshot(request).await?
+                } else {
+                    let produce = produce.clone();
+                    produce_in_part(agent, request, &produce, &verdicts).await?
+                };
+                if let Response::Produce(answer) = &mut response
+                    && !throttle.is_zero()
+                {
+                    metrics::counter!("streamhouse_quota_throttled_total").increment(1);
+                    answer.throttle_ms = answer.throttle_ms.max(millis(throttle));
                 }
-                let produce = produce.clone();
-                produce_in_part(agent, request, &produce, &verdicts).await
+                Ok(response)
             }
             RequestMessage::Metadata(metadata) if metadata.topics.is_empty() => {
                 // Every topic: list only those the principal may describe (and log nothing for
@@ -246,6 +286,39 @@ async fn produce_in_part(
         })
         .collect();
     Ok(Response::Produce(answer))
+}
+
+/// A produce request refused for its principal's quota: the batches it may send are answered
+/// `THROTTLED` (retriable), the others `UNAUTHORIZED`; nothing is appended.
+fn throttled(produce: &ProduceRequest, verdicts: &[bool], throttle: Duration) -> Response {
+    Response::Produce(ProduceResponse {
+        results: produce
+            .batches
+            .iter()
+            .zip(verdicts)
+            .map(|(b, ok)| PartitionResult {
+                topic: b.topic.clone(),
+                partition: b.partition,
+                error_code: if *ok {
+                    ErrorCode::Throttled as i32
+                } else {
+                    ErrorCode::Unauthorized as i32
+                },
+                error_message: if *ok {
+                    "produce quota exceeded".into()
+                } else {
+                    format!("may not produce to {}", b.topic)
+                },
+                ..PartitionResult::default()
+            })
+            .collect(),
+        throttle_ms: millis(throttle),
+        ..ProduceResponse::default()
+    })
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis().max(1)).unwrap_or(u32::MAX)
 }
 
 /// An answer refusing all of `message` with `code`.

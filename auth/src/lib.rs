@@ -20,13 +20,15 @@ mod guard;
 mod jwt;
 mod mtls;
 mod principal;
+mod quota;
 mod tokens;
 
 pub use acl::{
     AclError, AclFile, Acls, Authorizer, Operation, Rule, TopicPattern, read as read_acls,
 };
-pub use guard::guard;
+pub use guard::{guard, guard_with_quotas};
 pub use jwt::{Jwt, JwtAlgorithm, JwtKeyError};
 pub use mtls::{CertificateNames, FirstOf};
 pub use principal::{AuthError, Authenticator, Principal};
+pub use quota::{Admission, Quotas};
 pub use tokens::{MAX_TOKEN_LEN, TokenFile, TokenFileError, bearer_token};

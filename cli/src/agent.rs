@@ -69,6 +69,12 @@ pub(crate) struct Args {
     /// Everything else is denied. Needs --token-file or --client-ca (who the principals are).
     #[arg(long, value_name = "FILE")]
     acl_file: Option<PathBuf>,
+    /// Limit a principal's produce rate, as PRINCIPAL=RATE (repeatable; `*=RATE` for every
+    /// principal without its own): bytes per second, with an optional kB, MB, GB (decimal) or
+    /// KiB, MiB, GiB suffix, e.g. `payments=1MB`. Over it, answers carry `throttle_ms` and a
+    /// client that sends anyway is answered THROTTLED.
+    #[arg(long = "quota", value_name = "PRINCIPAL=RATE", value_parser = parse_quota, requires = "acl_file")]
+    quotas: Vec<(String, u64)>,
     /// Serve a non-loopback address without TLS or without authentication (refused otherwise).
     #[arg(long)]
     insecure: bool,
@@ -231,6 +237,44 @@ pub(crate) struct Args {
     /// partition whose leader died moves to another agent after about this long [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "group")]
     lease_ttl: Option<std::time::Duration>,
+}
+
+/// `PRINCIPAL=RATE`, the rate in bytes per second with an optional unit (`1MB`, `512KiB`,
+/// `2000000`, a trailing `/s` allowed).
+fn parse_quota(text: &str) -> Result<(String, u64), String> {
+    let (principal, rate) = text
+        .split_once('=')
+        .ok_or("expected PRINCIPAL=RATE, e.g. payments=1MB")?;
+    if principal.is_empty() {
+        return Err("no principal before '='".into());
+    }
+    let rate = rate.trim().trim_end_matches("/s");
+    let split = rate
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rate.len());
+    let (number, unit) = rate.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("bad rate {rate:?}: a number of bytes per second"))?;
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: kB, MB, GB, KiB, MiB or GiB"
+            ));
+        }
+    };
+    let bytes = number
+        .checked_mul(scale)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("rate {rate:?} is zero or too large"))?;
+    Ok((principal.to_owned(), bytes))
 }
 
 /// A duration: `250ms`, `2s`, `1m`, or a bare number of milliseconds.
@@ -435,9 +479,17 @@ fn security(args: &Args) -> anyhow::Result<Option<streamhouse_agent::Security>> 
     }
     let acls = streamhouse_auth::AclFile::load(acls).context("cannot load --acl-file")?;
     tracing::info!(rules = acls.rules().rules.len(), "authorization by ACL");
+    let mut quotas = streamhouse_auth::Quotas::new();
+    for (principal, rate) in &args.quotas {
+        quotas = match principal.as_str() {
+            "*" => quotas.default_limit(*rate),
+            name => quotas.limit(name, *rate),
+        };
+    }
     Ok(Some(streamhouse_agent::Security {
         authenticator: Arc::new(streamhouse_auth::FirstOf::new(authenticators)),
         authorizer: Arc::new(acls),
+        quotas: Arc::new(quotas),
     }))
 }
 
