@@ -158,9 +158,14 @@ pub(crate) struct Args {
     /// answers waits on its own [default: 16777216, 16 MiB].
     #[arg(long, value_name = "BYTES")]
     max_peer_answer_bytes: Option<usize>,
-    /// Serve Prometheus metrics on this address (`/metrics`).
+    /// Serve Prometheus metrics on this address, at `GET /metrics` only. The names carry
+    /// topic names: a non-loopback address needs --metrics-token-file (or --insecure).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Require scrapes to send `Authorization: Bearer TOKEN`, the token being this file's
+    /// content (surrounding whitespace ignored).
+    #[arg(long, value_name = "FILE", requires = "metrics")]
+    metrics_token_file: Option<PathBuf>,
     /// URL clients should use to reach this agent (default: the bound addresses).
     #[arg(long, value_name = "URL")]
     advertise: Vec<Endpoint>,
@@ -430,6 +435,15 @@ fn check_security(args: &Args, tls: bool) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(metrics) = args.metrics
+        && !metrics.ip().is_loopback()
+        && args.metrics_token_file.is_none()
+        && !args.insecure
+    {
+        bail!(
+            "refusing to serve /metrics on non-loopback {metrics} without --metrics-token-file (its names carry topic names), or --insecure"
+        );
+    }
     if args.acl_file.is_some() && args.auto_create.is_some() {
         bail!(
             "--auto-create cannot be combined with authentication yet (the create permission is not checked on auto-creation); create topics with --topic or `streamhouse topics create`"
@@ -599,12 +613,23 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
         config.remote = Some(remote);
     }
-    if let Some(addr) = args.metrics {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
-    }
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let token = match &args.metrics_token_file {
+                Some(file) => Some(
+                    std::fs::read_to_string(file)
+                        .with_context(|| {
+                            format!("cannot read --metrics-token-file {}", file.display())
+                        })?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            Some(crate::metrics_http::serve(addr, token).await?)
+        }
+        None => None,
+    };
     let agent = Agent::open(config)
         .await
         .with_context(|| format!("cannot start the agent on {}", args.data.display()))?;
@@ -620,13 +645,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("FENCED {}-{}: {note}", recovered.topic, recovered.partition);
         }
     }
-    // The first lines of standard output say where to connect (useful with port 0).
+    // The first lines of standard output say where to connect (useful with port 0), written
+    // at once and never failing the agent (a reader that went away is not an error).
+    let mut lines = String::new();
     for endpoint in listeners.endpoints() {
-        println!(
-            "{} listening on {}",
+        lines.push_str(&format!(
+            "{} listening on {}\n",
             endpoint.scheme(),
             endpoint.authority()
-        );
+        ));
+    }
+    if let Some(addr) = metrics {
+        lines.push_str(&format!("metrics listening on {addr}\n"));
+    }
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(lines.as_bytes())
+            .and_then(|()| stdout.flush());
     }
     let serving = listeners.serve(&agent);
     shutdown_signal().await;

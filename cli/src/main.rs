@@ -14,6 +14,7 @@ mod bench;
 mod cluster;
 mod consume;
 mod endpoints;
+mod metrics_http;
 mod produce;
 mod topics;
 
