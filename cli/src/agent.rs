@@ -47,7 +47,7 @@ pub(crate) struct Args {
     client_ca: Option<PathBuf>,
     /// Authenticate every request by bearer token: a file of `sha256:HEX PRINCIPAL` lines, the
     /// hash of each token (`printf %s TOKEN | sha256sum`). Needs --acl-file: nothing is allowed
-    /// without a rule.
+    /// without a rule. SIGHUP reads it (and --acl-file) again: a token removed stops working.
     #[arg(long, value_name = "FILE", requires = "acl_file")]
     token_file: Option<PathBuf>,
     /// Authenticate bearer tokens that are JWTs signed with this key: the HS256 secret's
@@ -452,17 +452,65 @@ fn check_security(args: &Args, tls: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The authenticator and authorizer of --token-file and --acl-file.
-fn security(args: &Args) -> anyhow::Result<Option<streamhouse_agent::Security>> {
+/// The files SIGHUP reads again: tokens added or revoked, rules changed.
+#[derive(Default)]
+struct Reloadable {
+    tokens: Option<Arc<streamhouse_auth::TokenFile>>,
+    acls: Option<Arc<streamhouse_auth::AclFile>>,
+}
+
+impl Reloadable {
+    /// Reads the files again; a file that fails keeps what was in force (and says why).
+    fn reload(&self) {
+        if let Some(tokens) = &self.tokens {
+            match tokens.reload() {
+                Ok(count) => eprintln!("reloaded --token-file: {count} token(s)"),
+                Err(e) => eprintln!("--token-file NOT reloaded, the previous tokens stay: {e:#}"),
+            }
+        }
+        if let Some(acls) = &self.acls {
+            match acls.reload() {
+                Ok(count) => eprintln!("reloaded --acl-file: {count} rule(s)"),
+                Err(e) => eprintln!("--acl-file NOT reloaded, the previous rules stay: {e:#}"),
+            }
+        }
+    }
+}
+
+/// Reads the token and ACL files again on every SIGHUP.
+fn reload_on_hangup(files: Reloadable) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Registered now, not in the task: from here on SIGHUP no longer ends the process.
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                files.reload();
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(files);
+}
+
+/// The authenticator and authorizer of --token-file, --jwt-key, --client-ca and --acl-file,
+/// and the files SIGHUP reloads.
+fn security(args: &Args) -> anyhow::Result<(Option<streamhouse_agent::Security>, Reloadable)> {
     let Some(acls) = &args.acl_file else {
-        return Ok(None);
+        return Ok((None, Reloadable::default()));
     };
+    let mut reloadable = Reloadable::default();
     let mut authenticators: Vec<Arc<dyn streamhouse_auth::Authenticator>> = Vec::new();
     if let Some(tokens) = &args.token_file {
-        let tokens =
-            streamhouse_auth::TokenFile::load(tokens).context("cannot load --token-file")?;
+        let tokens = Arc::new(
+            streamhouse_auth::TokenFile::load(tokens).context("cannot load --token-file")?,
+        );
         tracing::info!(tokens = tokens.len(), "authentication by bearer token");
-        authenticators.push(Arc::new(tokens));
+        reloadable.tokens = Some(tokens.clone());
+        authenticators.push(tokens);
     }
     if let (Some(key), Some(algorithm)) = (&args.jwt_key, args.jwt_algorithm) {
         let mut jwt =
@@ -491,8 +539,9 @@ fn security(args: &Args) -> anyhow::Result<Option<streamhouse_agent::Security>> 
             acls.display()
         );
     }
-    let acls = streamhouse_auth::AclFile::load(acls).context("cannot load --acl-file")?;
+    let acls = Arc::new(streamhouse_auth::AclFile::load(acls).context("cannot load --acl-file")?);
     tracing::info!(rules = acls.rules().rules.len(), "authorization by ACL");
+    reloadable.acls = Some(acls.clone());
     let mut quotas = streamhouse_auth::Quotas::new();
     for (principal, rate) in &args.quotas {
         quotas = match principal.as_str() {
@@ -500,11 +549,12 @@ fn security(args: &Args) -> anyhow::Result<Option<streamhouse_agent::Security>> 
             name => quotas.limit(name, *rate),
         };
     }
-    Ok(Some(streamhouse_agent::Security {
+    let security = streamhouse_agent::Security {
         authenticator: Arc::new(streamhouse_auth::FirstOf::new(authenticators)),
-        authorizer: Arc::new(acls),
+        authorizer: acls,
         quotas: Arc::new(quotas),
-    }))
+    };
+    Ok((Some(security), reloadable))
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -533,7 +583,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     check_security(&args, tls.is_some())?;
-    let security = security(&args)?;
+    let (security, reloadable) = security(&args)?;
+    reload_on_hangup(reloadable);
     let listeners = Listeners::bind(ListenOptions {
         grpc: args.grpc,
         quic: args.quic,

@@ -176,14 +176,6 @@ fn metrics_answer_only_get_metrics_and_only_with_the_token() {
 fn a_token_and_an_acl_let_one_principal_produce_and_another_consume() {
     use support::{AgentProcess, run};
     let dir = tempfile::tempdir().unwrap();
-    let hash = |token: &str| {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(token.as_bytes());
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
     let tokens = dir.path().join("tokens");
     std::fs::write(
         &tokens,
@@ -285,4 +277,68 @@ fn a_token_and_an_acl_let_one_principal_produce_and_another_consume() {
         !refused.status.success() && stderr.contains("not authenticated"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_revoked_token_stops_working_after_sighup_and_a_broken_file_keeps_the_old_one() {
+    use support::{AgentProcess, run};
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let both = format!("sha256:{} a\nsha256:{} b\n", hash("tok-a"), hash("tok-b"));
+    std::fs::write(&tokens, &both).unwrap();
+    let acls = dir.path().join("acls");
+    std::fs::write(&acls, "allow * produce,describe t\n").unwrap();
+    let agent = AgentProcess::start(
+        &dir.path().join("data"),
+        0,
+        &[
+            "--topic",
+            "t:1",
+            "--token-file",
+            tokens.to_str().unwrap(),
+            "--acl-file",
+            acls.to_str().unwrap(),
+        ],
+    );
+    let url = agent.url();
+    let produce = |token: &str| {
+        run(
+            &[
+                "produce",
+                "--bootstrap",
+                &url,
+                "--topic",
+                "t",
+                "--token",
+                token,
+            ],
+            b"x\n",
+        )
+        .status
+        .success()
+    };
+    assert!(produce("tok-a") && produce("tok-b"));
+    // A file that does not parse: the tokens in force stay.
+    std::fs::write(&tokens, "sha256:nothex a\n").unwrap();
+    agent.signal("HUP");
+    // Revoke tok-a: once the agent has read the file again, it is refused.
+    std::fs::write(&tokens, format!("sha256:{} b\n", hash("tok-b"))).unwrap();
+    agent.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while produce("tok-a") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tok-a still accepted 10 s after SIGHUP"
+        );
+    }
+    assert!(
+        produce("tok-b"),
+        "the agent survived both reloads and serves tok-b"
+    );
+}
+
+fn hash(token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
