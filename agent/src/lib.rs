@@ -69,6 +69,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod acl;
 mod admin;
 mod config;
 mod group;

@@ -13,6 +13,7 @@ use streamhouse_grpc::GrpcConfig;
 use streamhouse_quic::{QuicConfig, dev_certificate};
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("authorization").args(["acl_file", "acl_store"])))]
 pub(crate) struct Args {
     /// Directory of the partition logs (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -41,19 +42,19 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DIR")]
     dev_cert: Option<PathBuf>,
     /// Require clients to present a certificate signed by this CA (mutual TLS); needs a
-    /// server certificate and --acl-file. A client's principal is the first DNS name among its
+    /// server certificate and --acl-file or --acl-store. A client's principal is the first DNS name among its
     /// certificate's subject alternative names.
-    #[arg(long, value_name = "FILE", requires = "acl_file")]
+    #[arg(long, value_name = "FILE", requires = "authorization")]
     client_ca: Option<PathBuf>,
     /// Authenticate every request by bearer token: a file of `sha256:HEX PRINCIPAL` lines, the
-    /// hash of each token (`printf %s TOKEN | sha256sum`). Needs --acl-file: nothing is allowed
+    /// hash of each token (`printf %s TOKEN | sha256sum`). Needs --acl-file or --acl-store: nothing is allowed
     /// without a rule. SIGHUP reads it (and --acl-file) again: a token removed stops working.
-    #[arg(long, value_name = "FILE", requires = "acl_file")]
+    #[arg(long, value_name = "FILE", requires = "authorization")]
     token_file: Option<PathBuf>,
     /// Authenticate bearer tokens that are JWTs signed with this key: the HS256 secret's
     /// bytes (at least 32), or the PEM public key for RS256/ES256. The principal is `sub`.
-    /// Needs --acl-file.
-    #[arg(long, value_name = "FILE", requires_all = ["jwt_algorithm", "acl_file"])]
+    /// Needs --acl-file or --acl-store.
+    #[arg(long, value_name = "FILE", requires_all = ["jwt_algorithm", "authorization"])]
     jwt_key: Option<PathBuf>,
     /// The one algorithm JWTs must be signed with: HS256, RS256 or ES256.
     #[arg(long, value_name = "ALG", requires = "jwt_key")]
@@ -69,11 +70,15 @@ pub(crate) struct Args {
     /// Everything else is denied. Needs --token-file or --client-ca (who the principals are).
     #[arg(long, value_name = "FILE")]
     acl_file: Option<PathBuf>,
+    /// Authorize by the ACL rules in the metadata store (--metadata), shared by every agent
+    /// of the group and managed with `streamhouse acl --metadata URL`; read again every 2 s.
+    #[arg(long, requires = "metadata")]
+    acl_store: bool,
     /// Limit a principal's produce rate, as PRINCIPAL=RATE (repeatable; `*=RATE` for every
     /// principal without its own): bytes per second, with an optional kB, MB, GB (decimal) or
     /// KiB, MiB, GiB suffix, e.g. `payments=1MB`. Over it, answers carry `throttle_ms` and a
     /// client that sends anyway is answered THROTTLED.
-    #[arg(long = "quota", value_name = "PRINCIPAL=RATE", value_parser = parse_quota, requires = "acl_file")]
+    #[arg(long = "quota", value_name = "PRINCIPAL=RATE", value_parser = parse_quota, requires = "authorization")]
     quotas: Vec<(String, u64)>,
     /// Serve a non-loopback address without TLS or without authentication (refused otherwise).
     #[arg(long)]
@@ -444,7 +449,7 @@ fn check_security(args: &Args, tls: bool) -> anyhow::Result<()> {
             "refusing to serve /metrics on non-loopback {metrics} without --metrics-token-file (its names carry topic names), or --insecure"
         );
     }
-    if args.acl_file.is_some() && args.auto_create.is_some() {
+    if (args.acl_file.is_some() || args.acl_store) && args.auto_create.is_some() {
         bail!(
             "--auto-create cannot be combined with authentication yet (the create permission is not checked on auto-creation); create topics with --topic or `streamhouse topics create`"
         );
@@ -498,10 +503,12 @@ fn reload_on_hangup(files: Reloadable) {
 
 /// The authenticator and authorizer of --token-file, --jwt-key, --client-ca and --acl-file,
 /// and the files SIGHUP reloads.
-fn security(args: &Args) -> anyhow::Result<(Option<streamhouse_agent::Security>, Reloadable)> {
-    let Some(acls) = &args.acl_file else {
+async fn security(
+    args: &Args,
+) -> anyhow::Result<(Option<streamhouse_agent::Security>, Reloadable)> {
+    if args.acl_file.is_none() && !args.acl_store {
         return Ok((None, Reloadable::default()));
-    };
+    }
     let mut reloadable = Reloadable::default();
     let mut authenticators: Vec<Arc<dyn streamhouse_auth::Authenticator>> = Vec::new();
     if let Some(tokens) = &args.token_file {
@@ -530,18 +537,41 @@ fn security(args: &Args) -> anyhow::Result<(Option<streamhouse_agent::Security>,
     }
     if authenticators.is_empty() {
         bail!(
-            "--acl-file needs --token-file or --client-ca: the rules name principals, and these say who they are"
+            "ACLs need --token-file, --jwt-key or --client-ca: the rules name principals, and these say who they are"
         );
     }
-    if !acls.exists() {
-        bail!(
-            "--acl-file {} does not exist (create it with `streamhouse acl add`; an empty file denies everything)",
-            acls.display()
-        );
-    }
-    let acls = Arc::new(streamhouse_auth::AclFile::load(acls).context("cannot load --acl-file")?);
-    tracing::info!(rules = acls.rules().rules.len(), "authorization by ACL");
-    reloadable.acls = Some(acls.clone());
+    let authorizer: Arc<dyn streamhouse_auth::Authorizer> = match (&args.acl_file, &args.metadata) {
+        (Some(acls), _) => {
+            if !acls.exists() {
+                bail!(
+                    "--acl-file {} does not exist (create it with `streamhouse acl add --file`; an empty file denies everything)",
+                    acls.display()
+                );
+            }
+            let acls =
+                Arc::new(streamhouse_auth::AclFile::load(acls).context("cannot load --acl-file")?);
+            tracing::info!(
+                rules = acls.rules().rules.len(),
+                "authorization by ACL file"
+            );
+            reloadable.acls = Some(acls.clone());
+            acls
+        }
+        (None, Some(url)) => {
+            let store = streamhouse_metastore::open(url).await.with_context(|| {
+                format!("cannot open the metadata store for --acl-store: {url}")
+            })?;
+            let acls = streamhouse_agent::acl::StoreAcls::start(store)
+                .await
+                .context("cannot read the ACL rules from the metadata store")?;
+            tracing::info!(
+                rules = acls.rules().rules.len(),
+                "authorization by ACLs in the store"
+            );
+            acls
+        }
+        (None, None) => bail!("--acl-store needs --metadata"),
+    };
     let mut quotas = streamhouse_auth::Quotas::new();
     for (principal, rate) in &args.quotas {
         quotas = match principal.as_str() {
@@ -551,7 +581,7 @@ fn security(args: &Args) -> anyhow::Result<(Option<streamhouse_agent::Security>,
     }
     let security = streamhouse_agent::Security {
         authenticator: Arc::new(streamhouse_auth::FirstOf::new(authenticators)),
-        authorizer: acls,
+        authorizer,
         quotas: Arc::new(quotas),
     };
     Ok((Some(security), reloadable))
@@ -583,7 +613,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     check_security(&args, tls.is_some())?;
-    let (security, reloadable) = security(&args)?;
+    let (security, reloadable) = security(&args).await?;
     reload_on_hangup(reloadable);
     let listeners = Listeners::bind(ListenOptions {
         grpc: args.grpc,

@@ -9,6 +9,7 @@
 //!
 //! Errors print one line (`error: …` with its causes) and exit with status 1.
 
+mod acl;
 mod agent;
 mod bench;
 mod cluster;
@@ -46,6 +47,8 @@ enum Command {
     Topics(topics::Args),
     /// Look at an agent group in its metadata store: agents, heartbeats, leases, lag.
     Cluster(cluster::Args),
+    /// List, add or remove the ACL rules of an agent (--file) or a group (--metadata).
+    Acl(acl::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(*args).await,
             Command::Topics(args) => topics::run(args).await,
             Command::Cluster(args) => cluster::run(args).await,
+            Command::Acl(args) => acl::run(args).await,
         }
     });
     match result {

@@ -342,3 +342,142 @@ fn hash(token: &str) -> String {
     let digest = sha2::Sha256::digest(token.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn acl_rules_are_managed_in_a_file_and_in_a_group_store_whose_agents_apply_them() {
+    use support::{AgentProcess, run};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acls");
+    let file_arg = file.to_str().unwrap();
+    let acl = |args: &[&str]| run(&[&["acl"][..], args].concat(), b"");
+    let added = acl(&[
+        "add",
+        "--file",
+        file_arg,
+        "payments",
+        "produce,describe",
+        "orders*",
+    ]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    assert!(
+        !acl(&["add", "--file", file_arg, "payments", "write", "orders"])
+            .status
+            .success()
+    );
+    let listed = acl(&["list", "--file", file_arg]);
+    assert_eq!(
+        String::from_utf8(listed.stdout).unwrap(),
+        "allow payments produce,describe orders*\n"
+    );
+    assert!(
+        acl(&[
+            "remove",
+            "--file",
+            file_arg,
+            "payments",
+            "produce,describe",
+            "orders*"
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        !acl(&[
+            "remove",
+            "--file",
+            file_arg,
+            "payments",
+            "produce,describe",
+            "orders*"
+        ])
+        .status
+        .success()
+    );
+    assert_eq!(acl(&["list", "--file", file_arg]).stdout, b"");
+
+    // A group agent authorizing by the store's rules.
+    let meta = format!("sqlite://{}", dir.path().join("meta.db").display());
+    let objects = format!("file://{}", dir.path().join("objects").display());
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("sha256:{} payments\n", hash("pay"))).unwrap();
+    let agent = AgentProcess::start(
+        &dir.path().join("data"),
+        0,
+        &[
+            "--topic",
+            "orders:1",
+            "--metadata",
+            &meta,
+            "--objects",
+            &objects,
+            "--token-file",
+            tokens.to_str().unwrap(),
+            "--acl-store",
+        ],
+    );
+    let url = agent.url();
+    let produce = || {
+        run(
+            &[
+                "produce",
+                "--bootstrap",
+                &url,
+                "--topic",
+                "orders",
+                "--token",
+                "pay",
+            ],
+            b"x\n",
+        )
+        .status
+        .success()
+    };
+    assert!(!produce(), "no rule yet: denied");
+    assert!(
+        acl(&[
+            "add",
+            "--metadata",
+            &meta,
+            "payments",
+            "produce,describe",
+            "orders"
+        ])
+        .status
+        .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !produce() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store's rule never applied"
+        );
+    }
+    let listed = acl(&["list", "--metadata", &meta]);
+    assert_eq!(
+        String::from_utf8(listed.stdout).unwrap(),
+        "allow payments produce,describe orders\n"
+    );
+    assert!(
+        acl(&[
+            "remove",
+            "--metadata",
+            &meta,
+            "payments",
+            "produce,describe",
+            "orders"
+        ])
+        .status
+        .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while produce() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed rule still applies"
+        );
+    }
+}

@@ -43,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acl;
 mod discovery;
 mod error;
 mod group;
@@ -179,6 +180,15 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Gives leases up (the caller flushed them): they can be taken at once.
     async fn release(&self, agent_id: u32, leases: &[(String, u32, i64)])
     -> Result<(), StoreError>;
+
+    /// The ACL rules every agent of the store's group authorizes by, sorted.
+    async fn acl_rules(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Adds a rule (its text); `false` when it was there already.
+    async fn add_acl_rule(&self, rule: &str) -> Result<bool, StoreError>;
+
+    /// Removes a rule (its exact text); `false` when it was not there.
+    async fn remove_acl_rule(&self, rule: &str) -> Result<bool, StoreError>;
 }
 
 /// Opens the store a URL names and brings its schema up to date: `sqlite://PATH` (the file is

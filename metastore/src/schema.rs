@@ -80,6 +80,13 @@ const MIGRATIONS: &[&[&str]] = &[
         PRIMARY KEY (topic, partition_id)
     )",
     ],
+    &[
+        // ACL rules of the group (one store, one group).
+        "CREATE TABLE IF NOT EXISTS sh_acls (
+        rule TEXT PRIMARY KEY,
+        added_ms BIGINT NOT NULL
+    )",
+    ],
 ];
 
 /// The newest schema version this build knows.

@@ -152,7 +152,7 @@ pub(crate) fn begin_statement(postgres: bool) -> &'static str {
     if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -602,5 +602,17 @@ impl MetadataStore for SqlStore {
         leases: &[(String, u32, i64)],
     ) -> Result<(), StoreError> {
         self.lease_release(agent_id, leases).await
+    }
+
+    async fn acl_rules(&self) -> Result<Vec<String>, StoreError> {
+        self.acl_list().await
+    }
+
+    async fn add_acl_rule(&self, rule: &str) -> Result<bool, StoreError> {
+        self.acl_add(rule).await
+    }
+
+    async fn remove_acl_rule(&self, rule: &str) -> Result<bool, StoreError> {
+        self.acl_remove(rule).await
     }
 }

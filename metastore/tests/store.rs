@@ -241,6 +241,21 @@ async fn contract(store: Arc<dyn MetadataStore>) {
             .high_watermark,
         0
     );
+
+    // ACL rules: a set of texts, listed sorted.
+    let (a, b) = ("allow p produce t*", "allow * describe *");
+    assert!(store.acl_rules().await.unwrap().is_empty());
+    assert!(store.add_acl_rule(a).await.unwrap());
+    assert!(store.add_acl_rule(b).await.unwrap());
+    assert!(!store.add_acl_rule(a).await.unwrap(), "already there");
+    assert_eq!(store.acl_rules().await.unwrap(), [b, a]);
+    assert!(store.remove_acl_rule(a).await.unwrap());
+    assert!(
+        !store.remove_acl_rule(a).await.unwrap(),
+        "not there any more"
+    );
+    assert_eq!(store.acl_rules().await.unwrap(), [b]);
+    store.remove_acl_rule(b).await.unwrap();
 }
 
 #[tokio::test]
