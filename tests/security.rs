@@ -293,3 +293,68 @@ async fn the_bad_input_rows_are_refused_by_type_on_every_transport() {
         assert_eq!((code, batches > 0), (ErrorCode::None, true), "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_creation_needs_the_create_permission() {
+    let data = tempfile::tempdir().unwrap();
+    let acls: Arc<Acls> = Arc::new(
+        "allow payments produce,describe,create new-*\nallow search produce,describe new-*"
+            .parse()
+            .unwrap(),
+    );
+    let tokens = format!(
+        "{}{}",
+        TokenFile::line("alpha", "payments"),
+        TokenFile::line("beta", "search")
+    );
+    let mut config = AgentConfig::new(data.path());
+    config.auto_create_partitions = Some(1);
+    let policy_acls = acls.clone();
+    config.create_policy = Some(streamhouse_agent::CreatePolicy(Arc::new(move |p, t| {
+        use streamhouse_auth::{Authorizer, Operation, Principal};
+        policy_acls.allowed(&Principal::new(p), Operation::Create, t)
+    })));
+    let agent = Agent::open(config).await.unwrap();
+    let listeners = Listeners::bind(ListenOptions {
+        grpc: Some("127.0.0.1:0".parse().unwrap()),
+        security: Some(Security {
+            authenticator: Arc::new(TokenFile::parse(&tokens).unwrap()),
+            authorizer: acls,
+            quotas: Arc::default(),
+        }),
+        ..ListenOptions::default()
+    })
+    .await
+    .unwrap();
+    let serving = listeners.serve(&agent);
+    let endpoint = serving.endpoint("grpc").unwrap().clone();
+    let grpc: Arc<dyn Transport> = Arc::new(GrpcTransport::default());
+    // Search may produce to new-* but not create: the unknown topic stays unknown.
+    let (code, _) = call(&grpc, &endpoint, Some("Bearer beta"), produce("new-a")).await;
+    assert_eq!(code, ErrorCode::Unauthorized);
+    assert!(agent.next_offset("new-a", 0).is_none(), "not created");
+    let (code, _) = call(
+        &grpc,
+        &endpoint,
+        Some("Bearer beta"),
+        RequestMessage::Metadata(MetadataRequest {
+            topics: vec!["new-a".into()],
+        }),
+    )
+    .await;
+    assert_eq!(
+        code,
+        ErrorCode::None,
+        "the request is fine, the topic refused"
+    );
+    assert!(
+        agent.next_offset("new-a", 0).is_none(),
+        "a metadata request creates nothing either"
+    );
+    // Payments may create it; then search may produce to it.
+    let (code, _) = call(&grpc, &endpoint, Some("Bearer alpha"), produce("new-a")).await;
+    assert_eq!(code, ErrorCode::None);
+    let (code, _) = call(&grpc, &endpoint, Some("Bearer beta"), produce("new-a")).await;
+    assert_eq!(code, ErrorCode::None);
+    assert_eq!(agent.next_offset("new-a", 0), Some(2));
+}

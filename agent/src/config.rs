@@ -6,6 +6,17 @@ use streamhouse::batch::DecodeLimits;
 use streamhouse::serve::ProducerLimits;
 use streamhouse::transport::Endpoint;
 
+/// Decides whether a principal may have a topic auto-created: `(principal, topic) -> bool`.
+/// A request without a principal (no authentication in front) may not, once a policy is set.
+#[derive(Clone)]
+pub struct CreatePolicy(pub std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for CreatePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CreatePolicy(..)")
+    }
+}
+
 /// How an agent runs. `data_dir` is the only field without a default.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -18,6 +29,9 @@ pub struct AgentConfig {
     pub topics: Vec<TopicSpec>,
     /// Create unknown topics on first use with this many partitions (at least 1). Default off.
     pub auto_create_partitions: Option<u32>,
+    /// With authentication: who may have a topic auto-created (the `create` permission).
+    /// `None`: anyone whose request reaches the agent.
+    pub create_policy: Option<CreatePolicy>,
     /// Most bytes the batches of one produce request may decompress to, together; batches past
     /// it answer `THROTTLED` (sent again in a later request they fit). At least
     /// `max_uncompressed_bytes`. Default 256 MiB.
@@ -173,6 +187,7 @@ impl AgentConfig {
             data_dir: data_dir.into(),
             topics: Vec::new(),
             auto_create_partitions: None,
+            create_policy: None,
             max_topics: 1_000,
             max_queued_bytes: 64 << 20,
             max_fetch_answer_bytes: 32 << 20,

@@ -80,7 +80,7 @@ mod remote;
 mod service;
 mod topics;
 
-pub use config::{AgentConfig, GroupConfig, RemoteConfig, S3Options, TopicSpec};
+pub use config::{AgentConfig, CreatePolicy, GroupConfig, RemoteConfig, S3Options, TopicSpec};
 pub use group::GroupStats;
 pub use group::table::{Holding, Key as LeaseKey, LeaseTable, Plan};
 pub use listen::{ListenError, ListenOptions, Listeners, Security, Serving};
@@ -348,9 +348,14 @@ impl Agent {
         AgentService::new(tower::service_fn(move |request: Request| {
             let shared = shared.clone();
             async move {
+                let principal = request.principal;
                 Ok::<_, BoxError>(match request.message {
-                    RequestMessage::Produce(r) => Response::Produce(shared.produce(r).await),
-                    RequestMessage::Metadata(r) => Response::Metadata(shared.metadata(&r).await),
+                    RequestMessage::Produce(r) => {
+                        Response::Produce(shared.produce(r, principal.as_deref()).await)
+                    }
+                    RequestMessage::Metadata(r) => {
+                        Response::Metadata(shared.metadata(&r, principal.as_deref()).await)
+                    }
                     RequestMessage::Fetch(r) => Response::Fetch(shared.fetch(r).await),
                     RequestMessage::Admin(r) => Response::Admin(shared.admin(r).await),
                     _ => {

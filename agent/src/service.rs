@@ -151,7 +151,11 @@ impl Shared {
         Ok(read)
     }
 
-    pub(crate) async fn produce(self: Arc<Self>, request: ProduceRequest) -> ProduceResponse {
+    pub(crate) async fn produce(
+        self: Arc<Self>,
+        request: ProduceRequest,
+        principal: Option<&str>,
+    ) -> ProduceResponse {
         metrics::counter!("streamhouse_produce_requests_total").increment(1);
         let acks = Acks::try_from(request.acks).unwrap_or(Acks::Unspecified);
         let durable = !matches!(acks, Acks::Leader | Acks::None);
@@ -163,7 +167,11 @@ impl Shared {
         let mut routed = Vec::with_capacity(request.batches.len());
         for batch in request.batches {
             keys.push((batch.topic.clone(), batch.partition));
-            routed.push(self.route(&batch).await.map(|route| (route, batch.batch)));
+            routed.push(
+                self.route(&batch, principal)
+                    .await
+                    .map(|route| (route, batch.batch)),
+            );
         }
         let mut throttled = false;
         // Each batch goes to its write thread as soon as it is checked, so the writes of the
@@ -249,7 +257,11 @@ impl Shared {
     }
 
     /// Where a batch goes: its partition's log, I/O shard and topic name.
-    async fn route(self: &Arc<Self>, batch: &PartitionBatch) -> Result<Route, Rejection> {
+    async fn route(
+        self: &Arc<Self>,
+        batch: &PartitionBatch,
+        principal: Option<&str>,
+    ) -> Result<Route, Rejection> {
         if self.stopping.load(Ordering::Acquire) {
             // In a group another agent takes its partitions over: send there.
             let code = match self.group {
@@ -258,7 +270,7 @@ impl Shared {
             };
             return Err(Rejection::new(code, "agent is shutting down"));
         }
-        let topic = self.topic(&batch.topic).await?;
+        let topic = self.topic(&batch.topic, principal).await?;
         let part = topic
             .partitions
             .get(batch.partition as usize)
@@ -365,7 +377,11 @@ impl Shared {
 
     /// The topic, created if auto-creation is on (within `max_topics`, off the runtime:
     /// creation does directory IO).
-    async fn topic(self: &Arc<Self>, name: &str) -> Result<Arc<crate::topics::Topic>, Rejection> {
+    async fn topic(
+        self: &Arc<Self>,
+        name: &str,
+        principal: Option<&str>,
+    ) -> Result<Arc<crate::topics::Topic>, Rejection> {
         if let Some(topic) = self.topics.get(name) {
             return Ok(topic);
         }
@@ -376,6 +392,16 @@ impl Shared {
                 format!("no topic {name:?} (auto-creation is off)"),
             ));
         };
+        if let Some(policy) = &self.config.create_policy
+            && !principal.is_some_and(|p| (policy.0)(p, name))
+        {
+            metrics::counter!("streamhouse_auth_denied_total", "operation" => "create")
+                .increment(1);
+            return Err(Rejection::new(
+                ErrorCode::Unauthorized,
+                format!("no topic {name:?}, and no permission to create it"),
+            ));
+        }
         let (shared, name) = (self.clone(), name.to_owned());
         tokio::task::spawn_blocking(move || {
             let max = shared.config.max_topics;
@@ -386,7 +412,11 @@ impl Shared {
         .map(|(topic, _)| topic)
     }
 
-    pub(crate) async fn metadata(self: &Arc<Self>, request: &MetadataRequest) -> MetadataResponse {
+    pub(crate) async fn metadata(
+        self: &Arc<Self>,
+        request: &MetadataRequest,
+        principal: Option<&str>,
+    ) -> MetadataResponse {
         // A group member cut off from the store knows no leaders any more: it says so
         // (retriable) for every topic it knows, and `Bootstrap` asks another seed.
         let stale = self.group.as_ref().and_then(|g| g.stale());
@@ -408,7 +438,7 @@ impl Shared {
         } else {
             let mut described = Vec::with_capacity(request.topics.len());
             for name in &request.topics {
-                described.push(describe(name, self.topic(name).await));
+                described.push(describe(name, self.topic(name, principal).await));
             }
             described
         };

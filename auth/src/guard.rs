@@ -76,12 +76,18 @@ struct Guard {
 }
 
 impl Guard {
-    async fn handle(&self, agent: AgentService, request: Request) -> Result<Response, BoxError> {
+    async fn handle(
+        &self,
+        agent: AgentService,
+        mut request: Request,
+    ) -> Result<Response, BoxError> {
         let peer = request.peer.clone().unwrap_or_default();
         let principal = match self.authenticator.authenticate(&peer, &request.metadata) {
             Ok(principal) => principal,
             Err(error) => return Ok(self.unauthenticated(&peer, &request.message, &error)),
         };
+        // The agent decides some things by principal itself (auto-creation).
+        request.principal = Some(principal.name().into());
         let allowed = |operation: Operation, topic: &str| {
             let allowed = self.authorizer.allowed(&principal, operation, topic);
             if !allowed {

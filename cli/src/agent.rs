@@ -91,7 +91,8 @@ pub(crate) struct Args {
     /// one with more keeps them.
     #[arg(long = "topic", value_name = "NAME:PARTITIONS")]
     topics: Vec<TopicSpec>,
-    /// Create unknown topics on first use with this many partitions.
+    /// Create unknown topics on first use with this many partitions. With authentication, only
+    /// for principals the ACLs give `create` on the topic's name.
     #[arg(long, value_name = "PARTITIONS", value_parser = clap::value_parser!(u32).range(1..))]
     auto_create: Option<u32>,
     /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for requests in flight before it drops
@@ -398,9 +399,9 @@ fn server_limits(args: &Args, fd_limit: u64) -> (ServerLimits, GrpcConfig, QuicC
 }
 
 /// Refuses settings that would serve less securely than they look: a client CA without a
-/// certificate (it would be ignored), a wildcard address advertised as-is, a non-loopback
-/// listener without TLS or without authentication (unless --insecure), auto-creation with
-/// authentication (its `create` permission is not checked yet).
+/// certificate (it would be ignored) or beside plaintext gRPC, a wildcard address advertised
+/// as-is, a non-loopback listener (or `/metrics`) without TLS or without authentication
+/// (unless --insecure).
 fn check_security(args: &Args, tls: bool) -> anyhow::Result<()> {
     if args.client_ca.is_some() && !tls {
         bail!(
@@ -447,11 +448,6 @@ fn check_security(args: &Args, tls: bool) -> anyhow::Result<()> {
     {
         bail!(
             "refusing to serve /metrics on non-loopback {metrics} without --metrics-token-file (its names carry topic names), or --insecure"
-        );
-    }
-    if (args.acl_file.is_some() || args.acl_store) && args.auto_create.is_some() {
-        bail!(
-            "--auto-create cannot be combined with authentication yet (the create permission is not checked on auto-creation); create topics with --topic or `streamhouse topics create`"
         );
     }
     Ok(())
@@ -614,6 +610,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     check_security(&args, tls.is_some())?;
     let (security, reloadable) = security(&args).await?;
+    let security_for_create = security.clone();
     reload_on_hangup(reloadable);
     let listeners = Listeners::bind(ListenOptions {
         grpc: args.grpc,
@@ -630,6 +627,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     config.id = args.id;
     config.topics = args.topics;
     config.auto_create_partitions = args.auto_create;
+    if let Some(security) = &security_for_create {
+        // Auto-creation is the `create` permission of the topic's name.
+        let authorizer = security.authorizer.clone();
+        config.create_policy = Some(streamhouse_agent::CreatePolicy(Arc::new(
+            move |principal, topic| {
+                authorizer.allowed(
+                    &streamhouse_auth::Principal::new(principal),
+                    streamhouse_auth::Operation::Create,
+                    topic,
+                )
+            },
+        )));
+    }
     if let Some(bytes) = args.max_request_decompressed_bytes {
         config.max_request_decompressed_bytes = bytes;
     }

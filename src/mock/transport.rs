@@ -148,6 +148,7 @@ impl Transport for MockTransport {
                 // As a server adaptor does: the peer is the agent side's to fill in, whatever
                 // the client put there. In process there is no address or certificate.
                 request.peer = Some(Arc::new(Peer::default()));
+                request.principal = None;
                 let registration = transport.registration(&endpoint);
                 let limit = transport.max_message_size;
                 async move {

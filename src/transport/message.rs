@@ -37,6 +37,10 @@ pub struct Request {
     pub metadata: Metadata,
     /// Who sent it, on the agent's side; `None` on the client's.
     pub peer: Option<Arc<Peer>>,
+    /// The principal an authenticating layer on the agent's side (such as
+    /// `streamhouse_auth::guard`) established for it, for the agent's own decisions (may it
+    /// create the topic it names?). Never sent; `None` without authentication.
+    pub principal: Option<Arc<str>>,
 }
 
 impl Request {
@@ -47,6 +51,7 @@ impl Request {
             deadline: None,
             metadata: Metadata::new(),
             peer: None,
+            principal: None,
         }
     }
 
@@ -58,6 +63,7 @@ impl Request {
             deadline: None,
             metadata,
             peer: Some(peer),
+            principal: None,
         }
     }
 
