@@ -9,7 +9,10 @@ use streamhouse::transport::Endpoint;
 /// Decides whether a principal may have a topic auto-created: `(principal, topic) -> bool`.
 /// A request without a principal (no authentication in front) may not, once a policy is set.
 #[derive(Clone)]
-pub struct CreatePolicy(pub std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>);
+pub struct CreatePolicy(pub std::sync::Arc<MayCreate>);
+
+/// `(principal, topic) -> may it be created`.
+pub type MayCreate = dyn Fn(&str, &str) -> bool + Send + Sync;
 
 impl std::fmt::Debug for CreatePolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
