@@ -80,7 +80,9 @@ mod remote;
 mod service;
 mod topics;
 
-pub use config::{AgentConfig, CreatePolicy, GroupConfig, RemoteConfig, S3Options, TopicSpec};
+pub use config::{
+    AgentConfig, CreatePolicy, GroupConfig, MayCreate, RemoteConfig, S3Options, TopicSpec,
+};
 pub use group::GroupStats;
 pub use group::table::{Holding, Key as LeaseKey, LeaseTable, Plan};
 pub use listen::{ListenError, ListenOptions, Listeners, Security, Serving};
