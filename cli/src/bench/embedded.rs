@@ -6,9 +6,12 @@ use super::run::Target;
 use anyhow::Context;
 use std::sync::Arc;
 use streamhouse::discovery::{Discovery, StaticDiscovery};
+use streamhouse::layers::{BearerToken, WithCredentials};
 use streamhouse::transport::tls::{ClientTls, ServerTls};
 use streamhouse::transport::{Endpoint, Transport};
-use streamhouse_agent::{Agent, AgentConfig, ListenOptions, Listeners, RemoteConfig, Serving};
+use streamhouse_agent::{
+    Agent, AgentConfig, ListenOptions, Listeners, RemoteConfig, Security, Serving,
+};
 use streamhouse_grpc::GrpcTransport;
 use streamhouse_quic::{QuicConfig, QuicTransport, dev_certificate};
 
@@ -51,7 +54,24 @@ pub(crate) struct Embedded {
     agent: Agent,
     serving: Serving,
     ca: std::path::PathBuf,
+    /// The token every request presents when the agent authenticates.
+    token: Option<Arc<BearerToken>>,
     _dir: tempfile::TempDir,
+}
+
+/// The bench's principal and token with `--auth token`, allowed everything by one ACL rule
+/// (the cost measured is authenticating and authorizing every request, not denying).
+const TOKEN: &str = "bench-token";
+
+fn security() -> anyhow::Result<Security> {
+    let tokens =
+        streamhouse_auth::TokenFile::parse(&streamhouse_auth::TokenFile::line(TOKEN, "bench"))?;
+    let acls: streamhouse_auth::Acls = "allow bench all *".parse()?;
+    Ok(Security {
+        authenticator: Arc::new(tokens),
+        authorizer: Arc::new(acls),
+        quotas: Arc::default(),
+    })
 }
 
 impl Embedded {
@@ -59,6 +79,7 @@ impl Embedded {
         topic: &str,
         partitions: u32,
         storage: Option<&Storage>,
+        auth: bool,
     ) -> anyhow::Result<Embedded> {
         let dir = tempfile::Builder::new()
             .prefix("streamhouse-bench-")
@@ -69,6 +90,7 @@ impl Embedded {
             grpc: Some("127.0.0.1:0".parse()?),
             quic: Some("127.0.0.1:0".parse()?),
             tls: Some(ServerTls::from_files(&dev.cert, &dev.key)?),
+            security: if auth { Some(security()?) } else { None },
             ..ListenOptions::default()
         })
         .await?;
@@ -81,6 +103,9 @@ impl Embedded {
             agent,
             serving,
             ca: dev.cert,
+            token: auth
+                .then(|| BearerToken::new(TOKEN).map(Arc::new))
+                .transpose()?,
             _dir: dir,
         })
     }
@@ -103,6 +128,10 @@ impl Embedded {
                 &ClientTls::from_ca_file(&self.ca)?,
             )?),
             _ => Arc::new(GrpcTransport::default()),
+        };
+        let transport: Arc<dyn Transport> = match &self.token {
+            Some(token) => Arc::new(WithCredentials::new(transport, token.clone())),
+            None => transport,
         };
         let discovery: Arc<dyn Discovery> =
             Arc::new(StaticDiscovery::new().with_topic(topic, partitions, &endpoint));

@@ -31,6 +31,11 @@ pub(crate) struct Args {
     /// Transports to compare, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "grpc,quic")]
     transports: Vec<String>,
+    /// Security of the embedded agent, comma-separated, each a row of its own: `off`, or
+    /// `token` (every request authenticated by a bearer token and authorized by an ACL rule,
+    /// as `agent --token-file --acl-file` does). `off,token` measures what security costs.
+    #[arg(long, value_delimiter = ',', default_value = "off", value_parser = ["off", "token"])]
+    auth: Vec<String>,
     /// Codecs to compare, comma-separated.
     #[arg(
         long,
@@ -161,6 +166,9 @@ struct CellSpec {
     ca: Option<PathBuf>,
     #[serde(default)]
     token_file: Option<PathBuf>,
+    /// The embedded agent authenticates and authorizes (`--auth token`).
+    #[serde(default)]
+    auth: bool,
     topic: String,
     #[serde(default)]
     storage: Option<embedded::Storage>,
@@ -262,8 +270,13 @@ async fn run_cell(spec: &CellSpec) -> anyhow::Result<CellResult> {
             )
         }
         None => {
-            let agent =
-                embedded::Embedded::start("bench", spec.partitions, spec.storage.as_ref()).await?;
+            let agent = embedded::Embedded::start(
+                "bench",
+                spec.partitions,
+                spec.storage.as_ref(),
+                spec.auth,
+            )
+            .await?;
             let target = agent.target(&spec.transport, "bench", spec.partitions)?;
             (Some(agent), target)
         }
@@ -314,6 +327,9 @@ async fn run_cell(spec: &CellSpec) -> anyhow::Result<CellResult> {
     };
     ticker.abort();
     let mut result = result;
+    if let Ok(result) = &mut result {
+        result.auth = spec.auth;
+    }
     if let Some(agent) = embedded {
         let storage = agent.stop().await?;
         if let Ok(result) = &mut result {
@@ -350,7 +366,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             args.transports.clone()
         }
     };
-    let spec = |mode: &str, transport: &str, codec: &str, size: usize| CellSpec {
+    if args.bootstrap.is_some() && args.auth.iter().any(|a| a != "off") {
+        bail!("--auth applies to the embedded agent; with --bootstrap give --token-file");
+    }
+    let spec = |mode: &str, transport: &str, codec: &str, size: usize, auth: bool| CellSpec {
+        auth,
         mode: mode.to_owned(),
         transport: transport.to_owned(),
         codec: codec.to_owned(),
@@ -383,16 +403,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for &size in &args.value_size {
         for transport in &transports {
             if !args.no_raw && !args.latency {
-                jobs.push(spec("raw", transport, "none", size));
+                jobs.push(spec("raw", transport, "none", size, false));
             }
             for codec in &args.codecs {
                 let mode = if args.latency { "latency" } else { "producer" };
-                jobs.push(spec(
-                    mode,
-                    transport,
-                    &format!("{codec:?}").to_lowercase(),
-                    size,
-                ));
+                // The security variants of one cell run one after the other.
+                for auth in &args.auth {
+                    jobs.push(spec(
+                        mode,
+                        transport,
+                        &format!("{codec:?}").to_lowercase(),
+                        size,
+                        auth == "token",
+                    ));
+                }
             }
         }
     }
@@ -408,10 +432,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut results: Vec<CellResult> = Vec::new();
     for job in jobs {
         let name = format!(
-            "{}/{}/{}B",
+            "{}/{}/{}B{}",
             job.transport,
             if job.mode == "raw" { "raw" } else { &job.codec },
-            job.value_size
+            job.value_size,
+            if job.auth { "/token" } else { "" }
         );
         let bar = bars.add(ProgressBar::new_spinner());
         bar.set_style(

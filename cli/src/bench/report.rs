@@ -42,7 +42,8 @@ fn label(c: &CellResult) -> String {
     } else {
         format!("{} B", c.value_size)
     };
-    format!("{} / {} / {}", c.transport, c.codec, size)
+    let auth = if c.auth { " / token" } else { "" };
+    format!("{} / {} / {}{auth}", c.transport, c.codec, size)
 }
 
 const HEADERS: [&str; 13] = [

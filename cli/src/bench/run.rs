@@ -52,6 +52,9 @@ pub(crate) struct CellResult {
     /// With `--objects`: what the embedded agent wrote to object storage and the store.
     #[serde(default)]
     pub(crate) storage: Option<StorageFigures>,
+    /// The agent authenticated and authorized every request (`--auth token`).
+    #[serde(default)]
+    pub(crate) auth: bool,
 }
 
 /// Object storage and metadata store work of one cell's agent (start to shutdown).
@@ -239,6 +242,7 @@ pub(crate) async fn producer_cell(
     let uncompressed = stats.uncompressed_bytes - before.uncompressed_bytes;
     let value_size = payload.records[0].1.len();
     Ok(CellResult {
+        auth: false,
         transport: target.endpoint.scheme().to_owned(),
         codec: codec.id().name().unwrap_or("custom").to_owned(),
         value_size,
@@ -445,6 +449,7 @@ pub(crate) async fn raw_cell(
     let value_size = payload.records[0].1.len();
     let wire: u64 = request.batches.iter().map(|b| b.batch.len() as u64).sum();
     Ok(CellResult {
+        auth: false,
         transport: target.endpoint.scheme().to_owned(),
         codec: "raw".to_owned(),
         value_size,
