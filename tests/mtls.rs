@@ -116,6 +116,7 @@ async fn client_certificates_name_principals_and_bad_ones_are_refused() {
             authenticator: Arc::new(CertificateNames),
             authorizer: Arc::new(acls),
             quotas: Arc::default(),
+            producer_ids: None,
         }),
         ..ListenOptions::default()
     })

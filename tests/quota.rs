@@ -69,6 +69,7 @@ async fn a_limited_principal_keeps_its_rate_and_an_unlimited_one_is_unaffected()
             authenticator: Arc::new(TokenFile::parse(&tokens).unwrap()),
             authorizer: Arc::new(acls),
             quotas: Arc::new(Quotas::new().limit("payments", LIMIT)),
+            producer_ids: None,
         }),
         ..ListenOptions::default()
     })

@@ -64,6 +64,7 @@ async fn secured() -> Secured {
         ])),
         authorizer: Arc::new(acls),
         quotas: Arc::default(),
+        producer_ids: None,
     };
     let mut config = AgentConfig::new(data.path());
     config.topics = ["orders:1", "order:1"]
@@ -321,6 +322,7 @@ async fn auto_creation_needs_the_create_permission() {
             authenticator: Arc::new(TokenFile::parse(&tokens).unwrap()),
             authorizer: acls,
             quotas: Arc::default(),
+            producer_ids: None,
         }),
         ..ListenOptions::default()
     })
@@ -357,4 +359,125 @@ async fn auto_creation_needs_the_create_permission() {
     let (code, _) = call(&grpc, &endpoint, Some("Bearer beta"), produce("new-a")).await;
     assert_eq!(code, ErrorCode::None);
     assert_eq!(agent.next_offset("new-a", 0), Some(2));
+}
+
+/// A produce request for one batch of `topic` stamped with `stamp`.
+fn stamped(topic: &str, stamp: ProducerStamp) -> RequestMessage {
+    let mut builder = BatchBuilder::new();
+    builder.append(1, None, Some(b"v"), &[]).unwrap();
+    let batch: Bytes = builder.finish(stamp, &NoCompression).unwrap();
+    RequestMessage::Produce(ProduceRequest {
+        acks: Acks::Leader as i32,
+        timeout_ms: 5_000,
+        batches: vec![PartitionBatch {
+            topic: topic.into(),
+            partition: 0,
+            batch,
+        }],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_write_or_fence_with_a_victims_producer_id() {
+    use streamhouse::layers::{BearerToken, WithCredentials};
+    let data = tempfile::tempdir().unwrap();
+    let tokens = format!(
+        "{}{}",
+        TokenFile::line("alpha", "payments"),
+        TokenFile::line("beta", "search")
+    );
+    let mut config = AgentConfig::new(data.path().join("data"));
+    config.topics = vec!["orders:1".parse::<TopicSpec>().unwrap()];
+    let agent = Agent::open(config).await.unwrap();
+    let listeners = Listeners::bind(ListenOptions {
+        grpc: Some("127.0.0.1:0".parse().unwrap()),
+        security: Some(Security {
+            authenticator: Arc::new(TokenFile::parse(&tokens).unwrap()),
+            authorizer: Arc::new("allow * produce,describe orders".parse::<Acls>().unwrap()),
+            quotas: Arc::default(),
+            producer_ids: Some(Arc::new(
+                streamhouse_auth::FileProducerIds::open(data.path().join("producer-ids")).unwrap(),
+            )),
+        }),
+        ..ListenOptions::default()
+    })
+    .await
+    .unwrap();
+    let serving = listeners.serve(&agent);
+    let endpoint = serving.endpoint("grpc").unwrap().clone();
+    let grpc: Arc<dyn Transport> = Arc::new(GrpcTransport::default());
+    let as_payments =
+        WithCredentials::new(grpc.clone(), Arc::new(BearerToken::new("alpha").unwrap()));
+    let victim = streamhouse::producer::init_producer_id(&as_payments, &endpoint)
+        .await
+        .unwrap();
+    let stamp = |id, epoch, sequence| ProducerStamp {
+        producer_id: id,
+        producer_epoch: epoch,
+        base_sequence: sequence,
+    };
+    let (code, _) = call(
+        &grpc,
+        &endpoint,
+        Some("Bearer alpha"),
+        stamped("orders", stamp(victim, 0, 0)),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::None, "the victim writes with its id");
+    // The stranger, allowed to produce to the topic, tries the victim's id with a higher
+    // epoch (which would fence the victim), and an id it made up.
+    let (code, _) = call(
+        &grpc,
+        &endpoint,
+        Some("Bearer beta"),
+        stamped("orders", stamp(victim, 1, 0)),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::Unauthorized, "another principal's id");
+    let (code, _) = call(
+        &grpc,
+        &endpoint,
+        Some("Bearer beta"),
+        stamped("orders", stamp(12_345, 0, 0)),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::Unauthorized, "an id nobody was given");
+    // The victim is not fenced: its next batch in sequence is appended.
+    let (code, _) = call(
+        &grpc,
+        &endpoint,
+        Some("Bearer alpha"),
+        stamped("orders", stamp(victim, 0, 1)),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::None, "the victim carries on");
+    // The stranger's own id works for it; non-idempotent batches need no id.
+    let as_search = WithCredentials::new(grpc.clone(), Arc::new(BearerToken::new("beta").unwrap()));
+    let own = streamhouse::producer::init_producer_id(&as_search, &endpoint)
+        .await
+        .unwrap();
+    assert_ne!(own, victim);
+    let (code, _) = call(
+        &grpc,
+        &endpoint,
+        Some("Bearer beta"),
+        stamped("orders", stamp(own, 0, 0)),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::None);
+    let (code, _) = call(
+        &grpc,
+        &endpoint,
+        Some("Bearer beta"),
+        stamped("orders", ProducerStamp::NONE),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::None);
+    assert_eq!(agent.next_offset("orders", 0), Some(4));
+    // Without credentials, no id.
+    assert!(
+        streamhouse::producer::init_producer_id(&*grpc, &endpoint)
+            .await
+            .is_err()
+    );
 }

@@ -32,13 +32,19 @@ impl Shared {
             Some(Action::DeleteTopic(delete)) => {
                 self.delete_topic(&delete.name).await.map(|()| None)
             }
+            Some(Action::InitProducerId(_)) => {
+                // Not bound to anyone here (the guard binds ids when it runs in front).
+                return AdminResponse {
+                    producer_id: streamhouse::serve::new_producer_id(),
+                    ..AdminResponse::default()
+                };
+            }
             None => Err(Rejection::new(ErrorCode::InvalidRequest, "no admin action")),
         };
         match result {
             Ok(topic) => AdminResponse {
-                error_code: ErrorCode::None as i32,
-                error_message: String::new(),
                 topic,
+                ..AdminResponse::default()
             },
             Err(r) => {
                 metrics::counter!("streamhouse_errors_total", "code" => r.code.as_str_name())
@@ -46,7 +52,7 @@ impl Shared {
                 AdminResponse {
                     error_code: r.code as i32,
                     error_message: r.message,
-                    topic: None,
+                    ..AdminResponse::default()
                 }
             }
         }

@@ -6,7 +6,6 @@
 
 use crate::Agent;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use streamhouse::serve::{ServerBounds, ServerLimits};
 use streamhouse::transport::Endpoint;
 use streamhouse::transport::tls::ServerTls;
@@ -38,23 +37,9 @@ pub struct ListenOptions {
     pub security: Option<Security>,
 }
 
-/// Who may do what: the authenticator and authorizer [`streamhouse_auth::guard`] puts in
-/// front of the agent on every listener.
-#[derive(Clone)]
-pub struct Security {
-    /// Tells who sent a request.
-    pub authenticator: Arc<dyn streamhouse_auth::Authenticator>,
-    /// Decides what they may do.
-    pub authorizer: Arc<dyn streamhouse_auth::Authorizer>,
-    /// Produce bytes per second per principal.
-    pub quotas: Arc<streamhouse_auth::Quotas>,
-}
-
-impl std::fmt::Debug for Security {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Security { .. }")
-    }
-}
+/// Who may do what: the policy [`streamhouse_auth::guard_with`] applies in front of the agent
+/// on every listener.
+pub type Security = streamhouse_auth::Policy;
 
 /// Why listening failed.
 #[derive(Debug, thiserror::Error)]
@@ -171,12 +156,7 @@ impl Listeners {
             }
         };
         let service = match &self.options.security {
-            Some(security) => streamhouse_auth::guard_with_quotas(
-                agent.service(),
-                security.authenticator.clone(),
-                security.authorizer.clone(),
-                security.quotas.clone(),
-            ),
+            Some(security) => streamhouse_auth::guard_with(agent.service(), security.clone()),
             None => agent.service(),
         };
         let grpc = self.grpc.map(|listener| {

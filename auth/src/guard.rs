@@ -19,9 +19,12 @@
 //! | `streamhouse_quota_throttled_total` | answers that told a client to hold off |
 //! | `streamhouse_quota_refusals_total` | requests refused `THROTTLED` (sent while in debt) |
 
-use crate::{Admission, AuthError, Authenticator, Authorizer, Operation, Principal, Quotas};
+use crate::{
+    Admission, AuthError, Authenticator, Authorizer, Operation, Principal, ProducerIds, Quotas,
+};
 use std::sync::Arc;
 use std::time::Duration;
+use streamhouse::batch::BatchHeader;
 use streamhouse::proto::v1::{
     AdminResponse, ErrorCode, FetchResponse, MetadataResponse, PartitionResult, ProduceRequest,
     ProduceResponse, TopicMetadata, admin_request::Action,
@@ -46,23 +49,46 @@ pub fn guard(
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
 ) -> AgentService {
-    guard_with_quotas(agent, authenticator, authorizer, Arc::new(Quotas::new()))
+    guard_with(
+        agent,
+        Policy {
+            authenticator,
+            authorizer,
+            quotas: Arc::new(Quotas::new()),
+            producer_ids: None,
+        },
+    )
 }
 
-/// [`guard`], with produce [`Quotas`] per principal: a request within its principal's rate
-/// passes and its answer carries the `throttle_ms` that keeps the principal at the rate; one
-/// sent while the principal is still in debt is refused `THROTTLED` whole.
-pub fn guard_with_quotas(
-    agent: AgentService,
-    authenticator: Arc<dyn Authenticator>,
-    authorizer: Arc<dyn Authorizer>,
-    quotas: Arc<Quotas>,
-) -> AgentService {
-    let guard = Arc::new(Guard {
-        authenticator,
-        authorizer,
-        quotas,
-    });
+/// Everything the guard applies: who sent a request, what they may do, their produce rate,
+/// and (optionally) the producer ids bound to them.
+#[derive(Clone)]
+pub struct Policy {
+    /// Tells who sent a request.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Decides what they may do.
+    pub authorizer: Arc<dyn Authorizer>,
+    /// Produce bytes per second per principal: a request within its principal's rate passes
+    /// and its answer carries the `throttle_ms` that keeps the principal at the rate; one sent
+    /// while the principal is still in debt is refused `THROTTLED` whole.
+    pub quotas: Arc<Quotas>,
+    /// Producer ids handed out by `InitProducerId` and bound to principals; with it, an
+    /// idempotent batch whose id was not handed to the request's principal is refused.
+    pub producer_ids: Option<Arc<dyn ProducerIds>>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("quotas", &self.quotas)
+            .field("producer_ids", &self.producer_ids.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`guard`], with everything a [`Policy`] holds.
+pub fn guard_with(agent: AgentService, policy: Policy) -> AgentService {
+    let guard = Arc::new(Guard { policy });
     AgentService::new(tower::service_fn(move |request: Request| {
         let (guard, agent) = (guard.clone(), agent.clone());
         async move { guard.handle(agent, request).await }
@@ -70,9 +96,7 @@ pub fn guard_with_quotas(
 }
 
 struct Guard {
-    authenticator: Arc<dyn Authenticator>,
-    authorizer: Arc<dyn Authorizer>,
-    quotas: Arc<Quotas>,
+    policy: Policy,
 }
 
 impl Guard {
@@ -82,14 +106,18 @@ impl Guard {
         mut request: Request,
     ) -> Result<Response, BoxError> {
         let peer = request.peer.clone().unwrap_or_default();
-        let principal = match self.authenticator.authenticate(&peer, &request.metadata) {
+        let principal = match self
+            .policy
+            .authenticator
+            .authenticate(&peer, &request.metadata)
+        {
             Ok(principal) => principal,
             Err(error) => return Ok(self.unauthenticated(&peer, &request.message, &error)),
         };
         // The agent decides some things by principal itself (auto-creation).
         request.principal = Some(principal.name().into());
         let allowed = |operation: Operation, topic: &str| {
-            let allowed = self.authorizer.allowed(&principal, operation, topic);
+            let allowed = self.policy.authorizer.allowed(&principal, operation, topic);
             if !allowed {
                 denied(&principal, operation, topic, &peer);
             }
@@ -97,26 +125,31 @@ impl Guard {
         };
         match &request.message {
             RequestMessage::Produce(produce) => {
-                let verdicts: Vec<bool> = produce
-                    .batches
-                    .iter()
-                    .map(|b| allowed(Operation::Produce, &b.topic))
-                    .collect();
+                let mut verdicts: Vec<Verdict> = Vec::with_capacity(produce.batches.len());
+                for batch in &produce.batches {
+                    let verdict = if !allowed(Operation::Produce, &batch.topic) {
+                        Err(format!("{principal} may not produce to {}", batch.topic))
+                    } else {
+                        self.check_producer_id(&principal, &batch.batch, &peer)
+                            .await
+                    };
+                    verdicts.push(verdict);
+                }
                 let bytes: u64 = produce
                     .batches
                     .iter()
                     .zip(&verdicts)
-                    .filter(|(_, ok)| **ok)
+                    .filter(|(_, v)| v.is_ok())
                     .map(|(b, _)| b.batch.len() as u64)
                     .sum();
-                let throttle = match self.quotas.admit(&principal, bytes, Instant::now()) {
+                let throttle = match self.policy.quotas.admit(&principal, bytes, Instant::now()) {
                     Admission::Pass { throttle } => throttle,
                     Admission::Refuse { throttle } => {
                         metrics::counter!("streamhouse_quota_refusals_total").increment(1);
                         return Ok(throttled(produce, &verdicts, throttle));
                     }
                 };
-                let mut response = if verdicts.iter().all(|&ok| ok) {
+                let mut response = if verdicts.iter().all(Result::is_ok) {
                     agent.oneshot(request).await?
                 } else {
                     let produce = produce.clone();
@@ -136,7 +169,8 @@ impl Guard {
                 let mut response = agent.oneshot(request).await?;
                 if let Response::Metadata(answer) = &mut response {
                     answer.topics.retain(|t| {
-                        self.authorizer
+                        self.policy
+                            .authorizer
                             .allowed(&principal, Operation::Describe, &t.name)
                     });
                 }
@@ -187,13 +221,32 @@ impl Guard {
                     ..FetchResponse::default()
                 }))
             }
+            RequestMessage::Admin(admin)
+                if matches!(admin.action, Some(Action::InitProducerId(_))) =>
+            {
+                let Some(ids) = &self.policy.producer_ids else {
+                    // Ids are not bound here: the agent hands out one of its own.
+                    return agent.oneshot(request).await;
+                };
+                Ok(Response::Admin(match ids.allocate(&principal).await {
+                    Ok(id) => AdminResponse {
+                        producer_id: id,
+                        ..AdminResponse::default()
+                    },
+                    Err(why) => AdminResponse {
+                        error_code: ErrorCode::Unavailable as i32,
+                        error_message: why,
+                        ..AdminResponse::default()
+                    },
+                }))
+            }
             RequestMessage::Admin(admin) => {
                 let (operation, topic) = match &admin.action {
                     Some(Action::CreateTopic(c)) => (Operation::Create, c.name.as_str()),
                     Some(Action::DeleteTopic(d)) => (Operation::Delete, d.name.as_str()),
                     Some(Action::AlterTopic(a)) => (Operation::Admin, a.name.as_str()),
-                    // Nothing asked: the agent answers it as malformed.
-                    None => return agent.oneshot(request).await,
+                    // Nothing asked (or a kind of this build's future): the agent answers it.
+                    _ => return agent.oneshot(request).await,
                 };
                 if allowed(operation, topic) {
                     return agent.oneshot(request).await;
@@ -201,11 +254,46 @@ impl Guard {
                 Ok(Response::Admin(AdminResponse {
                     error_code: ErrorCode::Unauthorized as i32,
                     error_message: format!("{principal} may not {operation} {topic}"),
-                    topic: None,
+                    ..AdminResponse::default()
                 }))
             }
             // A kind this guard does not know is not let through unchecked.
             _ => Err("request kind not covered by authorization".into()),
+        }
+    }
+
+    /// With producer ids bound to principals: whether the batch's producer id (if it has one)
+    /// was handed to `principal`.
+    async fn check_producer_id(&self, principal: &Principal, batch: &[u8], peer: &Peer) -> Verdict {
+        let Some(ids) = &self.policy.producer_ids else {
+            return Ok(());
+        };
+        // A batch whose header does not parse is the agent's to refuse (CORRUPT_BATCH).
+        let Ok(header) = BatchHeader::read(batch) else {
+            return Ok(());
+        };
+        let id = header.producer.producer_id;
+        if id < 0 {
+            return Ok(()); // not idempotent: no id to protect
+        }
+        match ids.owner(id).await {
+            Ok(Some(owner)) if owner == *principal => Ok(()),
+            Ok(owner) => {
+                metrics::counter!("streamhouse_auth_denied_total", "operation" => "producer_id")
+                    .increment(1);
+                tracing::warn!(
+                    target: "streamhouse::audit",
+                    %principal,
+                    producer_id = id,
+                    issued = owner.is_some(),
+                    peer = ?peer.addr,
+                    "producer id not issued to this principal"
+                );
+                Err(format!(
+                    "producer id {id} was not issued to {principal}: ask the agent for one (InitProducerId)"
+                ))
+            }
+            Err(why) => Err(format!("cannot check producer id {id}: {why}")),
         }
     }
 
@@ -247,13 +335,13 @@ async fn produce_in_part(
     agent: AgentService,
     mut request: Request,
     produce: &ProduceRequest,
-    verdicts: &[bool],
+    verdicts: &[Verdict],
 ) -> Result<Response, BoxError> {
     let allowed: Vec<_> = produce
         .batches
         .iter()
         .zip(verdicts)
-        .filter(|(_, ok)| **ok)
+        .filter(|(_, v)| v.is_ok())
         .map(|(b, _)| b.clone())
         .collect();
     let mut answer = if allowed.is_empty() {
@@ -273,22 +361,21 @@ async fn produce_in_part(
         .batches
         .iter()
         .zip(verdicts)
-        .map(|(batch, ok)| {
-            let refused = || PartitionResult {
+        .map(|(batch, verdict)| match verdict {
+            Ok(()) => answered.next().unwrap_or_else(|| PartitionResult {
+                topic: batch.topic.clone(),
+                partition: batch.partition,
+                error_code: ErrorCode::Internal as i32,
+                error_message: "the agent answered fewer batches than it was sent".into(),
+                ..PartitionResult::default()
+            }),
+            Err(why) => PartitionResult {
                 topic: batch.topic.clone(),
                 partition: batch.partition,
                 error_code: ErrorCode::Unauthorized as i32,
-                error_message: format!("may not produce to {}", batch.topic),
+                error_message: why.clone(),
                 ..PartitionResult::default()
-            };
-            match ok {
-                true => answered.next().unwrap_or_else(|| PartitionResult {
-                    error_code: ErrorCode::Internal as i32,
-                    error_message: "the agent answered fewer batches than it was sent".into(),
-                    ..refused()
-                }),
-                false => refused(),
-            }
+            },
         })
         .collect();
     Ok(Response::Produce(answer))
@@ -296,32 +383,33 @@ async fn produce_in_part(
 
 /// A produce request refused for its principal's quota: the batches it may send are answered
 /// `THROTTLED` (retriable), the others `UNAUTHORIZED`; nothing is appended.
-fn throttled(produce: &ProduceRequest, verdicts: &[bool], throttle: Duration) -> Response {
+fn throttled(produce: &ProduceRequest, verdicts: &[Verdict], throttle: Duration) -> Response {
     Response::Produce(ProduceResponse {
         results: produce
             .batches
             .iter()
             .zip(verdicts)
-            .map(|(b, ok)| PartitionResult {
-                topic: b.topic.clone(),
-                partition: b.partition,
-                error_code: if *ok {
-                    ErrorCode::Throttled as i32
-                } else {
-                    ErrorCode::Unauthorized as i32
-                },
-                error_message: if *ok {
-                    "produce quota exceeded".into()
-                } else {
-                    format!("may not produce to {}", b.topic)
-                },
-                ..PartitionResult::default()
+            .map(|(b, verdict)| {
+                let (code, message) = match verdict {
+                    Ok(()) => (ErrorCode::Throttled, "produce quota exceeded".to_owned()),
+                    Err(why) => (ErrorCode::Unauthorized, why.clone()),
+                };
+                PartitionResult {
+                    topic: b.topic.clone(),
+                    partition: b.partition,
+                    error_code: code as i32,
+                    error_message: message,
+                    ..PartitionResult::default()
+                }
             })
             .collect(),
         throttle_ms: millis(throttle),
         ..ProduceResponse::default()
     })
 }
+
+/// Whether one batch of a produce request may go on to the agent, or why not.
+type Verdict = Result<(), String>;
 
 fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis().max(1)).unwrap_or(u32::MAX)
@@ -355,7 +443,7 @@ fn refuse_whole(message: &RequestMessage, code: ErrorCode, text: &str) -> Respon
         RequestMessage::Admin(_) => Response::Admin(AdminResponse {
             error_code: code,
             error_message: text.to_owned(),
-            topic: None,
+            ..AdminResponse::default()
         }),
         _ => Response::Metadata(MetadataResponse {
             error_code: code,

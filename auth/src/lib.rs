@@ -20,15 +20,17 @@ mod guard;
 mod jwt;
 mod mtls;
 mod principal;
+mod producer_ids;
 mod quota;
 mod tokens;
 
 pub use acl::{
     AclError, AclFile, Acls, Authorizer, Operation, Rule, TopicPattern, read as read_acls,
 };
-pub use guard::{guard, guard_with_quotas};
+pub use guard::{Policy, guard, guard_with};
 pub use jwt::{Jwt, JwtAlgorithm, JwtKeyError};
 pub use mtls::{CertificateNames, FirstOf};
 pub use principal::{AuthError, Authenticator, Principal};
+pub use producer_ids::{FileProducerIds, ProducerIds};
 pub use quota::{Admission, Quotas};
 pub use tokens::{MAX_TOKEN_LEN, TokenFile, TokenFileError, bearer_token};

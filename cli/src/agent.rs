@@ -575,10 +575,24 @@ async fn security(
             name => quotas.limit(name, *rate),
         };
     }
+    // Producer ids are bound to the principal that asked for them (InitProducerId), in the
+    // data directory. An agent group hands out unbound ids for now.
+    let producer_ids: Option<Arc<dyn streamhouse_auth::ProducerIds>> = if args.group.is_none() {
+        std::fs::create_dir_all(&args.data)
+            .with_context(|| format!("cannot create {}", args.data.display()))?;
+        let path = args.data.join("producer-ids");
+        Some(Arc::new(
+            streamhouse_auth::FileProducerIds::open(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ))
+    } else {
+        None
+    };
     let security = streamhouse_agent::Security {
         authenticator: Arc::new(streamhouse_auth::FirstOf::new(authenticators)),
         authorizer,
         quotas: Arc::new(quotas),
+        producer_ids,
     };
     Ok((Some(security), reloadable))
 }

@@ -68,6 +68,11 @@ impl ClientArgs {
         Ok((transport, discovery))
     }
 
+    /// Whether a token is given (the agent authenticates).
+    pub(crate) fn has_credentials(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some()
+    }
+
     /// The first seed URL (where administrative requests go).
     pub(crate) fn first_seed(&self) -> anyhow::Result<Endpoint> {
         seeds(&self.bootstrap)?

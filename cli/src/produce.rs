@@ -59,11 +59,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         AcksArg::Leader => Acks::Leader,
         AcksArg::Durable => Acks::Durable,
     };
-    let producer = Producer::builder(transport, discovery)
+    let mut builder = Producer::builder(transport.clone(), discovery)
         .acks(acks)
         .codec_arc(codec)
-        .linger(Duration::from_millis(args.linger_ms))
-        .build()?;
+        .linger(Duration::from_millis(args.linger_ms));
+    if args.connection.has_credentials() && acks != Acks::None {
+        // An agent that authenticates binds producer ids to principals: ask it for ours.
+        let id =
+            streamhouse::producer::init_producer_id(&*transport, &args.connection.first_seed()?)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        builder = builder.producer_id(id);
+    }
+    let producer = builder.build()?;
 
     let start = Instant::now();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();

@@ -357,7 +357,7 @@ impl MockAgent {
         let refuse = |code: ErrorCode, message: String| AdminResponse {
             error_code: code as i32,
             error_message: message,
-            topic: None,
+            ..AdminResponse::default()
         };
         match request.action {
             Some(admin_request::Action::CreateTopic(create)) => {
@@ -395,6 +395,10 @@ impl MockAgent {
                 ErrorCode::InvalidRequest,
                 "retention needs an agent with object storage; the mock keeps every record".into(),
             ),
+            Some(admin_request::Action::InitProducerId(_)) => AdminResponse {
+                producer_id: crate::serve::new_producer_id(),
+                ..AdminResponse::default()
+            },
             None => refuse(ErrorCode::InvalidRequest, "no admin action".into()),
         }
     }

@@ -60,6 +60,7 @@ mod clock;
 mod config;
 mod delivery;
 mod error;
+mod init;
 mod record;
 mod sender;
 mod stats;
@@ -68,6 +69,7 @@ pub use builder::ProducerBuilder;
 pub use config::{Acks, ProducerConfig};
 pub use delivery::DeliveryFuture;
 pub use error::{ConfigError, Persistence, ProduceError};
+pub use init::{InitProducerIdError, init_producer_id};
 pub use record::{ProducerRecord, RecordMetadata};
 pub use stats::ProducerStats;
 

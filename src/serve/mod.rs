@@ -36,6 +36,12 @@ pub use validate::{
 use crate::batch::BatchError;
 use streamhouse_proto::v1::ErrorCode;
 
+/// A producer id for an `InitProducerId` answer from an agent that does not bind ids to
+/// principals: 63 random bits, as producers pick for themselves.
+pub fn new_producer_id() -> i64 {
+    (crate::rng::Rng::from_entropy().next_u64() >> 1) as i64
+}
+
 /// Why an agent refuses a batch: the code it answers with, and a message for logs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]

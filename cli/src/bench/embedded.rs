@@ -63,7 +63,7 @@ pub(crate) struct Embedded {
 /// (the cost measured is authenticating and authorizing every request, not denying).
 const TOKEN: &str = "bench-token";
 
-fn security() -> anyhow::Result<Security> {
+fn security(dir: &std::path::Path) -> anyhow::Result<Security> {
     let tokens =
         streamhouse_auth::TokenFile::parse(&streamhouse_auth::TokenFile::line(TOKEN, "bench"))?;
     let acls: streamhouse_auth::Acls = "allow bench all *".parse()?;
@@ -71,6 +71,10 @@ fn security() -> anyhow::Result<Security> {
         authenticator: Arc::new(tokens),
         authorizer: Arc::new(acls),
         quotas: Arc::default(),
+        // As `streamhouse agent` does: producer ids bound to the principal that asked.
+        producer_ids: Some(Arc::new(streamhouse_auth::FileProducerIds::open(
+            dir.join("producer-ids"),
+        )?)),
     })
 }
 
@@ -90,7 +94,11 @@ impl Embedded {
             grpc: Some("127.0.0.1:0".parse()?),
             quic: Some("127.0.0.1:0".parse()?),
             tls: Some(ServerTls::from_files(&dev.cert, &dev.key)?),
-            security: if auth { Some(security()?) } else { None },
+            security: if auth {
+                Some(security(dir.path())?)
+            } else {
+                None
+            },
             ..ListenOptions::default()
         })
         .await?;
@@ -141,6 +149,7 @@ impl Embedded {
             endpoint,
             topic: topic.to_owned(),
             partitions,
+            ask_producer_id: self.token.is_some(),
         })
     }
 
@@ -179,5 +188,8 @@ pub(crate) async fn external(
         endpoint,
         topic: topic.to_owned(),
         partitions: metadata.partition_count().get(),
+        // An agent that authenticates may bind ids to principals; one that does not hands out
+        // an id of its own.
+        ask_producer_id: true,
     })
 }

@@ -88,6 +88,8 @@ pub(crate) struct Target {
     pub(crate) endpoint: Endpoint,
     pub(crate) topic: String,
     pub(crate) partitions: u32,
+    /// Ask the agent for the producer id (it binds ids to principals).
+    pub(crate) ask_producer_id: bool,
 }
 
 /// Producer settings shared by every cell.
@@ -184,6 +186,12 @@ pub(crate) async fn producer_cell(
     }
     if let Some(requests) = settings.max_in_flight {
         builder = builder.max_in_flight(requests);
+    }
+    if target.ask_producer_id {
+        let id = streamhouse::producer::init_producer_id(&*target.transport, &target.endpoint)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot get a producer id from the agent: {e}"))?;
+        builder = builder.producer_id(id);
     }
     let producer = builder.build()?;
     // Warm up: metadata and connections, outside the measurement.
