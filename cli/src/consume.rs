@@ -31,7 +31,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let (transport, discovery) = args.connection.connect()?;
+    let (transport, discovery) = args.connection.connect().await?;
     let metadata = discovery
         .topic(&args.topic)
         .await

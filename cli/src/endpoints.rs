@@ -6,7 +6,11 @@ use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::sync::Arc;
 use streamhouse::discovery::Bootstrap;
-use streamhouse::layers::{BearerToken, WithCredentials};
+use streamhouse::layers::{BearerToken, Credentials, RefreshingToken, WithCredentials};
+
+/// How long a token read from --token-file is used before the file is read again (refreshed
+/// at four fifths of it).
+const TOKEN_FILE_REREAD: std::time::Duration = std::time::Duration::from_secs(75);
 use streamhouse::transport::tls::ClientTls;
 use streamhouse::transport::{Endpoint, SchemeTransport, Transport};
 use streamhouse_grpc::{GrpcConfig, GrpcTransport};
@@ -32,7 +36,8 @@ pub(crate) struct ClientArgs {
     /// machine in the process list: prefer --token-file).
     #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
     token: Option<String>,
-    /// File holding the bearer token (surrounding whitespace ignored).
+    /// File holding the bearer token (surrounding whitespace ignored), read again every minute
+    /// so a rotated token is picked up.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
 }
@@ -57,11 +62,11 @@ impl ClientArgs {
     }
 
     /// Transport (by scheme) and discovery for the seeds.
-    pub(crate) fn connect(&self) -> anyhow::Result<(Arc<dyn Transport>, Bootstrap)> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<(Arc<dyn Transport>, Bootstrap)> {
         let seeds = seeds(&self.bootstrap)?;
         let transport = self.transport(&seeds)?;
-        let transport: Arc<dyn Transport> = match self.credentials()? {
-            Some(token) => Arc::new(WithCredentials::new(transport, Arc::new(token))),
+        let transport: Arc<dyn Transport> = match self.credentials().await? {
+            Some(token) => Arc::new(WithCredentials::new(transport, token)),
             None => Arc::new(transport),
         };
         let discovery = Bootstrap::new(transport.clone(), seeds);
@@ -81,22 +86,37 @@ impl ClientArgs {
             .context("--bootstrap names no agent")
     }
 
-    /// The bearer token of --token or --token-file.
-    fn credentials(&self) -> anyhow::Result<Option<BearerToken>> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(token), _) => token.clone(),
-            (None, Some(file)) => std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read --token-file {}", file.display()))?
-                .trim()
-                .to_owned(),
-            (None, None) => return Ok(None),
-        };
-        let token = BearerToken::new(&token).map_err(|_| {
+    /// The bearer token of --token, or of --token-file read again every minute (a token a
+    /// secret manager rotates in the file is picked up without a restart).
+    async fn credentials(&self) -> anyhow::Result<Option<Arc<dyn Credentials>>> {
+        let unusable = || {
             anyhow::anyhow!(
                 "the token is empty or holds spaces or characters other than visible ASCII"
             )
-        })?;
-        Ok(Some(token))
+        };
+        if let Some(token) = &self.token {
+            return Ok(Some(Arc::new(
+                BearerToken::new(token).map_err(|_| unusable())?,
+            )));
+        }
+        let Some(file) = self.token_file.clone() else {
+            return Ok(None);
+        };
+        let read = move || {
+            let file = file.clone();
+            async move {
+                let token = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("cannot read --token-file {}: {e}", file.display()))?;
+                Ok((
+                    token.trim().to_owned(),
+                    std::time::SystemTime::now() + TOKEN_FILE_REREAD,
+                ))
+            }
+        };
+        let token = RefreshingToken::start(read)
+            .await
+            .map_err(|why| anyhow::anyhow!("{why}"))?;
+        Ok(Some(Arc::new(token)))
     }
 
     fn transport(&self, seeds: &[Endpoint]) -> anyhow::Result<SchemeTransport> {

@@ -48,7 +48,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let (transport, discovery) = args.connection.connect()?;
+    let (transport, discovery) = args.connection.connect().await?;
     let codec: Arc<dyn Codec> = match args.codec {
         CodecArg::None => Arc::new(NoCompression),
         CodecArg::Lz4 => Arc::new(streamhouse_codecs::Lz4),

@@ -136,7 +136,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Prints every topic, or one.
 async fn list(connection: &endpoints::ClientArgs, only: Option<&str>) -> anyhow::Result<()> {
-    let (_, discovery) = connection.connect()?;
+    let (_, discovery) = connection.connect().await?;
     let topics = match only {
         Some(name) => vec![
             discovery
@@ -168,7 +168,7 @@ async fn admin(
     connection: &endpoints::ClientArgs,
     action: Action,
 ) -> anyhow::Result<AdminResponse> {
-    let (transport, _) = connection.connect()?;
+    let (transport, _) = connection.connect().await?;
     let seed = connection.first_seed()?;
     let client = transport
         .connect(&seed)

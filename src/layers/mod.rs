@@ -26,7 +26,8 @@ mod fault;
 mod retry;
 
 pub use credentials::{
-    ApplyCredentials, BearerToken, Credentials, CredentialsLayer, WithCredentials,
+    ApplyCredentials, BearerToken, Credentials, CredentialsLayer, FetchedToken, RefreshingToken,
+    WithCredentials,
 };
 pub use fault::{FaultConfig, FaultLayer, FaultService, FaultStats};
 pub use retry::{Backoff, RetryPolicy};

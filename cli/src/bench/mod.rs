@@ -263,7 +263,7 @@ async fn run_cell(spec: &CellSpec) -> anyhow::Result<CellResult> {
         Some(list) => {
             let client = ClientArgs::new(list.clone(), spec.ca.clone())
                 .with_token_file(spec.token_file.clone());
-            let (transport, discovery) = client.connect()?;
+            let (transport, discovery) = client.connect().await?;
             (
                 None,
                 embedded::external(transport, discovery, &spec.topic).await?,
