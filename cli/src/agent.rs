@@ -575,19 +575,26 @@ async fn security(
             name => quotas.limit(name, *rate),
         };
     }
-    // Producer ids are bound to the principal that asked for them (InitProducerId), in the
-    // data directory. An agent group hands out unbound ids for now.
-    let producer_ids: Option<Arc<dyn streamhouse_auth::ProducerIds>> = if args.group.is_none() {
-        std::fs::create_dir_all(&args.data)
-            .with_context(|| format!("cannot create {}", args.data.display()))?;
-        let path = args.data.join("producer-ids");
-        Some(Arc::new(
-            streamhouse_auth::FileProducerIds::open(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-        ))
-    } else {
-        None
+    // Producer ids are bound to the principal that asked for them (InitProducerId): in the
+    // group's metadata store, or a lone agent's data directory.
+    let producer_ids: Arc<dyn streamhouse_auth::ProducerIds> = match (&args.group, &args.metadata) {
+        (Some(_), Some(url)) => {
+            let store = streamhouse_metastore::open(url)
+                .await
+                .with_context(|| format!("cannot open the metadata store {url}"))?;
+            Arc::new(streamhouse_agent::acl::StoreProducerIds::new(store))
+        }
+        _ => {
+            std::fs::create_dir_all(&args.data)
+                .with_context(|| format!("cannot create {}", args.data.display()))?;
+            let path = args.data.join("producer-ids");
+            Arc::new(
+                streamhouse_auth::FileProducerIds::open(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )
+        }
     };
+    let producer_ids = Some(producer_ids);
     let security = streamhouse_agent::Security {
         authenticator: Arc::new(streamhouse_auth::FirstOf::new(authenticators)),
         authorizer,

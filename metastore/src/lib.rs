@@ -189,6 +189,12 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Removes a rule (its exact text); `false` when it was not there.
     async fn remove_acl_rule(&self, rule: &str) -> Result<bool, StoreError>;
+
+    /// A new producer id, bound to `principal` for good.
+    async fn allocate_producer_id(&self, principal: &str) -> Result<i64, StoreError>;
+
+    /// The principal producer id `id` was handed to, if any.
+    async fn producer_id_owner(&self, id: i64) -> Result<Option<String>, StoreError>;
 }
 
 /// Opens the store a URL names and brings its schema up to date: `sqlite://PATH` (the file is

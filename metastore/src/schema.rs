@@ -87,6 +87,14 @@ const MIGRATIONS: &[&[&str]] = &[
         added_ms BIGINT NOT NULL
     )",
     ],
+    &[
+        // Producer ids handed out by InitProducerId, each bound to the principal that asked.
+        "CREATE TABLE IF NOT EXISTS sh_producer_ids (
+        producer_id BIGINT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    )",
+    ],
 ];
 
 /// The newest schema version this build knows.

@@ -615,4 +615,12 @@ impl MetadataStore for SqlStore {
     async fn remove_acl_rule(&self, rule: &str) -> Result<bool, StoreError> {
         self.acl_remove(rule).await
     }
+
+    async fn allocate_producer_id(&self, principal: &str) -> Result<i64, StoreError> {
+        self.producer_id_allocate(principal).await
+    }
+
+    async fn producer_id_owner(&self, id: i64) -> Result<Option<String>, StoreError> {
+        SqlStore::producer_id_owner(self, id).await
+    }
 }

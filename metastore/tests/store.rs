@@ -256,6 +256,20 @@ async fn contract(store: Arc<dyn MetadataStore>) {
     );
     assert_eq!(store.acl_rules().await.unwrap(), [b]);
     store.remove_acl_rule(b).await.unwrap();
+
+    // Producer ids: each handed out once, bound to its principal.
+    let first = store.allocate_producer_id("payments").await.unwrap();
+    let second = store.allocate_producer_id("search").await.unwrap();
+    assert!(first > 0 && second > first);
+    assert_eq!(
+        store.producer_id_owner(first).await.unwrap().as_deref(),
+        Some("payments")
+    );
+    assert_eq!(
+        store.producer_id_owner(second).await.unwrap().as_deref(),
+        Some("search")
+    );
+    assert_eq!(store.producer_id_owner(second + 1000).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -615,4 +629,28 @@ async fn open_many(url: &str, n: usize) -> Vec<Arc<dyn MetadataStore>> {
         out.push(streamhouse_metastore::open(url).await.unwrap());
     }
     out
+}
+
+/// Agents of a group hand out producer ids at the same time: each id once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_ids_handed_out_at_once_by_several_agents_are_distinct() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/meta.db", dir.path().display());
+    let stores = open_many(&url, 4).await;
+    let mut tasks = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        for _ in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.allocate_producer_id(&format!("p{i}")).await.unwrap()
+            }));
+        }
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 32);
 }
