@@ -171,12 +171,17 @@ mod tests {
         assert_eq!(two.owner(id + 1).await.unwrap(), None);
         let other = two.allocate(&Principal::new("search")).await.unwrap();
         assert_ne!(other, id);
-        assert_eq!(one.owner(other).await.unwrap(), Some(Principal::new("search")));
+        assert_eq!(
+            one.owner(other).await.unwrap(),
+            Some(Principal::new("search"))
+        );
     }
 
     #[tokio::test]
     async fn store_rules_are_read_and_a_rule_this_build_cannot_read_is_skipped() {
-        let store = streamhouse_metastore::open("sqlite::memory:").await.unwrap();
+        let store = streamhouse_metastore::open("sqlite::memory:")
+            .await
+            .unwrap();
         store.add_acl_rule("allow p produce t").await.unwrap();
         store.add_acl_rule("allow p teleport t").await.unwrap();
         let acls = StoreAcls::start(store).await.unwrap();

@@ -37,28 +37,26 @@ impl SqlStore {
     }
 
     pub(crate) async fn producer_id_allocate(&self, principal: &str) -> Result<i64, StoreError> {
-        // One statement takes the next id; two agents racing for it on PostgreSQL collide on
-        // the key, and the loser takes the one after.
-        let mut last = None;
-        for _ in 0..8 {
-            let taken = sqlx::query(
-                "INSERT INTO sh_producer_ids (producer_id, principal, created_ms)
-                 SELECT COALESCE(MAX(producer_id), 0) + 1, $1, $2 FROM sh_producer_ids
-                 RETURNING producer_id",
-            )
-            .bind(principal)
-            .bind(crate::sql::now_ms())
-            .fetch_one(self.pool())
-            .await;
-            match taken {
-                Ok(row) => return Ok(row.try_get::<i64, _>(0)?),
-                Err(e) => last = Some(e),
-            }
+        // Agents handing out ids at once take turns: SQLite's write transaction takes the
+        // file's write lock at its start, PostgreSQL takes an advisory lock for this.
+        let mut tx = self.write().await?;
+        if self.postgres() {
+            sqlx::query("SELECT pg_advisory_xact_lock(7468757)")
+                .execute(&mut *tx)
+                .await?;
         }
-        Err(last.map_or_else(
-            || StoreError::Backend("no producer id".into()),
-            StoreError::from,
-        ))
+        let id: i64 = sqlx::query(
+            "INSERT INTO sh_producer_ids (producer_id, principal, created_ms)
+             SELECT COALESCE(MAX(producer_id), 0) + 1, $1, $2 FROM sh_producer_ids
+             RETURNING producer_id",
+        )
+        .bind(principal)
+        .bind(crate::sql::now_ms())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     pub(crate) async fn producer_id_owner(&self, id: i64) -> Result<Option<String>, StoreError> {

@@ -635,8 +635,16 @@ async fn open_many(url: &str, n: usize) -> Vec<Arc<dyn MetadataStore>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_ids_handed_out_at_once_by_several_agents_are_distinct() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/meta.db", dir.path().display());
-    let stores = open_many(&url, 4).await;
+    distinct_producer_ids(&format!("sqlite://{}/meta.db", dir.path().display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_ids_handed_out_at_once_on_postgres_are_distinct() {
+    distinct_producer_ids(&testing::fresh_postgres().await).await;
+}
+
+async fn distinct_producer_ids(url: &str) {
+    let stores = open_many(url, 4).await;
     let mut tasks = Vec::new();
     for (i, store) in stores.iter().enumerate() {
         for _ in 0..8 {
