@@ -283,7 +283,7 @@ impl Guard {
                     .increment(1);
                 tracing::warn!(
                     target: "streamhouse::audit",
-                    %principal,
+                    principal = ?principal.name(),
                     producer_id = id,
                     issued = owner.is_some(),
                     peer = ?peer.addr,
@@ -321,7 +321,7 @@ fn denied(principal: &Principal, operation: Operation, topic: &str, peer: &Peer)
         .increment(1);
     tracing::warn!(
         target: "streamhouse::audit",
-        %principal,
+        principal = ?principal.name(),
         %operation,
         topic,
         peer = ?peer.addr,
@@ -367,6 +367,7 @@ async fn produce_in_part(
                 partition: batch.partition,
                 error_code: ErrorCode::Internal as i32,
                 error_message: "the agent answered fewer batches than it was sent".into(),
+                base_offset: -1,
                 ..PartitionResult::default()
             }),
             Err(why) => PartitionResult {
@@ -374,6 +375,7 @@ async fn produce_in_part(
                 partition: batch.partition,
                 error_code: ErrorCode::Unauthorized as i32,
                 error_message: why.clone(),
+                base_offset: -1,
                 ..PartitionResult::default()
             },
         })
@@ -399,6 +401,7 @@ fn throttled(produce: &ProduceRequest, verdicts: &[Verdict], throttle: Duration)
                     partition: b.partition,
                     error_code: code as i32,
                     error_message: message,
+                    base_offset: -1,
                     ..PartitionResult::default()
                 }
             })
@@ -428,6 +431,7 @@ fn refuse_whole(message: &RequestMessage, code: ErrorCode, text: &str) -> Respon
                     partition: b.partition,
                     error_code: code,
                     error_message: text.to_owned(),
+                    base_offset: -1,
                     ..PartitionResult::default()
                 })
                 .collect(),

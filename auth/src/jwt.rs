@@ -101,7 +101,22 @@ impl Jwt {
             algorithm,
             why: e.to_string(),
         };
+        let pem = String::from_utf8_lossy(key);
         let (key, alg) = match algorithm {
+            JwtAlgorithm::Hs256 if pem.contains("-----BEGIN") => {
+                // An HMAC secret that is a PEM key is someone's public key: anyone holding it
+                // could sign tokens.
+                return Err(JwtKeyError::Key {
+                    algorithm,
+                    why: "an HS256 secret must not be a PEM key (it may be public); use RS256 or ES256 with a public key".into(),
+                });
+            }
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 if pem.contains("PRIVATE KEY") => {
+                return Err(JwtKeyError::Key {
+                    algorithm,
+                    why: "give the public key, not the private one".into(),
+                });
+            }
             JwtAlgorithm::Hs256 => {
                 if key.len() < 32 {
                     return Err(JwtKeyError::Key {
@@ -133,12 +148,19 @@ impl Jwt {
         })
     }
 
-    /// The same, with the key read from `path`.
+    /// The same, with the key read from `path`. One trailing line break is not part of the
+    /// key (`echo "$SECRET" > key` writes one).
     pub fn from_file(algorithm: JwtAlgorithm, path: &Path) -> Result<Jwt, JwtKeyError> {
-        let key = std::fs::read(path).map_err(|source| JwtKeyError::Io {
+        let mut key = std::fs::read(path).map_err(|source| JwtKeyError::Io {
             path: path.display().to_string(),
             source,
         })?;
+        if key.ends_with(b"\n") {
+            key.pop();
+            if key.ends_with(b"\r") {
+                key.pop();
+            }
+        }
         Jwt::new(algorithm, &key)
     }
 
@@ -146,6 +168,10 @@ impl Jwt {
     #[must_use]
     pub fn issuer(mut self, issuer: &str) -> Jwt {
         self.validation.set_issuer(&[issuer]);
+        // A token without `iss` would not be checked at all: require it.
+        self.validation
+            .required_spec_claims
+            .insert("iss".to_owned());
         self
     }
 
@@ -154,6 +180,9 @@ impl Jwt {
     pub fn audience(mut self, audience: &str) -> Jwt {
         self.validation.set_audience(&[audience]);
         self.validation.validate_aud = true;
+        self.validation
+            .required_spec_claims
+            .insert("aud".to_owned());
         self
     }
 
@@ -191,7 +220,10 @@ impl Jwt {
             },
         )?;
         match (data.claims.sub, data.claims.exp) {
-            (Some(sub), Some(exp)) if !sub.is_empty() => Ok((Principal::new(sub), exp)),
+            (Some(sub), Some(exp)) if valid_principal(&sub) => Ok((Principal::new(sub), exp)),
+            (Some(_), Some(_)) => Err(AuthError::Claim(
+                "sub is not a principal name (visible ASCII, no spaces, not `*`)",
+            )),
             _ => Err(AuthError::Claim("missing exp or sub")),
         }
     }
@@ -227,4 +259,9 @@ impl Authenticator for Jwt {
         cache.insert(digest, (principal.clone(), exp));
         Ok(principal)
     }
+}
+
+/// Whether a JWT subject can be a principal: what ACL rules and logs can name unambiguously.
+fn valid_principal(sub: &str) -> bool {
+    !sub.is_empty() && sub != "*" && sub.bytes().all(|b| b.is_ascii_graphic())
 }

@@ -4,7 +4,8 @@
 //! The transport has already verified the chain against the agent's client CA before a request
 //! arrives; this only names the client: its principal is the first DNS name of the leaf
 //! certificate's subject alternative names (`payments.clients.example` → principal
-//! `payments.clients.example`). A certificate without one is refused.
+//! `payments.clients.example`). A certificate without one is refused. A request that carries
+//! a bearer token is the token's to decide: the certificate never stands in for a refused one.
 
 use crate::{AuthError, Authenticator, Principal};
 use rustls_pki_types::CertificateDer;
@@ -17,7 +18,13 @@ use streamhouse::transport::{Metadata, Peer};
 pub struct CertificateNames;
 
 impl Authenticator for CertificateNames {
-    fn authenticate(&self, peer: &Peer, _: &Metadata) -> Result<Principal, AuthError> {
+    fn authenticate(&self, peer: &Peer, metadata: &Metadata) -> Result<Principal, AuthError> {
+        if metadata.get("authorization").is_some() {
+            // The client chose a token; if the token was refused, the certificate does not
+            // stand in for it (found by an outside review: a bad token fell back to the
+            // certificate's principal).
+            return Err(AuthError::Missing);
+        }
         let leaf = peer.certificates.first().ok_or(AuthError::Missing)?;
         let der = CertificateDer::from(leaf.as_slice());
         let cert = webpki::EndEntityCert::try_from(&der)
@@ -64,5 +71,54 @@ impl Authenticator for FirstOf {
             }
         }
         Err(failure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TokenFile;
+
+    fn peer_with(names: &[&str]) -> Peer {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Peer::default().with_certificates(vec![cert.der().to_vec()])
+    }
+
+    #[test]
+    fn the_certificate_names_the_principal_unless_a_token_was_presented() {
+        let tokens = TokenFile::parse(&TokenFile::line("good", "from-token")).unwrap();
+        let either = FirstOf::new(vec![Arc::new(tokens), Arc::new(CertificateNames)]);
+        let peer = peer_with(&["payments.clients"]);
+        let none = Metadata::new();
+        assert_eq!(
+            either.authenticate(&peer, &none).unwrap().name(),
+            "payments.clients"
+        );
+        let bearer = |t: &str| {
+            let mut m = Metadata::new();
+            m.insert("authorization", format!("Bearer {t}")).unwrap();
+            m
+        };
+        assert_eq!(
+            either.authenticate(&peer, &bearer("good")).unwrap().name(),
+            "from-token"
+        );
+        // Found by an outside review: a refused token fell back to the certificate.
+        assert_eq!(
+            either.authenticate(&peer, &bearer("bad")),
+            Err(AuthError::Invalid)
+        );
+        assert!(matches!(
+            CertificateNames.authenticate(&peer_with(&[]), &none),
+            Err(AuthError::Malformed(_))
+        ));
+        assert_eq!(
+            CertificateNames.authenticate(&Peer::default(), &none),
+            Err(AuthError::Missing)
+        );
     }
 }

@@ -121,7 +121,13 @@ impl Authenticator for TokenFile {
 
 /// The token of a request's `authorization: Bearer TOKEN` metadata, checked for form and size.
 pub fn bearer_token(metadata: &Metadata) -> Result<&str, AuthError> {
-    let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
+    let mut values = metadata.iter().filter(|(k, _)| *k == "authorization");
+    let (_, value) = values.next().ok_or(AuthError::Missing)?;
+    if values.next().is_some() {
+        // Which one would count is a guess; two credentials are refused (found by an outside
+        // review: the first won, whatever the second said).
+        return Err(AuthError::Malformed("more than one authorization header"));
+    }
     let (scheme, token) = value
         .split_once(' ')
         .ok_or(AuthError::Malformed("expected `Bearer TOKEN`"))?;
@@ -216,6 +222,12 @@ mod tests {
             file.authenticate(&peer, &Metadata::new()),
             Err(AuthError::Missing)
         );
+        let mut two = with_auth("Bearer alpha");
+        two.insert("authorization", "Bearer beta").unwrap();
+        assert!(matches!(
+            file.authenticate(&peer, &two),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]

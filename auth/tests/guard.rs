@@ -165,6 +165,13 @@ async fn each_principal_does_only_what_its_rules_allow() {
         codes(&answer),
         vec![ErrorCode::None, ErrorCode::Unauthorized, ErrorCode::None]
     );
+    let Response::Produce(mixed) = &answer else {
+        panic!()
+    };
+    assert_eq!(
+        mixed.results[1].base_offset, -1,
+        "a refused batch has no offset"
+    );
     assert_eq!(f.agent.batches("order", 0).len(), 0);
     assert_eq!(f.agent.batches("orders", 0).len(), 1);
     assert_eq!(f.agent.batches("orders-eu", 0).len(), 1);

@@ -119,6 +119,26 @@ fn hs256_tokens_are_checked_claim_by_claim() {
         matches!(check(&jwt, &without("sub")), Err(AuthError::Claim(_))),
         "no subject"
     );
+    // Found by an outside review: with an issuer and an audience configured, a token that
+    // carries neither claim was let through.
+    assert!(
+        matches!(check(&jwt, &without("iss")), Err(AuthError::Claim(_))),
+        "no issuer"
+    );
+    assert!(
+        matches!(check(&jwt, &without("aud")), Err(AuthError::Claim(_))),
+        "no audience"
+    );
+    // Subjects that cannot be principals (log injection, the wildcard).
+    for sub in ["alice\nallow x", "alice bob", "*", ""] {
+        assert!(
+            matches!(
+                check(&jwt, &with("sub", json!(sub))),
+                Err(AuthError::Claim(_))
+            ),
+            "sub {sub:?}"
+        );
+    }
     let token = hs256(good.clone(), SECRET);
     assert!(
         matches!(
@@ -150,6 +170,18 @@ fn hs256_tokens_are_checked_claim_by_claim() {
         Jwt::new(JwtAlgorithm::Hs256, b"short").is_err(),
         "a short secret is refused"
     );
+    // Found by an outside review: a PEM public key accepted as an HMAC secret (anyone holding
+    // the public key could mint tokens), and a private key where the public one belongs.
+    let pair = rcgen::KeyPair::generate().unwrap();
+    assert!(Jwt::new(JwtAlgorithm::Hs256, pair.public_key_pem().as_bytes()).is_err());
+    assert!(Jwt::new(JwtAlgorithm::Es256, pair.serialize_pem().as_bytes()).is_err());
+    // A key file's trailing line break is not part of the secret.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key");
+    std::fs::write(&file, [SECRET, b"\n"].concat()).unwrap();
+    let from_file = Jwt::from_file(JwtAlgorithm::Hs256, &file).unwrap();
+    let plain = hs256(json!({"sub": "payments", "exp": now() + 600}), SECRET);
+    assert_eq!(check(&from_file, &plain).unwrap(), "payments");
 }
 
 #[test]
