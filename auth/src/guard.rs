@@ -10,7 +10,8 @@
 //! agent and the reference agent get the same rules.
 //!
 //! Failures and refusals are logged on the `streamhouse::audit` target (principal, operation,
-//! topic, peer address — never the credential) and counted:
+//! topic, peer address — never the credential; at most [`crate::LINES_PER_SECOND`], then one line
+//! saying how many were dropped) and every one is counted:
 //!
 //! | metric | labels |
 //! |---|---|
@@ -88,7 +89,10 @@ impl std::fmt::Debug for Policy {
 
 /// [`guard`], with everything a [`Policy`] holds.
 pub fn guard_with(agent: AgentService, policy: Policy) -> AgentService {
-    let guard = Arc::new(Guard { policy });
+    let guard = Arc::new(Guard {
+        policy,
+        audit: crate::audit::AuditBudget::new(),
+    });
     AgentService::new(tower::service_fn(move |request: Request| {
         let (guard, agent) = (guard.clone(), agent.clone());
         async move { guard.handle(agent, request).await }
@@ -97,6 +101,7 @@ pub fn guard_with(agent: AgentService, policy: Policy) -> AgentService {
 
 struct Guard {
     policy: Policy,
+    audit: crate::audit::AuditBudget,
 }
 
 impl Guard {
@@ -119,7 +124,7 @@ impl Guard {
         let allowed = |operation: Operation, topic: &str| {
             let allowed = self.policy.authorizer.allowed(&principal, operation, topic);
             if !allowed {
-                denied(&principal, operation, topic, &peer);
+                self.denied(&principal, operation, topic, &peer);
             }
             allowed
         };
@@ -175,6 +180,16 @@ impl Guard {
                     });
                 }
                 Ok(response)
+            }
+            RequestMessage::Metadata(metadata) if metadata.topics.len() > MAX_METADATA_TOPICS => {
+                Ok(refuse_whole(
+                    &request.message,
+                    ErrorCode::InvalidRequest,
+                    &format!(
+                        "{} topics in one metadata request; at most {MAX_METADATA_TOPICS}",
+                        metadata.topics.len()
+                    ),
+                ))
             }
             RequestMessage::Metadata(metadata) => {
                 let (asked, refused): (Vec<String>, Vec<String>) = metadata
@@ -281,14 +296,16 @@ impl Guard {
             Ok(owner) => {
                 metrics::counter!("streamhouse_auth_denied_total", "operation" => "producer_id")
                     .increment(1);
-                tracing::warn!(
-                    target: "streamhouse::audit",
-                    principal = ?principal.name(),
-                    producer_id = id,
-                    issued = owner.is_some(),
-                    peer = ?peer.addr,
-                    "producer id not issued to this principal"
-                );
+                self.audit.take().then(|| {
+                    tracing::warn!(
+                        target: "streamhouse::audit",
+                        principal = ?principal.name(),
+                        producer_id = id,
+                        issued = owner.is_some(),
+                        peer = ?peer.addr,
+                        "producer id not issued to this principal"
+                    )
+                });
                 Err(format!(
                     "producer id {id} was not issued to {principal}: ask the agent for one (InitProducerId)"
                 ))
@@ -305,28 +322,32 @@ impl Guard {
     ) -> Response {
         metrics::counter!("streamhouse_auth_failures_total", "reason" => error.reason())
             .increment(1);
-        tracing::warn!(
-            target: "streamhouse::audit",
-            peer = ?peer.addr,
-            request = kind(message),
-            reason = error.reason(),
-            "authentication failed: {error}"
-        );
+        if self.audit.take() {
+            tracing::warn!(
+                target: "streamhouse::audit",
+                peer = ?peer.addr,
+                request = kind(message),
+                reason = error.reason(),
+                "authentication failed: {error}"
+            );
+        }
         refuse_whole(message, ErrorCode::Unauthenticated, &error.to_string())
     }
-}
 
-fn denied(principal: &Principal, operation: Operation, topic: &str, peer: &Peer) {
-    metrics::counter!("streamhouse_auth_denied_total", "operation" => operation.name())
-        .increment(1);
-    tracing::warn!(
-        target: "streamhouse::audit",
-        principal = ?principal.name(),
-        %operation,
-        topic,
-        peer = ?peer.addr,
-        "operation denied"
-    );
+    fn denied(&self, principal: &Principal, operation: Operation, topic: &str, peer: &Peer) {
+        metrics::counter!("streamhouse_auth_denied_total", "operation" => operation.name())
+            .increment(1);
+        if self.audit.take() {
+            tracing::warn!(
+                target: "streamhouse::audit",
+                principal = ?principal.name(),
+                %operation,
+                topic,
+                peer = ?peer.addr,
+                "operation denied"
+            );
+        }
+    }
 }
 
 /// A produce request some of whose batches are refused: the allowed ones go to the agent,
@@ -410,6 +431,9 @@ fn throttled(produce: &ProduceRequest, verdicts: &[Verdict], throttle: Duration)
         ..ProduceResponse::default()
     })
 }
+
+/// Most topics one Metadata request may name (each is authorized, and may be audited).
+pub const MAX_METADATA_TOPICS: usize = 10_000;
 
 /// Whether one batch of a produce request may go on to the agent, or why not.
 type Verdict = Result<(), String>;

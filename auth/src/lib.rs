@@ -16,6 +16,7 @@
 //! (credentials in the request metadata) lives in the core crate, as a layer.
 
 mod acl;
+mod audit;
 mod guard;
 mod jwt;
 mod mtls;
@@ -27,7 +28,8 @@ mod tokens;
 pub use acl::{
     AclError, AclFile, Acls, Authorizer, Operation, Rule, TopicPattern, read as read_acls,
 };
-pub use guard::{Policy, guard, guard_with};
+pub use audit::LINES_PER_SECOND;
+pub use guard::{MAX_METADATA_TOPICS, Policy, guard, guard_with};
 pub use jwt::{Jwt, JwtAlgorithm, JwtKeyError};
 pub use mtls::{CertificateNames, FirstOf};
 pub use principal::{AuthError, Authenticator, Principal};

@@ -23,6 +23,13 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Buckets kept before idle ones are forgotten.
+const MAX_BUCKETS: usize = 10_000;
+
+/// A bucket untouched this long is full again (it refills within [`BURST`] plus any debt,
+/// and no debt lasts this long at a sane rate) and is forgotten when buckets run over.
+const IDLE: Duration = Duration::from_secs(300);
+
 /// How much a bucket holds when full: this long at its rate (so an idle principal's first
 /// burst is bounded).
 const BURST: Duration = Duration::from_millis(100);
@@ -100,6 +107,11 @@ impl Quotas {
         let rate = rate as f64;
         let full = rate * BURST.as_secs_f64();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(principal) {
+            // Found by an outside review: one bucket per distinct principal, forever. A bucket
+            // idle long enough to be full again holds nothing worth keeping.
+            buckets.retain(|_, b| now.saturating_duration_since(b.updated) < IDLE);
+        }
         let bucket = buckets.entry(principal.clone()).or_insert(Bucket {
             level: full,
             updated: now,
@@ -144,6 +156,18 @@ mod tests {
         }
         let rate = sent as f64 / now.duration_since(start).as_secs_f64();
         assert!((rate - 1e6).abs() < 1e5, "{rate} B/s");
+    }
+
+    #[test]
+    fn idle_buckets_are_forgotten_when_principals_keep_coming() {
+        let quotas = Quotas::new().default_limit(1_000_000);
+        let start = Instant::now();
+        for i in 0..MAX_BUCKETS {
+            quotas.admit(&Principal::new(format!("p{i}")), 1, start);
+        }
+        let later = start + IDLE + Duration::from_secs(1);
+        quotas.admit(&Principal::new("newcomer"), 1, later);
+        assert_eq!(quotas.buckets.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -254,6 +254,20 @@ async fn each_principal_does_only_what_its_rules_allow() {
         .await;
     assert_eq!(names(&only_refused), ["secret"]);
 
+    // Found by an outside review: one request naming 100,000 topics wrote as many audit
+    // lines. Such a request is refused whole.
+    let many = f
+        .call(
+            Some("Bearer alpha"),
+            RequestMessage::Metadata(MetadataRequest {
+                topics: (0..=streamhouse_auth::MAX_METADATA_TOPICS)
+                    .map(|i| format!("t{i}"))
+                    .collect(),
+            }),
+        )
+        .await;
+    assert_eq!(codes(&many), vec![ErrorCode::InvalidRequest]);
+
     // Delete without `delete`: refused, the topic stays.
     let delete = RequestMessage::Admin(AdminRequest {
         action: Some(Action::DeleteTopic(DeleteTopic {
