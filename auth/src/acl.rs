@@ -216,7 +216,7 @@ pub struct Acls {
 #[non_exhaustive]
 pub enum AclError {
     /// The file could not be read or written.
-    #[error("ACL file {path}")]
+    #[error("ACL file {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -288,8 +288,15 @@ impl AclFile {
         })
     }
 
-    /// Reads the file again; on an error the rules held so far stay in force.
+    /// Reads the file again; on an error the rules held so far stay in force — a file that
+    /// is gone too (found by an outside review: a deleted file locked everyone out on SIGHUP).
     pub fn reload(&self) -> Result<usize, AclError> {
+        if !self.path.exists() {
+            return Err(AclError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "the file is gone"),
+            });
+        }
         let acls = read(&self.path)?;
         let count = acls.rules.len();
         *self.acls.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(acls);
@@ -329,6 +336,18 @@ pub fn read(path: &Path) -> Result<Acls, AclError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_of_a_deleted_file_keeps_the_rules_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acls");
+        std::fs::write(&path, "allow p produce t\n").unwrap();
+        let file = AclFile::load(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let error = file.reload().unwrap_err();
+        assert!(error.to_string().contains("gone"), "{error}");
+        assert!(file.allowed(&Principal::new("p"), Operation::Produce, "t"));
+    }
 
     #[test]
     fn prefix_edges_follow_the_literal_text() {

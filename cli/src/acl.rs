@@ -54,6 +54,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn on_file(file: &PathBuf, action: Action) -> anyhow::Result<()> {
+    if !matches!(action, Action::Add { .. }) && !file.exists() {
+        bail!("no ACL file at {} (`acl add` creates one)", file.display());
+    }
+    // A link is followed: the file it names is the one changed.
+    let file = &match std::fs::canonicalize(file) {
+        Ok(real) => real,
+        Err(_) => file.clone(),
+    };
     let mut acls = streamhouse_auth::read_acls(file).context("cannot read the ACL file")?;
     let changed = match action {
         Action::List => {
@@ -101,6 +109,16 @@ fn write_atomically(file: &PathBuf, acls: &Acls) -> anyhow::Result<()> {
     let mut temporary = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write beside {}", file.display()))?;
     std::io::Write::write_all(&mut temporary, acls.to_string().as_bytes())?;
+    // The new file keeps the old one's mode and owner, so the agent that reads it still can
+    // (found by an outside review: a 0644 file owned by the agent's user became root's 0600).
+    if let Ok(old) = std::fs::metadata(file) {
+        std::fs::set_permissions(temporary.path(), old.permissions())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let _ = std::os::unix::fs::chown(temporary.path(), Some(old.uid()), Some(old.gid()));
+        }
+    }
     temporary.as_file().sync_all()?;
     temporary
         .persist(file)

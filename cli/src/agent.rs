@@ -423,26 +423,37 @@ fn check_security(args: &Args, tls: bool) -> anyhow::Result<()> {
             wildcard.port()
         );
     }
+    // `::ffff:127.0.0.1` is loopback too.
+    let loopback = |a: &SocketAddr| a.ip().to_canonical().is_loopback();
     if !args.insecure {
         let authenticated =
             args.token_file.is_some() || args.jwt_key.is_some() || args.client_ca.is_some();
-        if let Some(grpc) = args.grpc.filter(|a| !a.ip().is_loopback())
+        if let Some(grpc) = args.grpc.filter(|a| !loopback(a))
             && !(args.grpc_tls && authenticated)
         {
-            bail!(
-                "refusing to serve gRPC on non-loopback {grpc} without TLS and authentication: add --grpc-tls and --token-file/--acl-file (or --client-ca), or --insecure"
-            );
+            let missing = match (args.grpc_tls, authenticated) {
+                (false, false) => {
+                    "without TLS and authentication: add --grpc-tls and --token-file/--acl-file (or --client-ca)"
+                }
+                (false, true) => "without TLS: add --grpc-tls",
+                _ => "without authentication: add --token-file/--acl-file (or --client-ca)",
+            };
+            bail!("refusing to serve gRPC on non-loopback {grpc} {missing}, or --insecure");
         }
-        if let Some(quic) = args.quic.filter(|a| !a.ip().is_loopback())
+        if let Some(quic) = args.quic.filter(|a| !loopback(a))
             && !authenticated
         {
             bail!(
                 "refusing to serve QUIC on non-loopback {quic} without authentication: add --token-file/--acl-file (or --client-ca), or --insecure"
             );
         }
+    } else {
+        eprintln!(
+            "warning: --insecure: non-loopback listeners may serve without TLS or authentication, and /metrics without a token"
+        );
     }
     if let Some(metrics) = args.metrics
-        && !metrics.ip().is_loopback()
+        && !loopback(&metrics)
         && args.metrics_token_file.is_none()
         && !args.insecure
     {
@@ -728,14 +739,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = match args.metrics {
         Some(addr) => {
             let token = match &args.metrics_token_file {
-                Some(file) => Some(
-                    std::fs::read_to_string(file)
+                Some(file) => {
+                    let token = std::fs::read_to_string(file)
                         .with_context(|| {
                             format!("cannot read --metrics-token-file {}", file.display())
                         })?
                         .trim()
-                        .to_owned(),
-                ),
+                        .to_owned();
+                    if token.is_empty() {
+                        bail!("--metrics-token-file {} is empty", file.display());
+                    }
+                    Some(token)
+                }
                 None => None,
             };
             Some(crate::metrics_http::serve(addr, token).await?)

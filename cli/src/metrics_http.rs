@@ -81,7 +81,9 @@ impl State {
                 .headers()
                 .get(hyper::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token)
                 .map(|t| <[u8; 32]>::from(Sha256::digest(t.as_bytes())));
             if presented.as_ref() != Some(expected) {
                 let mut response = plain(StatusCode::UNAUTHORIZED, "bearer token required\n");

@@ -84,6 +84,19 @@ fn insecure_settings_are_refused_at_start_with_the_fix_named() {
             "error: refusing to serve gRPC on non-loopback 0.0.0.0:0 without TLS and authentication: add --grpc-tls and --token-file/--acl-file (or --client-ca), or --insecure",
         ),
         (
+            vec![
+                "--grpc",
+                "0.0.0.0:0",
+                "--advertise",
+                "grpc://h:1",
+                "--token-file",
+                file,
+                "--acl-file",
+                file,
+            ],
+            "error: refusing to serve gRPC on non-loopback 0.0.0.0:0 without TLS: add --grpc-tls, or --insecure",
+        ),
+        (
             vec!["--grpc", "0.0.0.0:0"],
             "error: 0.0.0.0:0 is not an address clients can use: give --advertise URL (e.g. grpc://agent-1.internal:0)",
         ),
@@ -411,6 +424,37 @@ fn acl_rules_are_managed_in_a_file_and_in_a_group_store_whose_agents_apply_them(
         .success()
     );
     assert_eq!(acl(&["list", "--file", file_arg]).stdout, b"");
+
+    // Found by an outside review: a link was replaced by a file, the mode became 0600, and a
+    // mistyped path listed as an empty rule set.
+    use std::os::unix::fs::PermissionsExt;
+    let real = dir.path().join("real-acls");
+    std::fs::write(&real, "").unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path().join("link-acls");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    assert!(
+        acl(&["add", "--file", link.to_str().unwrap(), "b", "fetch", "y"])
+            .status
+            .success()
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), "allow b fetch y\n");
+    assert_eq!(
+        std::fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let missing = dir.path().join("no-such-file");
+    assert!(
+        !acl(&["list", "--file", missing.to_str().unwrap()])
+            .status
+            .success()
+    );
 
     // A group agent authorizing by the store's rules.
     let meta = format!("sqlite://{}", dir.path().join("meta.db").display());
