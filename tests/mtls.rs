@@ -117,6 +117,7 @@ async fn client_certificates_name_principals_and_bad_ones_are_refused() {
             authorizer: Arc::new(acls),
             quotas: Arc::default(),
             producer_ids: None,
+            max_connections_per_principal: None,
         }),
         ..ListenOptions::default()
     })

@@ -70,6 +70,7 @@ async fn a_limited_principal_keeps_its_rate_and_an_unlimited_one_is_unaffected()
             authorizer: Arc::new(acls),
             quotas: Arc::new(Quotas::new().limit("payments", LIMIT)),
             producer_ids: None,
+            max_connections_per_principal: None,
         }),
         ..ListenOptions::default()
     })

@@ -65,6 +65,7 @@ async fn secured() -> Secured {
         authorizer: Arc::new(acls),
         quotas: Arc::default(),
         producer_ids: None,
+        max_connections_per_principal: None,
     };
     let mut config = AgentConfig::new(data.path());
     config.topics = ["orders:1", "order:1"]
@@ -323,6 +324,7 @@ async fn auto_creation_needs_the_create_permission() {
             authorizer: acls,
             quotas: Arc::default(),
             producer_ids: None,
+            max_connections_per_principal: None,
         }),
         ..ListenOptions::default()
     })
@@ -398,6 +400,7 @@ async fn a_stranger_cannot_write_or_fence_with_a_victims_producer_id() {
             producer_ids: Some(Arc::new(
                 streamhouse_auth::FileProducerIds::open(data.path().join("producer-ids")).unwrap(),
             )),
+            max_connections_per_principal: None,
         }),
         ..ListenOptions::default()
     })
@@ -480,4 +483,90 @@ async fn a_stranger_cannot_write_or_fence_with_a_victims_producer_id() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_holds_at_most_its_connection_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let dev = dev_certificate(certs.path()).unwrap();
+    let tokens = format!(
+        "{}{}",
+        TokenFile::line("alpha", "payments"),
+        TokenFile::line("beta", "search")
+    );
+    let mut config = AgentConfig::new(data.path());
+    config.topics = vec!["orders:1".parse::<TopicSpec>().unwrap()];
+    let agent = Agent::open(config).await.unwrap();
+    let listeners = Listeners::bind(ListenOptions {
+        grpc: Some("127.0.0.1:0".parse().unwrap()),
+        quic: Some("127.0.0.1:0".parse().unwrap()),
+        tls: Some(ServerTls::from_files(&dev.cert, &dev.key).unwrap()),
+        security: Some(Security {
+            authenticator: Arc::new(TokenFile::parse(&tokens).unwrap()),
+            authorizer: Arc::new("allow * produce,describe orders".parse::<Acls>().unwrap()),
+            quotas: Arc::default(),
+            producer_ids: None,
+            max_connections_per_principal: Some(2),
+        }),
+        ..ListenOptions::default()
+    })
+    .await
+    .unwrap();
+    let serving = listeners.serve(&agent);
+    let client_tls = ClientTls::from_ca_file(&dev.cert).unwrap();
+    for scheme in ["grpc", "quic"] {
+        let endpoint = serving.endpoint(scheme).unwrap().clone();
+        // Each transport value opens a connection of its own.
+        let open = || -> Arc<dyn Transport> {
+            match scheme {
+                "grpc" => Arc::new(GrpcTransport::default()),
+                _ => Arc::new(QuicTransport::new(QuicConfig::default(), &client_tls).unwrap()),
+            }
+        };
+        let (first, second, third) = (open(), open(), open());
+        let alpha = Some("Bearer alpha");
+        assert_eq!(
+            call(&first, &endpoint, alpha, produce("orders")).await.0,
+            ErrorCode::None
+        );
+        assert_eq!(
+            call(&second, &endpoint, alpha, produce("orders")).await.0,
+            ErrorCode::None
+        );
+        // Again on a connection already counted: fine.
+        assert_eq!(
+            call(&first, &endpoint, alpha, produce("orders")).await.0,
+            ErrorCode::None
+        );
+        let before = agent.next_offset("orders", 0).unwrap();
+        assert_eq!(
+            call(&third, &endpoint, alpha, produce("orders")).await.0,
+            ErrorCode::LimitExceeded,
+            "{scheme}: a third connection"
+        );
+        assert_eq!(
+            agent.next_offset("orders", 0).unwrap(),
+            before,
+            "nothing appended"
+        );
+        // Another principal counts on its own.
+        let other = open();
+        assert_eq!(
+            call(&other, &endpoint, Some("Bearer beta"), produce("orders"))
+                .await
+                .0,
+            ErrorCode::None
+        );
+        // Once a connection closes, its place is free again.
+        drop(first);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while call(&third, &endpoint, alpha, produce("orders")).await.0 != ErrorCode::None {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{scheme}: a closed connection still counted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }

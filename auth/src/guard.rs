@@ -30,7 +30,9 @@ use streamhouse::proto::v1::{
     AdminResponse, ErrorCode, FetchResponse, MetadataResponse, PartitionResult, ProduceRequest,
     ProduceResponse, TopicMetadata, admin_request::Action,
 };
-use streamhouse::transport::{AgentService, Peer, Request, RequestMessage, Response};
+use streamhouse::transport::{
+    AgentService, ConnectionToken, Peer, Request, RequestMessage, Response,
+};
 use tokio::time::Instant;
 use tower::{BoxError, ServiceExt};
 
@@ -57,6 +59,7 @@ pub fn guard(
             authorizer,
             quotas: Arc::new(Quotas::new()),
             producer_ids: None,
+            max_connections_per_principal: None,
         },
     )
 }
@@ -76,6 +79,9 @@ pub struct Policy {
     /// Producer ids handed out by `InitProducerId` and bound to principals; with it, an
     /// idempotent batch whose id was not handed to the request's principal is refused.
     pub producer_ids: Option<Arc<dyn ProducerIds>>,
+    /// Most connections one principal may hold open at once (requests on one more are
+    /// refused `LIMIT_EXCEEDED`); connections a transport cannot tell apart are not counted.
+    pub max_connections_per_principal: Option<usize>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -92,6 +98,7 @@ pub fn guard_with(agent: AgentService, policy: Policy) -> AgentService {
     let guard = Arc::new(Guard {
         policy,
         audit: crate::audit::AuditBudget::new(),
+        connections: std::sync::Mutex::default(),
     });
     AgentService::new(tower::service_fn(move |request: Request| {
         let (guard, agent) = (guard.clone(), agent.clone());
@@ -102,6 +109,8 @@ pub fn guard_with(agent: AgentService, policy: Policy) -> AgentService {
 struct Guard {
     policy: Policy,
     audit: crate::audit::AuditBudget,
+    /// The open connections each principal has sent requests on.
+    connections: std::sync::Mutex<std::collections::HashMap<Principal, Vec<ConnectionToken>>>,
 }
 
 impl Guard {
@@ -119,6 +128,9 @@ impl Guard {
             Ok(principal) => principal,
             Err(error) => return Ok(self.unauthenticated(&peer, &request.message, &error)),
         };
+        if let Some(refusal) = self.count_connection(&principal, &peer, &request.message) {
+            return Ok(refusal);
+        }
         // The agent decides some things by principal itself (auto-creation).
         request.principal = Some(principal.name().into());
         let allowed = |operation: Operation, topic: &str| {
@@ -312,6 +324,52 @@ impl Guard {
             }
             Err(why) => Err(format!("cannot check producer id {id}: {why}")),
         }
+    }
+
+    /// With a connection limit per principal: counts the request's connection for its
+    /// principal, or refuses the request if that would pass the limit.
+    fn count_connection(
+        &self,
+        principal: &Principal,
+        peer: &Peer,
+        message: &RequestMessage,
+    ) -> Option<Response> {
+        let (Some(max), Some(token)) =
+            (self.policy.max_connections_per_principal, &peer.connection)
+        else {
+            return None;
+        };
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = connections.entry(principal.clone()).or_default();
+        if open.contains(token) {
+            return None;
+        }
+        open.retain(ConnectionToken::is_open);
+        if open.len() < max {
+            open.push(token.clone());
+            return None;
+        }
+        metrics::counter!("streamhouse_auth_denied_total", "operation" => "connection")
+            .increment(1);
+        if self.audit.take() {
+            tracing::warn!(
+                target: "streamhouse::audit",
+                principal = ?principal.name(),
+                open = open.len(),
+                peer = ?peer.addr,
+                "connection refused: the principal's connection limit is reached"
+            );
+        }
+        Some(refuse_whole(
+            message,
+            ErrorCode::LimitExceeded,
+            &format!(
+                "{principal} already has {max} connections open (the agent's limit per principal)"
+            ),
+        ))
     }
 
     fn unauthenticated(

@@ -80,6 +80,10 @@ pub(crate) struct Args {
     /// client that sends anyway is answered THROTTLED.
     #[arg(long = "quota", value_name = "PRINCIPAL=RATE", value_parser = parse_quota, requires = "authorization")]
     quotas: Vec<(String, u64)>,
+    /// With authentication: most connections one principal may hold open at once; requests on
+    /// one more are refused LIMIT_EXCEEDED.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(usize))]
+    max_connections_per_principal: usize,
     /// Serve a non-loopback address without TLS or without authentication (refused otherwise).
     #[arg(long)]
     insecure: bool,
@@ -611,6 +615,7 @@ async fn security(
         authorizer,
         quotas: Arc::new(quotas),
         producer_ids,
+        max_connections_per_principal: Some(args.max_connections_per_principal),
     };
     Ok((Some(security), reloadable))
 }

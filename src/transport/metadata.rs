@@ -152,6 +152,50 @@ pub struct Peer {
     /// The client's TLS certificate chain (DER, leaf first), when it presented one and the
     /// server verified it.
     pub certificates: Vec<Vec<u8>>,
+    /// The connection the request came on, when the transport tells connections apart (so
+    /// connections can be counted per principal).
+    pub connection: Option<ConnectionToken>,
+}
+
+/// Identifies one live connection of a server adaptor, and tells when it has closed: it
+/// watches an object the adaptor keeps for exactly as long as the connection is open.
+#[derive(Clone)]
+pub struct ConnectionToken(std::sync::Weak<dyn std::any::Any + Send + Sync>);
+
+impl ConnectionToken {
+    /// A token for the connection that `alive` lives as long as.
+    pub fn of<T: Send + Sync + 'static>(alive: &std::sync::Arc<T>) -> ConnectionToken {
+        let alive: std::sync::Arc<dyn std::any::Any + Send + Sync> = alive.clone();
+        ConnectionToken(std::sync::Arc::downgrade(&alive))
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_open(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    fn address(&self) -> *const () {
+        self.0.as_ptr() as *const ()
+    }
+}
+
+impl PartialEq for ConnectionToken {
+    fn eq(&self, other: &ConnectionToken) -> bool {
+        std::ptr::eq(self.address(), other.address())
+    }
+}
+
+impl Eq for ConnectionToken {}
+
+impl std::fmt::Debug for ConnectionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ConnectionToken({:p}, open: {})",
+            self.address(),
+            self.is_open()
+        )
+    }
 }
 
 impl Peer {
@@ -160,7 +204,15 @@ impl Peer {
         Peer {
             addr,
             certificates: Vec::new(),
+            connection: None,
         }
+    }
+
+    /// The same peer, on the connection `token` identifies.
+    #[must_use]
+    pub fn on(mut self, token: ConnectionToken) -> Peer {
+        self.connection = Some(token);
+        self
     }
 
     /// The same peer with its verified certificate chain (leaf first).

@@ -40,7 +40,7 @@ pub mod tls;
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::TransportError;
 pub use message::{Request, RequestMessage, Response};
-pub use metadata::{Metadata, MetadataError, Peer};
+pub use metadata::{ConnectionToken, Metadata, MetadataError, Peer};
 pub use schemes::SchemeTransport;
 
 use std::future::Future;

@@ -75,6 +75,7 @@ fn security(dir: &std::path::Path) -> anyhow::Result<Security> {
         producer_ids: Some(Arc::new(streamhouse_auth::FileProducerIds::open(
             dir.join("producer-ids"),
         )?)),
+        max_connections_per_principal: Some(64),
     })
 }
 

@@ -10,7 +10,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use streamhouse::serve::window_sizes;
-use streamhouse::transport::{AgentService, Metadata, Peer, Request, RequestMessage, Response};
+use streamhouse::transport::{
+    AgentService, ConnectionToken, Metadata, Peer, Request, RequestMessage, Response,
+};
 use streamhouse_proto::v1::agent_server::{Agent, AgentServer};
 use streamhouse_proto::v1::{
     AdminRequest, AdminResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
@@ -217,10 +219,13 @@ impl Adaptor {
 /// `remote_addr`/`peer_certs` do not look for; other incoming streams (`serve_incoming`) carry
 /// their own, read through tonic's accessors.
 fn peer_of<T>(request: &tonic::Request<T>) -> Peer {
-    let addr = crate::bounds::connection_of(request.extensions())
-        .map(|c| c.peer)
-        .or_else(|| request.remote_addr());
-    let peer = Peer::at(addr);
+    let connection = crate::bounds::connection_of(request.extensions());
+    let addr = connection.map(|c| c.peer).or_else(|| request.remote_addr());
+    let peer = match connection {
+        // The connection's pass lives exactly as long as the connection.
+        Some(c) => Peer::at(addr).on(ConnectionToken::of(&c.pass)),
+        None => Peer::at(addr),
+    };
     #[cfg(feature = "tls")]
     let peer = {
         use tonic::transport::server::TlsConnectInfo;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use streamhouse::serve::{ConnectionPass, MIN_WINDOW, WindowGrant};
 use streamhouse::transport::frame::{self, FrameError, decode_request, read_frame_within};
-use streamhouse::transport::{AgentService, Metadata, Peer, Request};
+use streamhouse::transport::{AgentService, ConnectionToken, Metadata, Peer, Request};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
@@ -159,7 +159,7 @@ async fn connection(
         // connection is affected.
         return;
     };
-    let peer = Arc::new(peer_of(&connection));
+    let peer = Arc::new(peer_of(&connection).on(ConnectionToken::of(&pass)));
     connection
         .set_receive_window(quinn::VarInt::from_u64(window.bytes()).unwrap_or(quinn::VarInt::MAX));
     let mut streams = JoinSet::new();
