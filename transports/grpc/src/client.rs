@@ -87,6 +87,13 @@ impl GrpcTransport {
 
     async fn open_channel(&self, endpoint: &Endpoint) -> Result<Channel, TransportError> {
         let channel = self.channel_endpoint(endpoint)?;
+        #[cfg(feature = "tls")]
+        if endpoint.scheme() == "grpcs"
+            && self.dialer.is_none()
+            && let Some(tls) = &self.config.client_tls
+        {
+            crate::tls::probe(tls, endpoint).await?;
+        }
         let connected = match &self.dialer {
             None => channel.connect().await,
             Some(dialer) => {

@@ -1,77 +1,18 @@
 //! TLS for QUIC: PEM certificates, rustls with the ring provider, ALPN `streamhouse/1`.
 
 use crate::QuicError;
-use rustls::RootCertStore;
-use rustls::crypto::CryptoProvider;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use streamhouse::transport::tls::{ClientTls, ServerTls};
 
 /// The ALPN protocol both sides must agree on.
 pub const ALPN: &[u8] = b"streamhouse/1";
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, QuicError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| QuicError::Tls(format!("bad certificate PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(QuicError::Tls("no certificate in PEM".into()));
-    }
-    Ok(certs)
-}
-
-fn key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, QuicError> {
-    PrivateKeyDer::from_pem_slice(pem)
-        .map_err(|e| QuicError::Tls(format!("bad private key PEM: {e}")))
-}
-
-fn roots(pem: &[u8]) -> Result<RootCertStore, QuicError> {
-    let mut roots = RootCertStore::empty();
-    for cert in certs(pem)? {
-        roots.add(cert)?;
-    }
-    Ok(roots)
-}
-
 pub(crate) fn client_config(tls: &ClientTls) -> Result<rustls::ClientConfig, QuicError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(&tls.ca_pem)?);
-    let mut config = match &tls.identity {
-        Some((cert, key_pem)) => builder.with_client_auth_cert(certs(cert)?, key(key_pem)?)?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    // 0-RTT data can be replayed by an attacker: a produce request could be applied twice.
-    config.enable_early_data = false;
-    Ok(config)
+    streamhouse::transport::tls::rustls::client_config(tls, ALPN).map_err(QuicError::Tls)
 }
 
 pub(crate) fn server_config(tls: &ServerTls) -> Result<rustls::ServerConfig, QuicError> {
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match &tls.client_ca_pem {
-        Some(ca) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots(ca)?),
-                provider(),
-            )
-            .build()
-            .map_err(|e| QuicError::Tls(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder.with_single_cert(certs(&tls.cert_pem)?, key(&tls.key_pem)?)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config.max_early_data_size = 0;
-    Ok(config)
+    streamhouse::transport::tls::rustls::server_config(tls, ALPN).map_err(QuicError::Tls)
 }
 
 /// Where [`dev_certificate`] put its files.
