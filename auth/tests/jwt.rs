@@ -224,3 +224,19 @@ fn a_token_that_expires_while_its_connection_stays_open_stops_working_at_its_exp
         "at its expiry"
     );
 }
+
+/// RS256 with a real RSA key pair (a fixture made for this test only; ring cannot generate
+/// RSA keys): a good token passes; the private key is refused where the public one belongs.
+#[test]
+fn rs256_tokens_verify_with_the_public_key() {
+    let private = include_bytes!("keys/rs256-test-only.key");
+    let public = include_bytes!("keys/rs256-test-only.pub");
+    let jwt = Jwt::new(JwtAlgorithm::Rs256, public).unwrap();
+    let claims = json!({"sub": "payments", "exp": now() + 600});
+    let signing = EncodingKey::from_rsa_pem(private).unwrap();
+    let token = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &signing).unwrap();
+    assert_eq!(check(&jwt, &token).unwrap(), "payments");
+    // An ES256 or HS256 token is refused by an RS256 agent.
+    assert!(check(&jwt, &hs256(claims, public)).is_err());
+    assert!(Jwt::new(JwtAlgorithm::Rs256, private).is_err());
+}
