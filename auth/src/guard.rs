@@ -194,7 +194,7 @@ impl Guard {
                 Ok(response)
             }
             RequestMessage::Metadata(metadata) if metadata.topics.len() > MAX_METADATA_TOPICS => {
-                Ok(refuse_whole(
+                Ok(Response::refusing(
                     &request.message,
                     ErrorCode::InvalidRequest,
                     &format!(
@@ -363,7 +363,7 @@ impl Guard {
                 "connection refused: the principal's connection limit is reached"
             );
         }
-        Some(refuse_whole(
+        Some(Response::refusing(
             message,
             ErrorCode::LimitExceeded,
             &format!(
@@ -389,7 +389,7 @@ impl Guard {
                 "authentication failed: {error}"
             );
         }
-        refuse_whole(message, ErrorCode::Unauthenticated, &error.to_string())
+        Response::refusing(message, ErrorCode::Unauthenticated, &error.to_string())
     }
 
     fn denied(&self, principal: &Principal, operation: Operation, topic: &str, peer: &Peer) {
@@ -498,45 +498,6 @@ type Verdict = Result<(), String>;
 
 fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis().max(1)).unwrap_or(u32::MAX)
-}
-
-/// An answer refusing all of `message` with `code`.
-fn refuse_whole(message: &RequestMessage, code: ErrorCode, text: &str) -> Response {
-    let code = code as i32;
-    match message {
-        RequestMessage::Produce(produce) => Response::Produce(ProduceResponse {
-            results: produce
-                .batches
-                .iter()
-                .map(|b| PartitionResult {
-                    topic: b.topic.clone(),
-                    partition: b.partition,
-                    error_code: code,
-                    error_message: text.to_owned(),
-                    base_offset: -1,
-                    ..PartitionResult::default()
-                })
-                .collect(),
-            ..ProduceResponse::default()
-        }),
-        RequestMessage::Fetch(fetch) => Response::Fetch(FetchResponse {
-            topic: fetch.topic.clone(),
-            partition: fetch.partition,
-            error_code: code,
-            error_message: text.to_owned(),
-            ..FetchResponse::default()
-        }),
-        RequestMessage::Admin(_) => Response::Admin(AdminResponse {
-            error_code: code,
-            error_message: text.to_owned(),
-            ..AdminResponse::default()
-        }),
-        _ => Response::Metadata(MetadataResponse {
-            error_code: code,
-            error_message: text.to_owned(),
-            ..MetadataResponse::default()
-        }),
-    }
 }
 
 fn kind(message: &RequestMessage) -> &'static str {

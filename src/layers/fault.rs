@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use streamhouse_proto::v1::{ErrorCode, PartitionResult, ProduceResponse};
+use streamhouse_proto::v1::ErrorCode;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 /// Which faults to inject, and how often. Each request draws one number from the seeded
@@ -215,24 +215,9 @@ where
 
 fn injected_error(request: &Request, code: ErrorCode) -> Result<Response, BoxError> {
     match &request.message {
-        RequestMessage::Produce(produce) => Ok(Response::Produce(ProduceResponse {
-            results: produce
-                .batches
-                .iter()
-                .map(|b| PartitionResult {
-                    topic: b.topic.clone(),
-                    partition: b.partition,
-                    error_code: code as i32,
-                    error_message: "fault injected".into(),
-                    base_offset: -1,
-                    log_append_time_ms: -1,
-                    log_start_offset: -1,
-                    leader: None,
-                })
-                .collect(),
-            throttle_ms: 0,
-            durability: 0,
-        })),
+        RequestMessage::Produce(_) => {
+            Ok(Response::refusing(&request.message, code, "fault injected"))
+        }
         _ => Err(TransportError::Unavailable(None).into()),
     }
 }

@@ -3,8 +3,8 @@
 use super::{Metadata, Peer};
 use std::sync::Arc;
 use streamhouse_proto::v1::{
-    AdminRequest, AdminResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse,
+    AdminRequest, AdminResponse, ErrorCode, FetchRequest, FetchResponse, MetadataRequest,
+    MetadataResponse, PartitionResult, ProduceRequest, ProduceResponse,
 };
 use tokio::time::Instant;
 
@@ -111,4 +111,50 @@ pub enum Response {
     Fetch(FetchResponse),
     /// Answer to [`RequestMessage::Admin`].
     Admin(AdminResponse),
+}
+
+impl Response {
+    /// The answer refusing every part of `message` with `code`: each batch of a produce
+    /// request (offsets and times unknown, -1), a fetch, an administrative request, or a
+    /// Metadata request as a whole (its request-level `error_code`). What an authenticating
+    /// layer answers for a request it will not pass on, and what fault injection answers.
+    pub fn refusing(message: &RequestMessage, code: ErrorCode, text: &str) -> Response {
+        let code = code as i32;
+        match message {
+            RequestMessage::Produce(produce) => Response::Produce(ProduceResponse {
+                results: produce
+                    .batches
+                    .iter()
+                    .map(|b| PartitionResult {
+                        topic: b.topic.clone(),
+                        partition: b.partition,
+                        error_code: code,
+                        error_message: text.to_owned(),
+                        base_offset: -1,
+                        log_append_time_ms: -1,
+                        log_start_offset: -1,
+                        leader: None,
+                    })
+                    .collect(),
+                ..ProduceResponse::default()
+            }),
+            RequestMessage::Fetch(fetch) => Response::Fetch(FetchResponse {
+                topic: fetch.topic.clone(),
+                partition: fetch.partition,
+                error_code: code,
+                error_message: text.to_owned(),
+                ..FetchResponse::default()
+            }),
+            RequestMessage::Admin(_) => Response::Admin(AdminResponse {
+                error_code: code,
+                error_message: text.to_owned(),
+                ..AdminResponse::default()
+            }),
+            RequestMessage::Metadata(_) => Response::Metadata(MetadataResponse {
+                error_code: code,
+                error_message: text.to_owned(),
+                ..MetadataResponse::default()
+            }),
+        }
+    }
 }
